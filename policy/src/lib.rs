@@ -6,6 +6,8 @@
 //! without I/O. The I/O layers (`driad::DriadResolver`, `dorms::DormsClient`)
 //! are thin async wrappers around hickory-resolver and reqwest.
 
+pub mod cache;
+pub mod driad;
 pub mod joinfile;
 
 mod sg;
