@@ -1,1 +1,6 @@
-//! placeholder
+//! RFC 7450 Automatic Multicast Tunneling (AMT) gateway.
+//!
+//! * [`wire`]: AMT, IPv4/IPv6, IGMPv3 and MLDv2 formats (checked views,
+//!   typed errors, encode and decode side by side).
+
+pub mod wire;
