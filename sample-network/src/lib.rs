@@ -1,1 +1,16 @@
-//! placeholder
+//! Lab tools shared by `mcrx` (receiver) and `mcsend` (source): the probe payload,
+//! sequence and latency accounting, (S,G) channel parsing, interface lookup,
+//! source-specific joins and signal handling.
+
+pub mod channel;
+pub mod iface;
+pub mod latency;
+pub mod mcast;
+pub mod payload;
+pub mod sequence;
+pub mod signal;
+
+pub use channel::{Channel, ChannelParseError};
+pub use latency::{LatencyHistogram, LatencySummary};
+pub use payload::{PAYLOAD_HEADER_LEN, Probe, ProbeDecodeError};
+pub use sequence::{SequenceSummary, SequenceTracker, SequenceVerdict};

@@ -1,0 +1,204 @@
+//! Sockets for SSM receivers and sources, IPv4 and IPv6.
+
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::channel::Channel;
+use crate::iface::Interface;
+
+/// SO_RCVBUFFORCE (asm-generic value, used by x86 and arm): lets root exceed rmem_max.
+const SO_RCVBUFFORCE: libc::c_int = 33;
+
+/// A non-blocking UDP socket bound to (G, port) that joined (S,G) on `iface`
+/// (the kernel's choice by route when `None`) and receives only that channel.
+pub fn open_receiver(
+    channel: &Channel,
+    iface: Option<&Interface>,
+    port: u16,
+    recv_buffer: usize,
+) -> io::Result<Socket> {
+    let domain = if channel.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if recv_buffer > 0 {
+        force_recv_buffer(&socket, recv_buffer)?;
+    }
+    // Without this, Linux delivers every group joined by any socket on the port.
+    match channel.group {
+        IpAddr::V4(_) => socket.set_multicast_all_v4(false)?,
+        IpAddr::V6(_) => socket.set_multicast_all_v6(false)?,
+    }
+    socket.bind(&SocketAddr::new(channel.group, port).into())?;
+    join_ssm(&socket, channel, iface)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// IGMPv3 / MLDv2 source-specific join of `channel` on `iface`.
+pub fn join_ssm(socket: &Socket, channel: &Channel, iface: Option<&Interface>) -> io::Result<()> {
+    match (channel.source, channel.group) {
+        (IpAddr::V4(source), IpAddr::V4(group)) => {
+            let local = match iface {
+                Some(i) => i.first_ipv4().map_err(io::Error::other)?,
+                None => Ipv4Addr::UNSPECIFIED,
+            };
+            socket.join_ssm_v4(&source, &group, &local)
+        }
+        _ => source_group_request(socket, channel, iface, libc::MCAST_JOIN_SOURCE_GROUP),
+    }
+}
+
+/// Leaves what [`join_ssm`] joined (closing the socket does the same).
+pub fn leave_ssm(socket: &Socket, channel: &Channel, iface: Option<&Interface>) -> io::Result<()> {
+    match (channel.source, channel.group) {
+        (IpAddr::V4(source), IpAddr::V4(group)) => {
+            let local = match iface {
+                Some(i) => i.first_ipv4().map_err(io::Error::other)?,
+                None => Ipv4Addr::UNSPECIFIED,
+            };
+            socket.leave_ssm_v4(&source, &group, &local)
+        }
+        _ => source_group_request(socket, channel, iface, libc::MCAST_LEAVE_SOURCE_GROUP),
+    }
+}
+
+/// MCAST_JOIN/LEAVE_SOURCE_GROUP (RFC 3678), which socket2 does not wrap.
+fn source_group_request(
+    socket: &Socket,
+    channel: &Channel,
+    iface: Option<&Interface>,
+    option: libc::c_int,
+) -> io::Result<()> {
+    let level = if channel.is_ipv4() {
+        libc::IPPROTO_IP
+    } else {
+        libc::IPPROTO_IPV6
+    };
+    // SAFETY: group_source_req is plain old data; all-zero is a valid value.
+    let mut request: libc::group_source_req = unsafe { mem::zeroed() };
+    request.gsr_interface = iface.map_or(0, |i| i.index);
+    write_storage(&mut request.gsr_group, channel.group);
+    write_storage(&mut request.gsr_source, channel.source);
+    // SAFETY: request is a valid group_source_req and the length matches it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            (&request as *const libc::group_source_req).cast(),
+            mem::size_of::<libc::group_source_req>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn write_storage(storage: &mut libc::sockaddr_storage, addr: IpAddr) {
+    let sockaddr = socket2::SockAddr::from(SocketAddr::new(addr, 0));
+    let len = (sockaddr.len() as usize).min(mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: both are plain byte buffers; len is bounded by the destination size
+    // and by the source's own length.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sockaddr.as_ptr().cast::<u8>(),
+            (storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            len,
+        );
+    }
+}
+
+/// SO_RCVBUFFORCE (root) with a fallback to SO_RCVBUF (capped at rmem_max).
+pub fn force_recv_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: value is a c_int and the length says so.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        socket.set_recv_buffer_size(bytes)
+    }
+}
+
+/// A UDP socket sending from `channel.source` to (G, port): bound to S, connected
+/// to G, multicast interface and TTL/hop limit set, loopback off.
+pub fn open_sender(
+    channel: &Channel,
+    iface: Option<&Interface>,
+    port: u16,
+    ttl: u32,
+) -> io::Result<Socket> {
+    let domain = if channel.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    socket
+        .bind(&SocketAddr::new(channel.source, 0).into())
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot send from {} (is it an address of this host?): {e}",
+                    channel.source
+                ),
+            )
+        })?;
+    match channel.group {
+        IpAddr::V4(_) => {
+            if let Some(i) = iface {
+                socket.set_multicast_if_v4(&i.first_ipv4().map_err(io::Error::other)?)?;
+            }
+            socket.set_multicast_ttl_v4(ttl)?;
+            socket.set_multicast_loop_v4(false)?;
+        }
+        IpAddr::V6(_) => {
+            if let Some(i) = iface {
+                socket.set_multicast_if_v6(i.index)?;
+            }
+            socket.set_multicast_hops_v6(ttl)?;
+            socket.set_multicast_loop_v6(false)?;
+        }
+    }
+    socket.connect(&SocketAddr::new(channel.group, port).into())?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_holds_the_address_family_and_bytes() {
+        // SAFETY: sockaddr_storage is plain old data.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        write_storage(&mut storage, IpAddr::V4(Ipv4Addr::new(232, 1, 1, 1)));
+        assert_eq!(i32::from(storage.ss_family), libc::AF_INET);
+        // SAFETY: the family is AF_INET, so the storage holds a sockaddr_in.
+        let sin =
+            unsafe { &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+        assert_eq!(
+            u32::from_be(sin.sin_addr.s_addr),
+            u32::from(Ipv4Addr::new(232, 1, 1, 1))
+        );
+    }
+}
