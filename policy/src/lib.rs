@@ -7,6 +7,7 @@
 //! are thin async wrappers around hickory-resolver and reqwest.
 
 pub mod cache;
+pub mod dns;
 pub mod driad;
 pub mod joinfile;
 

@@ -17,3 +17,8 @@ pub use select::{
     RelayCandidate, RelaySelection, SelectionEntry, SelectionOutcome, SkipReason,
     candidates_from_records, order_candidates, select_relays,
 };
+
+mod resolver;
+pub use resolver::{
+    DriadAnswer, DriadConfig, DriadOutcome, DriadResolver, RejectedRecord, UnresolvedName,
+};

@@ -1,0 +1,329 @@
+//! DRIAD lookups over DNS (hickory-resolver).
+//!
+//! `lookup_relays(source)` queries type 260 at the source's reverse name
+//! (hickory follows CNAMEs; the returned chain's CNAME records are skipped),
+//! decodes every AMTRELAY RDATA (malformed ones are logged and listed), and
+//! resolves each type 3 name to A and AAAA; the addresses inherit the
+//! record's precedence and D bit. Outcomes, positive and negative, are cached
+//! per source for the answer's TTL within configured bounds, which also
+//! bounds the query rate per source.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::rr::{RData, RecordType};
+use tracing::Instrument;
+
+use super::name::RelayName;
+use super::rdata::{AMTRELAY_RR_TYPE, AmtRelayRecord, RdataError};
+use super::reverse::reverse_name;
+use super::select::{RelayAddress, RelayCandidate, candidates_from_records, push_dedup};
+use crate::cache::{TtlBounds, TtlCache};
+use crate::dns::{DnsClient, DnsConfig, DnsConfigError, DnsFailure};
+
+/// Resolver configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriadConfig {
+    pub dns: DnsConfig,
+    /// Bounds for caching positive answers (record TTLs are clamped).
+    pub ttl_bounds: TtlBounds,
+    /// Bounds for caching NXDOMAIN/NODATA (SOA negative TTL is clamped;
+    /// `min` is used when the server sent no SOA).
+    pub negative_ttl_bounds: TtlBounds,
+    /// How long SERVFAIL/timeout/other failures are cached before a retry.
+    pub failure_retry: Duration,
+}
+
+impl DriadConfig {
+    pub fn new(dns: DnsConfig) -> Self {
+        Self {
+            dns,
+            ttl_bounds: TtlBounds {
+                min: Duration::from_secs(30),
+                max: Duration::from_secs(3600),
+            },
+            negative_ttl_bounds: TtlBounds {
+                min: Duration::from_secs(30),
+                max: Duration::from_secs(600),
+            },
+            failure_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A record whose RDATA did not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRecord {
+    pub rdata: Vec<u8>,
+    pub error: RdataError,
+}
+
+/// A type 3 name that did not resolve to any address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnresolvedName {
+    pub name: RelayName,
+    pub precedence: u8,
+    /// Failure of the A query, then of the AAAA query.
+    pub ipv4: DnsFailure,
+    pub ipv6: DnsFailure,
+}
+
+/// A successful AMTRELAY answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriadAnswer {
+    pub source: IpAddr,
+    /// The queried reverse name.
+    pub query_name: String,
+    /// Records as published (decoded; unassigned types included).
+    pub records: Vec<AmtRelayRecord>,
+    /// Records whose RDATA was malformed.
+    pub rejected: Vec<RejectedRecord>,
+    /// Selection input: type 0, IP relays, and addresses of resolved names
+    /// (`via_name` set). Unassigned types are dropped.
+    pub candidates: Vec<RelayCandidate>,
+    /// Type 3 names with no address.
+    pub unresolved: Vec<UnresolvedName>,
+    /// How long this answer is cached.
+    pub ttl: Duration,
+}
+
+/// Result of a DRIAD lookup for one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriadOutcome {
+    Answer(DriadAnswer),
+    /// No AMTRELAY answer. `retry_after` is how long it is cached.
+    Failed {
+        source: IpAddr,
+        query_name: String,
+        failure: DnsFailure,
+        retry_after: Duration,
+    },
+}
+
+impl DriadOutcome {
+    pub fn source(&self) -> IpAddr {
+        match self {
+            DriadOutcome::Answer(a) => a.source,
+            DriadOutcome::Failed { source, .. } => *source,
+        }
+    }
+}
+
+/// Async DRIAD resolver with an outcome cache.
+#[derive(Debug)]
+pub struct DriadResolver {
+    dns: DnsClient,
+    config: DriadConfig,
+    cache: Mutex<TtlCache<IpAddr, DriadOutcome>>,
+}
+
+impl DriadResolver {
+    pub fn new(config: DriadConfig) -> Result<Self, DnsConfigError> {
+        Ok(Self {
+            dns: DnsClient::new(&config.dns)?,
+            config,
+            cache: Mutex::new(TtlCache::new()),
+        })
+    }
+
+    /// Relay candidates for `source`: cached when the last outcome is still
+    /// fresh, otherwise queried.
+    pub async fn lookup_relays(&self, source: IpAddr) -> DriadOutcome {
+        let now = Instant::now();
+        if let Some(hit) = self.cached(source, now) {
+            return hit;
+        }
+        let outcome = self.query_relays(source).await;
+        let ttl = match &outcome {
+            DriadOutcome::Answer(a) => a.ttl,
+            DriadOutcome::Failed { retry_after, .. } => *retry_after,
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.prune(now);
+            cache.insert(source, outcome.clone(), ttl, Instant::now());
+        }
+        outcome
+    }
+
+    /// The cached outcome for `source` if still fresh at `now`.
+    pub fn cached(&self, source: IpAddr, now: Instant) -> Option<DriadOutcome> {
+        self.cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&source, now).cloned())
+    }
+
+    /// Forgets the cached outcome so the next lookup queries DNS (RFC 8777
+    /// restart events, operator refresh).
+    pub fn invalidate(&self, source: IpAddr) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(&source);
+        }
+    }
+
+    /// Uncached lookup.
+    pub async fn query_relays(&self, source: IpAddr) -> DriadOutcome {
+        let query_name = reverse_name(source);
+        let span = tracing::debug_span!("driad", %source, name = %query_name);
+        self.query_relays_in_span(source, query_name)
+            .instrument(span)
+            .await
+    }
+
+    async fn query_relays_in_span(&self, source: IpAddr, query_name: String) -> DriadOutcome {
+        let answers = match self
+            .dns
+            .query(&query_name, RecordType::from(AMTRELAY_RR_TYPE))
+            .await
+        {
+            Ok(answers) => answers,
+            Err((failure, negative_ttl)) => {
+                let retry_after = self.failure_ttl(&failure, negative_ttl);
+                tracing::info!(%failure, ?retry_after, "AMTRELAY lookup failed");
+                return DriadOutcome::Failed {
+                    source,
+                    query_name,
+                    failure,
+                    retry_after,
+                };
+            }
+        };
+        let mut records = Vec::new();
+        let mut rejected = Vec::new();
+        let mut min_ttl: Option<u32> = None;
+        for record in &answers.records {
+            // CNAME/DNAME links of the chain also count toward the TTL.
+            min_ttl = Some(min_ttl.map_or(record.ttl, |t| t.min(record.ttl)));
+            let RData::Unknown { code, rdata } = &record.data else {
+                continue;
+            };
+            if u16::from(*code) != AMTRELAY_RR_TYPE {
+                continue;
+            }
+            match AmtRelayRecord::decode(&rdata.anything) {
+                Ok(rec) => records.push(rec),
+                Err(error) => {
+                    tracing::warn!(%error, owner = %record.name, "malformed AMTRELAY RDATA");
+                    rejected.push(RejectedRecord {
+                        rdata: rdata.anything.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        if records.is_empty() && rejected.is_empty() {
+            let failure = DnsFailure::NoData;
+            let retry_after = self.failure_ttl(&failure, None);
+            return DriadOutcome::Failed {
+                source,
+                query_name,
+                failure,
+                retry_after,
+            };
+        }
+
+        let mut candidates = Vec::new();
+        let mut unresolved = Vec::new();
+        for candidate in candidates_from_records(&records) {
+            let RelayAddress::Name(name) = &candidate.relay else {
+                push_dedup(&mut candidates, candidate);
+                continue;
+            };
+            let (addresses, ttl, v4_err, v6_err) = self.resolve_name(name).await;
+            if let Some(ttl) = ttl {
+                min_ttl = Some(min_ttl.map_or(ttl, |t| t.min(ttl)));
+            }
+            if addresses.is_empty() {
+                tracing::info!(relay = %name, "AMTRELAY name did not resolve");
+                unresolved.push(UnresolvedName {
+                    name: name.clone(),
+                    precedence: candidate.precedence,
+                    ipv4: v4_err.unwrap_or(DnsFailure::NoData),
+                    ipv6: v6_err.unwrap_or(DnsFailure::NoData),
+                });
+                continue;
+            }
+            for address in addresses {
+                push_dedup(
+                    &mut candidates,
+                    RelayCandidate {
+                        precedence: candidate.precedence,
+                        discovery_optional: candidate.discovery_optional,
+                        relay: RelayAddress::Ip(address),
+                        via_name: Some(name.clone()),
+                    },
+                );
+            }
+        }
+        let ttl = self
+            .config
+            .ttl_bounds
+            .clamp(Duration::from_secs(u64::from(min_ttl.unwrap_or(0))));
+        tracing::debug!(
+            records = records.len(),
+            candidates = candidates.len(),
+            ?ttl,
+            "AMTRELAY answer"
+        );
+        DriadOutcome::Answer(DriadAnswer {
+            source,
+            query_name,
+            records,
+            rejected,
+            candidates,
+            unresolved,
+            ttl,
+        })
+    }
+
+    /// A and AAAA of a relay name, queried concurrently. Returns addresses
+    /// (A first), the smallest TTL seen, and each query's failure.
+    async fn resolve_name(
+        &self,
+        name: &RelayName,
+    ) -> (
+        Vec<IpAddr>,
+        Option<u32>,
+        Option<DnsFailure>,
+        Option<DnsFailure>,
+    ) {
+        let text = name.to_string();
+        let (v4, v6) = tokio::join!(
+            self.dns.query(&text, RecordType::A),
+            self.dns.query(&text, RecordType::AAAA)
+        );
+        let mut addresses = Vec::new();
+        let mut min_ttl: Option<u32> = None;
+        let mut take =
+            |result: Result<crate::dns::Answers, (DnsFailure, Option<Duration>)>| match result {
+                Ok(answers) => {
+                    for record in answers.records {
+                        let ip = match record.data {
+                            RData::A(a) => IpAddr::V4(a.0),
+                            RData::AAAA(a) => IpAddr::V6(a.0),
+                            _ => continue,
+                        };
+                        min_ttl = Some(min_ttl.map_or(record.ttl, |t| t.min(record.ttl)));
+                        if !addresses.contains(&ip) {
+                            addresses.push(ip);
+                        }
+                    }
+                    None
+                }
+                Err((failure, _)) => Some(failure),
+            };
+        let v4_err = take(v4);
+        let v6_err = take(v6);
+        (addresses, min_ttl, v4_err, v6_err)
+    }
+
+    fn failure_ttl(&self, failure: &DnsFailure, negative_ttl: Option<Duration>) -> Duration {
+        if failure.is_negative_answer() {
+            let bounds = self.config.negative_ttl_bounds;
+            bounds.clamp(negative_ttl.unwrap_or(bounds.min))
+        } else {
+            self.config.failure_retry
+        }
+    }
+}

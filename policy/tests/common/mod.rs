@@ -1,0 +1,215 @@
+//! Loopback servers for integration tests: BIND 9 (`named`) with temp zones
+//! and nginx with a temp CA. Each server lives in its own temp directory and
+//! is killed (and the directory removed) on drop. Missing binaries fail the
+//! test loudly.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const NAMED: &str = "/usr/sbin/named";
+pub const NGINX: &str = "/usr/sbin/nginx";
+pub const OPENSSL: &str = "/usr/bin/openssl";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("ingest-policy-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn require_binary(path: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is required for this test (install it: scripts/install-deps)"
+    );
+}
+
+/// A loopback port free for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().expect("local addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port");
+}
+
+fn wait_for_tcp(addr: SocketAddr, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} exited early ({status}):\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let log = fs::read_to_string(log).unwrap_or_default();
+    panic!("{what} did not start listening on {addr}:\n{log}");
+}
+
+/// One zone served by [`Named`].
+pub struct Zone {
+    pub origin: String,
+    /// Records after the SOA/NS header, in zone-file syntax (relative or
+    /// absolute owners).
+    pub records: String,
+}
+
+/// `named` on 127.0.0.1:<port>, authoritative only.
+pub struct Named {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Named {
+    /// Starts named with `zones`; `dead_zones` are secondary zones whose
+    /// primary does not exist, so queries into them get SERVFAIL.
+    pub fn start(zones: &[Zone], dead_zones: &[&str]) -> Self {
+        require_binary(NAMED);
+        let dir = TempDir::new("named");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        let mut conf = format!(
+            r#"options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    allow-query {{ any; }};
+    notify no;
+}};
+controls {{ }};
+"#
+        );
+        for (i, zone) in zones.iter().enumerate() {
+            let file = format!("zone{i}.db");
+            let text = format!(
+                "$TTL 300\n$ORIGIN {origin}\n@ IN SOA ns.lab.test. admin.lab.test. 1 3600 600 86400 60\n@ IN NS ns.lab.test.\n{records}\n",
+                origin = zone.origin,
+                records = zone.records
+            );
+            fs::write(dir.path().join(&file), text).expect("write zone");
+            conf.push_str(&format!(
+                "zone \"{}\" {{ type primary; file \"{d}/{file}\"; }};\n",
+                zone.origin
+            ));
+        }
+        for (i, origin) in dead_zones.iter().enumerate() {
+            conf.push_str(&format!(
+                "zone \"{origin}\" {{ type secondary; primaries {{ 127.0.0.1 port 9; }}; file \"{d}/dead{i}.db\"; }};\n"
+            ));
+        }
+        let conf_path = dir.path().join("named.conf");
+        fs::write(&conf_path, conf).expect("write named.conf");
+        let check = Command::new("/usr/bin/named-checkconf")
+            .arg("-z")
+            .arg(&conf_path)
+            .output()
+            .expect("run named-checkconf");
+        // Dead secondaries have no file yet; only primaries must load.
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            !report.contains("not loaded due to errors"),
+            "zone check failed:\n{report}"
+        );
+        let log_path = dir.path().join("named.log");
+        let log = fs::File::create(&log_path).expect("create log");
+        let mut child = Command::new(NAMED)
+            .arg("-g")
+            .arg("-4")
+            .arg("-n")
+            .arg("1")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn named");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_for_tcp(addr, &mut child, "named", &log_path);
+        // named opens TCP before it finishes loading zones; wait for the log.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("all zones loaded") && text.contains("running") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "named not running:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let text = fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            !text.contains("not loaded due to errors"),
+            "zone failed to load:\n{text}"
+        );
+        Self { child, addr, dir }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A UDP+TCP port on loopback that accepts and never answers, for timeouts.
+pub struct Silent {
+    pub addr: SocketAddr,
+    _udp: UdpSocket,
+    _tcp: TcpListener,
+}
+
+impl Silent {
+    pub fn start() -> Self {
+        let port = free_port();
+        let udp = UdpSocket::bind(("127.0.0.1", port)).expect("bind udp");
+        let tcp = TcpListener::bind(("127.0.0.1", port)).expect("bind tcp");
+        Self {
+            addr: ([127, 0, 0, 1], port).into(),
+            _udp: udp,
+            _tcp: tcp,
+        }
+    }
+}
