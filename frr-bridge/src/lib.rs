@@ -1,1 +1,42 @@
-//! placeholder
+//! frr-ingestd: turns an FRRouting router into a multicast ingest point.
+//!
+//! Layout (holo-style separation):
+//! - [`frr`]: southbound to FRR: the vty socket client and pimd JSON parsers.
+//! - [`southbound`]: the kernel side: the ingest TUN, routes, PIM on the TUN.
+//! - [`watcher`]: turns pimd's join state into a stream of desired sets.
+//! - [`daemon`]: orchestration: desired set → flows → routes (and tunnels).
+//! - [`api`]: northbound: the gRPC management service.
+//! - [`config`]: the TOML configuration and its validation.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod frr;
+pub mod inject;
+pub mod southbound;
+pub mod tasks;
+pub mod watcher;
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// A source-specific multicast channel (S,G).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sg {
+    pub source: IpAddr,
+    pub group: IpAddr,
+}
+
+impl fmt::Display for Sg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({},{})", self.source, self.group)
+    }
+}
+
+/// Milliseconds since the Unix epoch, for API timestamps.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,301 @@
-fn main() {}
+//! frr-ingestd: the frr-ingest sidecar daemon. See `frr-ingestd --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use frr_bridge::api::{ApiInfo, ApiService, bind_unix, serve};
+use frr_bridge::config::{Config, ConfigError};
+use frr_bridge::daemon::{Counters, DaemonState, Orchestrator, Shared};
+use frr_bridge::southbound::tun::{IngestTun, TunConfig};
+use frr_bridge::tasks::{run_mroute_monitor, run_pim};
+use frr_bridge::watcher::{DesiredSet, JoinWatcher, WatchStatus, WatcherConfig};
+use tokio::sync::{Notify, broadcast, watch};
+use tracing::{error, info, warn};
+
+/// The frr-ingest sidecar: makes an FRRouting router a multicast ingest point.
+///
+/// It reads the (S,G) joins that pimd learned from downstream PIM routers
+/// (over pimd's vty socket, like vtysh), and for every channel it can serve
+/// it routes the source into one TUN interface (default amt0) in FRR's
+/// network namespace, where it is pimd's PIM neighbour. Packets written into
+/// the TUN (from AMT tunnels, or `ingestctl inject`) are then forwarded by
+/// FRR to the receivers.
+///
+/// Configuration comes from a TOML file (--config; see
+/// --print-default-config for every key with its default), and the flags
+/// below override it. Typical lab start:
+///
+///   frr-ingestd --frr-vty-dir /run/frr-ingest-lab/fi/ingest \
+///       --frr-netns /var/run/netns/fi-ingest --serve-all-sources
+///
+/// Needs CAP_NET_ADMIN (TUN, routes) and CAP_SYS_ADMIN when --frr-netns is
+/// given (to enter FRR's namespace), plus access to pimd's vty socket (root
+/// or group frrvty). Exit codes: 0 clean stop, 1 runtime failure, 2 bad
+/// configuration.
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Directory of FRR's vty sockets (pimd.vty). [frr.vty_dir]
+    #[arg(long)]
+    frr_vty_dir: Option<PathBuf>,
+    /// FRR's network namespace file (e.g. /var/run/netns/ingest). [frr.netns]
+    #[arg(long)]
+    frr_netns: Option<PathBuf>,
+    /// Name of the ingest TUN. [tun.name]
+    #[arg(long)]
+    tun_name: Option<String>,
+    /// IPv4 address of the TUN in FRR's namespace. [tun.local]
+    #[arg(long)]
+    tun_local: Option<std::net::IpAddr>,
+    /// The sidecar's PIM neighbour address on the TUN. [tun.neighbor]
+    #[arg(long)]
+    tun_neighbor: Option<std::net::IpAddr>,
+    /// Period of pimd join-state polls in ms. [watch.poll_interval_ms]
+    #[arg(long)]
+    poll_interval_ms: Option<u64>,
+    /// Unix socket of the management API. [api.socket]
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Also serve the API on this loopback TCP address. [api.tcp]
+    #[arg(long)]
+    api_tcp: Option<std::net::SocketAddr>,
+    /// Lab mode: route every joined source into the TUN without a tunnel.
+    /// [ingest.serve_all_sources]
+    #[arg(long)]
+    serve_all_sources: bool,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or
+    /// "frr_bridge=debug". RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Validate the configuration and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    check_config: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print the default configuration as TOML and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn build_config(a: &Args) -> Result<Config, ConfigError> {
+    let mut c = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = &a.frr_vty_dir {
+        c.frr.vty_dir = v.clone();
+    }
+    if let Some(v) = &a.frr_netns {
+        c.frr.netns = Some(v.clone());
+    }
+    if let Some(v) = &a.tun_name {
+        c.tun.name = v.clone();
+    }
+    if let Some(v) = a.tun_local {
+        c.tun.local = v;
+    }
+    if let Some(v) = a.tun_neighbor {
+        c.tun.neighbor = v;
+    }
+    if let Some(v) = a.poll_interval_ms {
+        c.watch.poll_interval_ms = v;
+    }
+    if let Some(v) = &a.api_socket {
+        c.api.socket = v.clone();
+    }
+    if let Some(v) = a.api_tcp {
+        c.api.tcp = Some(v);
+    }
+    if a.serve_all_sources {
+        c.ingest.serve_all_sources = true;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", Config::default().to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("frr-ingestd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if args.check_config {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level));
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("frr-ingestd: --log-level {:?}: {e}", args.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("frr-ingestd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("frr-ingestd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    info!(
+        vty = %cfg.pimd_socket().display(),
+        netns = %cfg.frr.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "(own)".into()),
+        "frr-ingestd {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let tun = IngestTun::create(&TunConfig {
+        name: cfg.tun.name.clone(),
+        netns: cfg.frr.netns.clone(),
+        local: cfg.tun.local,
+        neighbor: cfg.tun.neighbor,
+        mtu: cfg.tun.mtu,
+    })
+    .context("setting up the ingest TUN")?;
+    info!(
+        tun = tun.name(),
+        ifindex = tun.ifindex(),
+        "TUN up: {} peer {}",
+        cfg.tun.local,
+        cfg.tun.neighbor
+    );
+    match tun.remove_stale_routes() {
+        Ok(0) => {}
+        Ok(n) => info!("removed {n} stale source routes left by an earlier instance"),
+        Err(e) => warn!("cannot list old source routes: {e}"),
+    }
+    let mode = cfg.socket_mode()?;
+    let unix = bind_unix(&cfg.api.socket, mode)
+        .with_context(|| format!("binding the API socket {}", cfg.api.socket.display()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (set_tx, set_rx) = watch::channel(Arc::new(DesiredSet::default()));
+    let trigger = Arc::new(Notify::new());
+    let watch_status = Arc::new(Mutex::new(WatchStatus::default()));
+    let (events, _) = broadcast::channel(4096);
+    let shared = Shared {
+        state: Arc::new(RwLock::new(DaemonState::default())),
+        watch_status: watch_status.clone(),
+        events,
+        tun: Arc::new(tun),
+        counters: Arc::new(Counters::default()),
+        started: Instant::now(),
+    };
+
+    let pim6 = match cfg.frr.pim6.as_str() {
+        "no" => None,
+        _ => Some(cfg.pim6d_socket()),
+    };
+    let watcher = JoinWatcher::new(
+        WatcherConfig {
+            pimd_socket: cfg.pimd_socket(),
+            pim6d_socket: pim6,
+            pim6_auto: cfg.frr.pim6 == "auto",
+            poll_interval: cfg.poll_interval(),
+            command_timeout: cfg.command_timeout(),
+            restart_grace: std::time::Duration::from_secs(cfg.watch.pimd_restart_grace_s),
+            ignore_interfaces: vec![cfg.tun.name.clone()],
+        },
+        trigger.clone(),
+        set_tx,
+        watch_status,
+    );
+    let watcher_task = tokio::spawn(watcher.run());
+    let orch = Orchestrator::new(shared.clone(), cfg.ingest.serve_all_sources);
+    let orch_task = tokio::spawn(orch.run(set_rx, stop_rx.clone()));
+    let pim_task = tokio::spawn(run_pim(
+        shared.clone(),
+        cfg.tun.neighbor,
+        std::time::Duration::from_secs(cfg.tun.hello_interval_s),
+        trigger.clone(),
+        stop_rx.clone(),
+    ));
+    match IngestTun::open_mroute_monitor(cfg.frr.netns.as_deref()) {
+        Ok(fd) => {
+            tokio::spawn(run_mroute_monitor(fd, shared.clone(), trigger.clone()));
+        }
+        Err(e) => warn!("{e}; relying on polling and PIM Join/Prunes only"),
+    }
+    let info = ApiInfo {
+        frr_vty_dir: cfg.frr.vty_dir.display().to_string(),
+        frr_netns: cfg
+            .frr
+            .netns
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        tun_local: cfg.tun.local.to_string(),
+        tun_neighbor: cfg.tun.neighbor.to_string(),
+        join_source: format!("pimd:{}", cfg.pimd_socket().display()),
+    };
+    let api_task = tokio::spawn(serve(
+        ApiService::new(shared.clone(), info),
+        unix,
+        cfg.api.socket.clone(),
+        cfg.api.tcp,
+        stop_rx.clone(),
+    ));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = orch_task.await;
+    let _ = pim_task.await;
+    watcher_task.abort();
+    match tokio::time::timeout(std::time::Duration::from_secs(3), api_task).await {
+        Ok(Ok(Err(e))) => warn!("API server: {e:#}"),
+        Err(_) => warn!("API server did not stop within 3 s"),
+        _ => {}
+    }
+    info!("stopped; routes removed, TUN released");
+    Ok(())
+}

@@ -1,1 +1,398 @@
-fn main() {}
+//! ingestctl: the command-line client of frr-ingestd. See `ingestctl --help`.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use frr_bridge::client::{ApiAddress, connect};
+use ingest_proto::v1::*;
+use serde_json::json;
+
+/// Command-line client of frr-ingestd's management API.
+///
+/// Shows what the sidecar sees and does: the (S,G) joins learned from pimd,
+/// daemon status, AMT tunnels and per-flow policy decisions. Every `show`
+/// has --json for scripts. Examples:
+///
+///   ingestctl show joins
+///   ingestctl --api unix:/run/frr-ingest/api.sock show status --json
+///   ingestctl inject --source 198.51.100.4 --group 232.1.1.1 --count 1000 --rate 500
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// API address: unix:/path/api.sock or tcp:127.0.0.1:PORT.
+    #[arg(
+        long,
+        env = "FRR_INGEST_API",
+        default_value = "unix:/run/frr-ingest/api.sock"
+    )]
+    api: ApiAddress,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show state: joins, status, tunnels, flows.
+    Show {
+        #[command(subcommand)]
+        what: Show,
+    },
+    /// Stream join changes as they happen (a snapshot first).
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write test packets for (S,G) into the ingest TUN through the daemon,
+    /// as if they had come through a tunnel. Payload: 8-byte sequence
+    /// number + 8-byte send time (ns), the format `mcrx` checks.
+    Inject {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        group: String,
+        /// Number of packets.
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// Packets per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// UDP payload bytes (at least 16).
+        #[arg(long, default_value_t = 100)]
+        size: u32,
+        /// UDP destination port.
+        #[arg(long, default_value_t = 5001)]
+        port: u32,
+        /// IP TTL / hop limit.
+        #[arg(long, default_value_t = 16)]
+        ttl: u32,
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        first_sequence: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Show {
+    /// The (S,G)s pimd wants, the downstream interfaces, what the sidecar does.
+    Joins {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon health: FRR connection, TUN, counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// AMT tunnels (one per relay).
+    Tunnels {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-flow policy: population, bitrate, admission, relay.
+    Flows {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn uptime(since_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let s = now.saturating_sub(since_ms) / 1000;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+fn join_json(j: &Join) -> serde_json::Value {
+    json!({
+        "source": j.source, "group": j.group, "interfaces": j.interfaces,
+        "population": j.interfaces.len(), "state": j.state, "reason": j.reason,
+        "relay": j.relay, "since_unix_ms": j.since_unix_ms,
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingestctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut c = connect(&cli.api).await?;
+    match cli.command {
+        Command::Show {
+            what: Show::Joins { json },
+        } => {
+            let list = c
+                .list_joins(ListJoinsRequest {})
+                .await
+                .context("ListJoins")?
+                .into_inner();
+            if json {
+                let v: Vec<_> = list.joins.iter().map(join_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<40} {:<40} {:<16} {:<9} {:<18} Interfaces",
+                    "Source", "Group", "State", "Uptime", "Relay"
+                );
+                for j in &list.joins {
+                    println!(
+                        "{:<40} {:<40} {:<16} {:<9} {:<18} {}",
+                        j.source,
+                        j.group,
+                        j.state,
+                        uptime(j.since_unix_ms),
+                        if j.relay.is_empty() { "-" } else { &j.relay },
+                        j.interfaces.join(",")
+                    );
+                }
+                println!("{} joins", list.joins.len());
+            }
+        }
+        Command::Show {
+            what: Show::Status { json },
+        } => {
+            let s = c
+                .get_status(StatusRequest {})
+                .await
+                .context("GetStatus")?
+                .into_inner();
+            if json {
+                let mut counters: Vec<_> = s.counters.iter().collect();
+                counters.sort();
+                let v = json!({
+                    "version": s.version, "uptime_ms": s.uptime_ms, "frr_state": s.frr_state,
+                    "frr_vty_dir": s.frr_vty_dir, "frr_netns": s.frr_netns, "tun_name": s.tun_name,
+                    "tun_local": s.tun_local, "tun_neighbor": s.tun_neighbor, "joins": s.joins,
+                    "served_sources": s.served_sources, "polls": s.polls, "poll_errors": s.poll_errors,
+                    "last_poll_error": s.last_poll_error, "last_poll_age_ms": s.last_poll_age_ms,
+                    "pim_hellos_sent": s.pim_hellos_sent, "pim_joinprunes_seen": s.pim_joinprunes_seen,
+                    "tunnels": s.tunnels, "join_source": s.join_source,
+                    "counters": counters.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "frr-ingestd {} up {}",
+                    s.version,
+                    uptime_ms_text(s.uptime_ms)
+                );
+                println!("  FRR:        {} ({})", s.frr_state, s.join_source);
+                if !s.frr_netns.is_empty() {
+                    println!("  FRR netns:  {}", s.frr_netns);
+                }
+                println!(
+                    "  TUN:        {} {} peer {}",
+                    s.tun_name, s.tun_local, s.tun_neighbor
+                );
+                println!(
+                    "  Joins:      {} ({} sources routed into the TUN)",
+                    s.joins, s.served_sources
+                );
+                println!("  Tunnels:    {}", s.tunnels);
+                println!(
+                    "  Polls:      {} ({} failed, last good {} ms ago){}",
+                    s.polls,
+                    s.poll_errors,
+                    s.last_poll_age_ms,
+                    if s.last_poll_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last error: {}", s.last_poll_error)
+                    }
+                );
+                println!(
+                    "  PIM:        {} Hellos sent, {} Join/Prunes seen",
+                    s.pim_hellos_sent, s.pim_joinprunes_seen
+                );
+                let mut counters: Vec<_> = s.counters.iter().collect();
+                counters.sort();
+                for (k, v) in counters {
+                    println!("  {k:<22} {v}");
+                }
+            }
+        }
+        Command::Show {
+            what: Show::Tunnels { json },
+        } => {
+            let t = c
+                .list_tunnels(ListTunnelsRequest {})
+                .await
+                .context("ListTunnels")?
+                .into_inner();
+            if json {
+                let v: Vec<_> = t
+                    .tunnels
+                    .iter()
+                    .map(|t| {
+                        json!({"relay": t.relay, "state": t.state, "channels": t.channels, "packets": t.packets,
+                               "bytes": t.bytes, "drops": t.drops, "drop_reasons": t.drop_reasons,
+                               "last_query_age_ms": t.last_query_age_ms, "next_request_in_ms": t.next_request_in_ms,
+                               "local": t.local, "linger_remaining_ms": t.linger_remaining_ms})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<28} {:<14} {:>8} {:>12} {:>14} {:>8} {:>10} {:>10}",
+                    "Relay",
+                    "State",
+                    "Channels",
+                    "Packets",
+                    "Bytes",
+                    "Drops",
+                    "LastQuery",
+                    "NextReq"
+                );
+                for t in &t.tunnels {
+                    println!(
+                        "{:<28} {:<14} {:>8} {:>12} {:>14} {:>8} {:>9}s {:>9}s",
+                        t.relay,
+                        t.state,
+                        t.channels.len(),
+                        t.packets,
+                        t.bytes,
+                        t.drops,
+                        t.last_query_age_ms / 1000,
+                        t.next_request_in_ms / 1000
+                    );
+                    for ch in &t.channels {
+                        println!("    {ch}");
+                    }
+                }
+                println!("{} tunnels", t.tunnels.len());
+            }
+        }
+        Command::Show {
+            what: Show::Flows { json },
+        } => {
+            let f = c
+                .list_flows(ListFlowsRequest {})
+                .await
+                .context("ListFlows")?
+                .into_inner();
+            if json {
+                let v = json!({
+                    "limit_bps": f.limit_bps, "admitted_bps": f.admitted_bps,
+                    "flows": f.flows.iter().map(|x| json!({
+                        "source": x.source, "group": x.group, "population": x.population,
+                        "bitrate": x.bitrate, "bitrate_origin": x.bitrate_origin, "admitted": x.admitted,
+                        "admission_reason": x.admission_reason, "relay": x.relay, "relay_origin": x.relay_origin,
+                        "state": x.state,
+                        "candidates": x.candidates.iter().map(|c| json!({"relay": c.relay, "precedence": c.precedence,
+                            "discovery_optional": c.discovery_optional, "outcome": c.outcome})).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<18} {:<16} {:>4} {:>12} {:<9} {:<18} Reason",
+                    "Source", "Group", "Pop", "Bitrate", "Admitted", "Relay"
+                );
+                for x in &f.flows {
+                    println!(
+                        "{:<18} {:<16} {:>4} {:>12} {:<9} {:<18} {}",
+                        x.source,
+                        x.group,
+                        x.population,
+                        x.bitrate,
+                        if x.admitted { "yes" } else { "no" },
+                        if x.relay.is_empty() { "-" } else { &x.relay },
+                        x.admission_reason
+                    );
+                }
+            }
+        }
+        Command::Watch { json } => {
+            let mut s = c
+                .watch_joins(WatchJoinsRequest {})
+                .await
+                .context("WatchJoins")?
+                .into_inner();
+            while let Some(ev) = s.message().await? {
+                let kind = match join_event::Kind::try_from(ev.kind) {
+                    Ok(join_event::Kind::Added) => "added",
+                    Ok(join_event::Kind::Changed) => "changed",
+                    Ok(join_event::Kind::Removed) => "removed",
+                    _ => "unknown",
+                };
+                let Some(j) = ev.join else { continue };
+                if json {
+                    println!(
+                        "{}",
+                        json!({"event": kind, "at_unix_ms": ev.at_unix_ms, "join": join_json(&j)})
+                    );
+                } else {
+                    println!(
+                        "{kind:<8} ({},{}) {} [{}] {}",
+                        j.source,
+                        j.group,
+                        j.state,
+                        j.interfaces.join(","),
+                        j.reason
+                    );
+                }
+            }
+        }
+        Command::Inject {
+            source,
+            group,
+            count,
+            rate,
+            size,
+            port,
+            ttl,
+            first_sequence,
+            json,
+        } => {
+            let r = c
+                .inject(InjectRequest {
+                    source,
+                    group,
+                    count,
+                    rate,
+                    payload_size: size,
+                    dst_port: port,
+                    src_port: 0,
+                    ttl,
+                    first_sequence,
+                })
+                .await
+                .context("Inject")?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({"sent": r.sent, "failed": r.failed, "elapsed_ms": r.elapsed_ms})
+                );
+            } else {
+                println!(
+                    "sent {} packets ({} failed) in {} ms",
+                    r.sent, r.failed, r.elapsed_ms
+                );
+            }
+            if r.failed > 0 {
+                anyhow::bail!("{} packets could not be written to the TUN", r.failed);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn uptime_ms_text(ms: u64) -> String {
+    let d = Duration::from_millis(ms).as_secs();
+    format!("{:02}:{:02}:{:02}", d / 3600, (d / 60) % 60, d % 60)
+}

@@ -1,0 +1,349 @@
+//! Northbound: the gRPC management service (`frringest.v1.Ingest`), served
+//! on a unix socket (and optionally loopback TCP).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use ingest_proto::v1::ingest_server::{Ingest, IngestServer};
+use ingest_proto::v1::*;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, UnixListenerStream};
+use tonic::{Request, Response, Status as GrpcStatus};
+use tracing::{info, warn};
+
+use crate::daemon::{FlowState, JoinChange, Shared};
+use crate::inject::{InjectSpec, MIN_PAYLOAD, build_packet};
+use crate::unix_ms;
+
+pub struct ApiService {
+    shared: Shared,
+    info: ApiInfo,
+}
+
+/// Static facts shown by `show status`.
+#[derive(Clone, Default)]
+pub struct ApiInfo {
+    pub frr_vty_dir: String,
+    pub frr_netns: String,
+    pub tun_local: String,
+    pub tun_neighbor: String,
+    pub join_source: String,
+}
+
+impl ApiService {
+    pub fn new(shared: Shared, info: ApiInfo) -> Self {
+        Self { shared, info }
+    }
+}
+
+pub fn join_message(f: &FlowState) -> Join {
+    Join {
+        source: f.sg.source.to_string(),
+        group: f.sg.group.to_string(),
+        interfaces: f.interfaces.clone(),
+        state: if f.held {
+            format!("{} (held)", f.phase.as_str())
+        } else {
+            f.phase.as_str().to_string()
+        },
+        reason: f.reason.clone(),
+        since_unix_ms: unix_ms(f.since),
+        relay: f.relay.clone().unwrap_or_default(),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<JoinEvent, GrpcStatus>> + Send>>;
+
+fn parse_addr(field: &str, v: &str) -> Result<IpAddr, GrpcStatus> {
+    v.parse()
+        .map_err(|_| GrpcStatus::invalid_argument(format!("{field}: {v:?} is not an IP address")))
+}
+
+#[tonic::async_trait]
+impl Ingest for ApiService {
+    async fn get_status(&self, _: Request<StatusRequest>) -> Result<Response<Status>, GrpcStatus> {
+        let ws = self
+            .shared
+            .watch_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let st = self.shared.read();
+        let c = &self.shared.counters;
+        let mut counters = std::collections::HashMap::new();
+        counters.insert(
+            "pim_malformed".into(),
+            c.pim_malformed.load(Ordering::Relaxed),
+        );
+        counters.insert(
+            "mroute_events".into(),
+            c.mroute_events.load(Ordering::Relaxed),
+        );
+        counters.insert(
+            "tun_read_other".into(),
+            c.tun_read_other.load(Ordering::Relaxed),
+        );
+        counters.insert(
+            "injected_packets".into(),
+            c.injected.load(Ordering::Relaxed),
+        );
+        counters.insert("route_errors".into(), st.route_errors);
+        counters.insert("skipped_join_entries".into(), ws.skipped_entries);
+        counters.insert("pimd_reconnects".into(), ws.reconnects);
+        Ok(Response::new(Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_ms: self.shared.started.elapsed().as_millis() as u64,
+            frr_state: if ws.frr_state.is_empty() {
+                "connecting".into()
+            } else {
+                ws.frr_state.clone()
+            },
+            frr_vty_dir: self.info.frr_vty_dir.clone(),
+            frr_netns: self.info.frr_netns.clone(),
+            tun_name: self.shared.tun.name().into(),
+            tun_local: self.info.tun_local.clone(),
+            tun_neighbor: self.info.tun_neighbor.clone(),
+            joins: st.flows.len() as u32,
+            served_sources: st.routed_sources.len() as u32,
+            polls: ws.polls,
+            poll_errors: ws.poll_errors,
+            last_poll_error: ws.last_error.clone(),
+            last_poll_age_ms: ws
+                .last_ok
+                .map(|t| t.elapsed().as_millis() as u64)
+                .unwrap_or(0),
+            pim_hellos_sent: c.hellos_sent.load(Ordering::Relaxed),
+            pim_joinprunes_seen: c.joinprunes_seen.load(Ordering::Relaxed),
+            tunnels: 0,
+            join_source: self.info.join_source.clone(),
+            counters,
+        }))
+    }
+
+    async fn list_joins(
+        &self,
+        _: Request<ListJoinsRequest>,
+    ) -> Result<Response<JoinList>, GrpcStatus> {
+        let st = self.shared.read();
+        Ok(Response::new(JoinList {
+            joins: st.flows.values().map(join_message).collect(),
+        }))
+    }
+
+    type WatchJoinsStream = EventStream;
+
+    async fn watch_joins(
+        &self,
+        _: Request<WatchJoinsRequest>,
+    ) -> Result<Response<EventStream>, GrpcStatus> {
+        use futures::StreamExt;
+        // Subscribe before the snapshot so no change falls in between.
+        let rx = self.shared.events.subscribe();
+        let snapshot: Vec<Join> = self
+            .shared
+            .read()
+            .flows
+            .values()
+            .map(join_message)
+            .collect();
+        let now = unix_ms(SystemTime::now());
+        let first = futures::stream::iter(snapshot.into_iter().map(move |j| {
+            Ok(JoinEvent {
+                kind: join_event::Kind::Added as i32,
+                join: Some(j),
+                at_unix_ms: now,
+            })
+        }));
+        let live = BroadcastStream::new(rx).filter_map(|ev| async move {
+            match ev {
+                Ok((change, at)) => {
+                    let (kind, flow) = match change {
+                        JoinChange::Added(f) => (join_event::Kind::Added, f),
+                        JoinChange::Changed(f) => (join_event::Kind::Changed, f),
+                        JoinChange::Removed(f) => (join_event::Kind::Removed, f),
+                    };
+                    Some(Ok(JoinEvent {
+                        kind: kind as i32,
+                        join: Some(join_message(&flow)),
+                        at_unix_ms: unix_ms(at),
+                    }))
+                }
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    warn!("a WatchJoins client lagged; {n} events dropped");
+                    Some(Err(GrpcStatus::data_loss(format!(
+                        "{n} join events dropped (client too slow); re-watch to resync"
+                    ))))
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(first.chain(live))))
+    }
+
+    async fn list_tunnels(
+        &self,
+        _: Request<ListTunnelsRequest>,
+    ) -> Result<Response<TunnelList>, GrpcStatus> {
+        Ok(Response::new(TunnelList { tunnels: vec![] }))
+    }
+
+    async fn list_flows(
+        &self,
+        _: Request<ListFlowsRequest>,
+    ) -> Result<Response<FlowList>, GrpcStatus> {
+        let st = self.shared.read();
+        let flows = st
+            .flows
+            .values()
+            .map(|f| Flow {
+                source: f.sg.source.to_string(),
+                group: f.sg.group.to_string(),
+                population: f.interfaces.len() as u32,
+                state: f.phase.as_str().into(),
+                relay: f.relay.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(FlowList {
+            flows,
+            ..Default::default()
+        }))
+    }
+
+    async fn inject(
+        &self,
+        req: Request<InjectRequest>,
+    ) -> Result<Response<InjectReply>, GrpcStatus> {
+        let r = req.into_inner();
+        let source = parse_addr("source", &r.source)?;
+        let group = parse_addr("group", &r.group)?;
+        if !group.is_multicast() {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "group {group} is not multicast"
+            )));
+        }
+        if source.is_ipv4() != group.is_ipv4() {
+            return Err(GrpcStatus::invalid_argument(
+                "source and group are of different address families",
+            ));
+        }
+        if r.count == 0 || r.count > 10_000_000 {
+            return Err(GrpcStatus::invalid_argument("count must be 1..10000000"));
+        }
+        let port = |v: u32, d: u16, field: &str| -> Result<u16, GrpcStatus> {
+            match v {
+                0 => Ok(d),
+                1..=65535 => Ok(v as u16),
+                _ => Err(GrpcStatus::invalid_argument(format!(
+                    "{field} {v} is not a port"
+                ))),
+            }
+        };
+        let spec = InjectSpec {
+            source,
+            group,
+            src_port: port(r.src_port, 5000, "src_port")?,
+            dst_port: port(r.dst_port, 5001, "dst_port")?,
+            ttl: if r.ttl == 0 { 16 } else { r.ttl.min(255) as u8 },
+            payload_size: (r.payload_size as usize).clamp(MIN_PAYLOAD, 8900),
+        };
+        let tun = self.shared.tun.clone();
+        let counters = self.shared.counters.clone();
+        let started = tokio::time::Instant::now();
+        let (mut sent, mut failed) = (0u64, 0u64);
+        let mut first_error = None;
+        for i in 0..u64::from(r.count) {
+            if r.rate > 0 {
+                // Pace against the schedule, not per-packet sleeps.
+                let due = started + Duration::from_secs_f64(i as f64 / f64::from(r.rate));
+                if due > tokio::time::Instant::now() + Duration::from_millis(1) {
+                    tokio::time::sleep_until(due).await;
+                }
+            }
+            let now_ns = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            let Some(pkt) = build_packet(&spec, r.first_sequence + i, now_ns) else {
+                return Err(GrpcStatus::invalid_argument("mixed address families"));
+            };
+            match tun.write_packet(&pkt) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        counters.injected.fetch_add(sent, Ordering::Relaxed);
+        if let Some(e) = first_error {
+            warn!(
+                "inject: {failed} of {} writes to the TUN failed, first: {e}",
+                r.count
+            );
+        }
+        Ok(Response::new(InjectReply {
+            sent,
+            failed,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+}
+
+/// Bind the API's unix socket: replace a stale socket file, set its mode.
+pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // Refuse to steal a live daemon's socket.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+/// Serve the API until `stop` flips.
+pub async fn serve(
+    service: ApiService,
+    unix: tokio::net::UnixListener,
+    unix_path: PathBuf,
+    tcp: Option<std::net::SocketAddr>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let svc = IngestServer::new(service);
+    let mut stop2 = stop.clone();
+    let unix_srv = tonic::transport::Server::builder()
+        .add_service(svc.clone())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), async move {
+            let _ = stop.changed().await;
+        });
+    info!("management API on unix:{}", unix_path.display());
+    match tcp {
+        Some(addr) => {
+            info!("management API on tcp:{addr}");
+            let tcp_srv = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_shutdown(addr, async move {
+                    let _ = stop2.changed().await;
+                });
+            let (a, b) = tokio::join!(unix_srv, tcp_srv);
+            a?;
+            b?;
+        }
+        None => unix_srv.await?,
+    }
+    let _ = std::fs::remove_file(&unix_path);
+    Ok(())
+}

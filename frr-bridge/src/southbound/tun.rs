@@ -1,0 +1,324 @@
+//! The ingest TUN (`amt0`): one interface through which every ingested
+//! packet enters FRR's namespace, whatever relay it came from (Linux allows
+//! only 32 multicast VIFs, so one device per relay would not scale).
+//!
+//! The sidecar creates the TUN directly inside FRR's network namespace (a
+//! helper thread `setns`es into it, so the rest of the process stays in its
+//! own namespace with its AMT, DNS and HTTPS sockets), addresses it as a
+//! point-to-point link (`local peer neighbor/32`; pimd needs an IPv4
+//! address to make it a VIF), and installs per-source routes via the
+//! neighbour so pimd's RPF check resolves to amt0. The TUN disappears with
+//! the process (it is not persistent), taking its routes with it, so a
+//! crash leaves nothing stale in FRR's namespace.
+
+use std::fs::File;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+use super::netlink::{self, Netlink, SourceRoute};
+
+#[derive(Debug, Clone)]
+pub struct TunConfig {
+    pub name: String,
+    /// FRR's network namespace (e.g. `/var/run/netns/ingest`); `None` = ours.
+    pub netns: Option<PathBuf>,
+    /// Our side of the point-to-point link (what pimd sees as its address).
+    pub local: IpAddr,
+    /// The sidecar's PIM neighbour address: the RPF next hop for sources.
+    pub neighbor: IpAddr,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum TunError {
+    #[error("cannot open network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enter network namespace {path} (needs CAP_SYS_ADMIN): {source}")]
+    Setns {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open /dev/net/tun: {0}")]
+    DevTun(#[source] io::Error),
+    #[error("cannot create TUN {name}: {source}{hint}")]
+    Create {
+        name: String,
+        hint: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot configure {name}: {what}: {source}")]
+    Configure {
+        name: String,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("internal: namespace thread failed")]
+    Thread,
+}
+
+/// The TUN device, its netlink socket (both in FRR's namespace) and index.
+pub struct IngestTun {
+    fd: Arc<OwnedFd>,
+    name: String,
+    ifindex: u32,
+    netlink: Mutex<Netlink>,
+    neighbor: IpAddr,
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+fn create_tun(name: &str) -> Result<OwnedFd, TunError> {
+    let path = b"/dev/net/tun\0";
+    // SAFETY: NUL-terminated path; flags are plain ints.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr() as *const libc::c_char,
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(TunError::DevTun(io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TUN | IFF_NO_PI,
+        _pad: [0; 22],
+    };
+    let bytes = name.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() >= libc::IFNAMSIZ
+        || bytes.contains(&0)
+        || bytes.contains(&b'/')
+    {
+        return Err(TunError::Create {
+            name: name.to_string(),
+            hint: " (interface names are 1-15 bytes, no '/')",
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: TUNSETIFF takes a struct ifreq; IfReq has its layout (40 bytes).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EBUSY) => {
+                " (it exists and is held by another process: is another frr-ingestd running?)"
+            }
+            Some(libc::EINVAL) => " (an interface with that name exists and is not a TUN)",
+            Some(libc::EPERM) => " (needs CAP_NET_ADMIN)",
+            _ => "",
+        };
+        return Err(TunError::Create {
+            name: name.to_string(),
+            hint,
+            source: e,
+        });
+    }
+    Ok(fd)
+}
+
+fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
+    std::fs::write(path, value)
+}
+
+/// Run `f` on a thread that has entered `netns` (if any). Sockets and
+/// devices created there belong to that namespace for their whole life.
+fn in_netns<T: Send + 'static>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> Result<T, TunError> + Send + 'static,
+) -> Result<T, TunError> {
+    let netns = netns.map(Path::to_path_buf);
+    std::thread::spawn(move || {
+        if let Some(path) = &netns {
+            let file = File::open(path).map_err(|source| TunError::Netns {
+                path: path.clone(),
+                source,
+            })?;
+            // SAFETY: setns on a namespace fd; affects only this thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if r < 0 {
+                return Err(TunError::Setns {
+                    path: path.clone(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| TunError::Thread)?
+}
+
+impl IngestTun {
+    pub fn create(cfg: &TunConfig) -> Result<Self, TunError> {
+        let c = cfg.clone();
+        let (fd, netlink, ifindex) = in_netns(cfg.netns.as_deref(), move || {
+            let fd = create_tun(&c.name)?;
+            let conf = |what: &str, source| TunError::Configure {
+                name: c.name.clone(),
+                what: what.to_string(),
+                source,
+            };
+            let mut nl = Netlink::open().map_err(|e| conf("netlink socket", e))?;
+            let idx = nl
+                .link_index(&c.name)
+                .map_err(|e| conf("find ifindex", e))?;
+            // Decapsulated packets arrive on amt0 from sources routed back
+            // through amt0 (our routes), but strict rp_filter would still
+            // drop them when the kernel's view differs; pimd does RPF itself.
+            if c.local.is_ipv4() {
+                let _ = write_sysctl(
+                    &format!("/proc/sys/net/ipv4/conf/{}/rp_filter", c.name),
+                    "0",
+                );
+            }
+            let prefix = if c.local.is_ipv4() { 32 } else { 128 };
+            nl.add_address(idx, c.local, Some(c.neighbor), prefix)
+                .map_err(|e| conf(&format!("add address {} peer {}", c.local, c.neighbor), e))?;
+            nl.set_link_up(idx, Some(c.mtu))
+                .map_err(|e| conf("set link up", e))?;
+            Ok((fd, nl, idx))
+        })?;
+        Ok(Self {
+            fd: Arc::new(fd),
+            name: cfg.name.clone(),
+            ifindex,
+            netlink: Mutex::new(netlink),
+            neighbor: cfg.neighbor,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The device fd, shared with whatever writes packets (AMT driver,
+    /// PIM Hellos, injector).
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.clone()
+    }
+
+    /// Write one IP packet into FRR's namespace as if received on the TUN.
+    pub fn write_packet(&self, packet: &[u8]) -> io::Result<()> {
+        write_packet(&self.fd, packet)
+    }
+
+    fn route_for(&self, source: IpAddr) -> SourceRoute {
+        match source {
+            IpAddr::V4(_) => SourceRoute {
+                destination: source,
+                prefix_len: 32,
+                gateway: self.neighbor.is_ipv4().then_some(self.neighbor),
+            },
+            // An IPv6 source routes onto the link; pim6d's RPF needs a
+            // link-local neighbour there (FRR research §9), not our v4 one.
+            IpAddr::V6(_) => SourceRoute {
+                destination: source,
+                prefix_len: 128,
+                gateway: self.neighbor.is_ipv6().then_some(self.neighbor),
+            },
+        }
+    }
+
+    fn netlink(&self) -> std::sync::MutexGuard<'_, Netlink> {
+        // A poisoned lock only means another thread panicked mid-call; the
+        // socket itself is still usable.
+        self.netlink.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Route `source` through the TUN so pimd's RPF for it resolves here.
+    pub fn add_source_route(&self, source: IpAddr) -> io::Result<()> {
+        let r = self.route_for(source);
+        self.netlink().add_route(&r, self.ifindex)
+    }
+
+    pub fn del_source_route(&self, source: IpAddr) -> io::Result<()> {
+        let r = self.route_for(source);
+        self.netlink().del_route(&r, self.ifindex)
+    }
+
+    /// Source routes currently installed by us (for status and cleanup).
+    pub fn own_routes(&self) -> io::Result<Vec<IpAddr>> {
+        let mut nl = self.netlink();
+        let mut v: Vec<IpAddr> = nl
+            .list_own_routes(false)?
+            .into_iter()
+            .chain(nl.list_own_routes(true)?)
+            .filter(|(_, oif)| *oif == self.ifindex)
+            .map(|(r, _)| r.destination)
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Remove routes we tagged that point at interfaces other than our TUN
+    /// (left by an instance that died before its TUN went away).
+    pub fn remove_stale_routes(&self) -> io::Result<usize> {
+        let mut nl = self.netlink();
+        let mut n = 0;
+        for v6 in [false, true] {
+            for (r, oif) in nl.list_own_routes(v6)? {
+                if oif != self.ifindex {
+                    nl.del_route(&r, oif)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Open a netlink socket in FRR's namespace subscribed to MFC changes.
+    pub fn open_mroute_monitor(netns: Option<&Path>) -> Result<OwnedFd, TunError> {
+        in_netns(netns, || {
+            netlink::open_mroute_monitor().map_err(|source| TunError::Configure {
+                name: "netlink".into(),
+                what: "subscribe to multicast route events".into(),
+                source,
+            })
+        })
+    }
+}
+
+/// Write one packet to a TUN fd. TUN writes do not block (the packet is
+/// handed to the stack at once); EAGAIN is reported as an error like others.
+pub fn write_packet(fd: &OwnedFd, packet: &[u8]) -> io::Result<()> {
+    // SAFETY: packet is a valid buffer of packet.len() bytes.
+    let n = unsafe {
+        libc::write(
+            fd.as_raw_fd(),
+            packet.as_ptr() as *const libc::c_void,
+            packet.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

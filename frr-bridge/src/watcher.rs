@@ -1,0 +1,282 @@
+//! The join watcher: reads pimd's join state over its vty socket and
+//! publishes the desired set of (S,G)s with their downstream interfaces.
+//!
+//! It polls on a short period and re-polls at once when triggered (a PIM
+//! Join/Prune from pimd on the TUN, a kernel multicast-route change). The
+//! poll is the source of truth: triggers only make it sooner. When pimd is
+//! unreachable the last good set is kept, errors are logged once per burst
+//! and retried with backoff. When pimd comes back (a restart), it knows
+//! nothing until the downstream routers re-send their periodic Joins, so
+//! for a grace period the set held before the outage is kept (joined with
+//! whatever pimd reports) instead of tearing every flow down.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::Sg;
+use crate::frr::joins::{ParsedJoins, parse_join_json};
+use crate::frr::vty::VtyClient;
+
+/// Downstream interfaces per wanted (S,G).
+pub type JoinSet = BTreeMap<Sg, Vec<String>>;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredSet {
+    pub joins: JoinSet,
+    /// (S,G)s kept only because pimd restarted recently (grace period).
+    pub held: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WatchStatus {
+    pub frr_state: String,
+    pub polls: u64,
+    pub poll_errors: u64,
+    pub last_error: String,
+    pub last_ok: Option<Instant>,
+    pub skipped_entries: u64,
+    pub reconnects: u64,
+}
+
+pub struct WatcherConfig {
+    pub pimd_socket: PathBuf,
+    pub pim6d_socket: Option<PathBuf>,
+    /// pim6 "auto": query pim6d only while its socket exists.
+    pub pim6_auto: bool,
+    pub poll_interval: Duration,
+    pub command_timeout: Duration,
+    pub restart_grace: Duration,
+    /// Interfaces that are not downstream (the ingest TUN itself).
+    pub ignore_interfaces: Vec<String>,
+}
+
+/// Logs the first error of a burst, counts the rest, and logs recovery.
+#[derive(Default)]
+struct BurstLog {
+    failing_since: Option<Instant>,
+    suppressed: u64,
+    last_message: String,
+}
+
+impl BurstLog {
+    fn error(&mut self, what: &str, msg: String) {
+        if self.failing_since.is_none() || msg != self.last_message {
+            warn!("{what}: {msg} (keeping the last good join set; retrying with backoff)");
+            self.failing_since.get_or_insert_with(Instant::now);
+            self.last_message = msg;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+    /// True when this ends a failure burst.
+    fn ok(&mut self, what: &str) -> bool {
+        if let Some(since) = self.failing_since.take() {
+            info!(
+                "{what}: reachable again after {:.1} s ({} more errors suppressed)",
+                since.elapsed().as_secs_f64(),
+                self.suppressed
+            );
+            self.suppressed = 0;
+            self.last_message.clear();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct JoinWatcher {
+    cfg: WatcherConfig,
+    pimd: VtyClient,
+    pim6d: Option<VtyClient>,
+    trigger: Arc<Notify>,
+    tx: watch::Sender<Arc<DesiredSet>>,
+    status: Arc<Mutex<WatchStatus>>,
+    log4: BurstLog,
+    log6: BurstLog,
+    last_v4: Option<JoinSet>,
+    last_v6: JoinSet,
+    /// Set held across a pimd outage, and until when.
+    grace: Option<(JoinSet, Instant)>,
+}
+
+fn poll_error_text(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl JoinWatcher {
+    pub fn new(
+        cfg: WatcherConfig,
+        trigger: Arc<Notify>,
+        tx: watch::Sender<Arc<DesiredSet>>,
+        status: Arc<Mutex<WatchStatus>>,
+    ) -> Self {
+        let pimd = VtyClient::new(cfg.pimd_socket.clone(), cfg.command_timeout);
+        let pim6d = cfg
+            .pim6d_socket
+            .clone()
+            .map(|p| VtyClient::new(p, cfg.command_timeout));
+        Self {
+            cfg,
+            pimd,
+            pim6d,
+            trigger,
+            tx,
+            status,
+            log4: BurstLog::default(),
+            log6: BurstLog::default(),
+            last_v4: None,
+            last_v6: JoinSet::new(),
+            grace: None,
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, WatchStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn to_set(&self, parsed: ParsedJoins) -> JoinSet {
+        let mut out = JoinSet::new();
+        for (sg, mut ifaces) in parsed.joins {
+            ifaces.retain(|i| !self.cfg.ignore_interfaces.contains(i));
+            if !ifaces.is_empty() {
+                out.insert(sg, ifaces);
+            }
+        }
+        out
+    }
+
+    async fn query(client: &mut VtyClient, command: &str) -> Result<ParsedJoins, String> {
+        let text = client
+            .command(command)
+            .await
+            .map_err(|e| poll_error_text(&e))?;
+        parse_join_json(&text).map_err(|e| poll_error_text(&e))
+    }
+
+    /// One poll of pimd (and pim6d). Returns whether pimd answered.
+    pub async fn poll_once(&mut self) -> bool {
+        let now = Instant::now();
+        let v4 = Self::query(&mut self.pimd, "show ip pim join json").await;
+        let ok = match v4 {
+            Ok(parsed) => {
+                let skipped = parsed.skipped.len() as u64;
+                if skipped > 0 {
+                    debug!("pimd join json: skipped {:?}", parsed.skipped);
+                }
+                let set = self.to_set(parsed);
+                if self.log4.ok("pimd") {
+                    self.status().reconnects += 1;
+                    if let Some(held) = self.last_v4.clone() {
+                        if !held.is_empty() {
+                            info!(
+                                "keeping {} joins for {} s while pimd relearns its state",
+                                held.len(),
+                                self.cfg.restart_grace.as_secs()
+                            );
+                            self.grace = Some((held, now + self.cfg.restart_grace));
+                        }
+                    }
+                }
+                let mut st = self.status();
+                st.polls += 1;
+                st.last_ok = Some(now);
+                st.skipped_entries += skipped;
+                st.frr_state = "connected".into();
+                drop(st);
+                self.last_v4 = Some(set);
+                true
+            }
+            Err(msg) => {
+                self.log4.error(
+                    &format!("pimd at {}", self.cfg.pimd_socket.display()),
+                    msg.clone(),
+                );
+                let mut st = self.status();
+                st.polls += 1;
+                st.poll_errors += 1;
+                st.frr_state = format!("unreachable: {msg}");
+                st.last_error = msg;
+                false
+            }
+        };
+        self.poll_v6().await;
+        self.publish(now);
+        ok
+    }
+
+    async fn poll_v6(&mut self) {
+        let Some(client) = self.pim6d.as_mut() else {
+            return;
+        };
+        if self.cfg.pim6_auto && !client.path().exists() {
+            self.last_v6.clear();
+            return;
+        }
+        match Self::query(client, "show ipv6 pim join json").await {
+            Ok(parsed) => {
+                self.log6.ok("pim6d");
+                self.last_v6 = self.to_set(parsed);
+            }
+            Err(msg) => self.log6.error("pim6d", msg),
+        }
+    }
+
+    fn publish(&mut self, now: Instant) {
+        let mut joins = self.last_v4.clone().unwrap_or_default();
+        joins.extend(self.last_v6.iter().map(|(k, v)| (*k, v.clone())));
+        let mut held = 0;
+        if let Some((grace_set, until)) = &self.grace {
+            if now < *until {
+                for (sg, ifaces) in grace_set {
+                    if !joins.contains_key(sg) {
+                        joins.insert(*sg, ifaces.clone());
+                        held += 1;
+                    }
+                }
+            } else {
+                info!("pimd restart grace over; following pimd's join state again");
+                self.grace = None;
+            }
+        }
+        let new = DesiredSet { joins, held };
+        self.tx.send_if_modified(|cur| {
+            if **cur != new {
+                *cur = Arc::new(new);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Poll forever (until the receiver side is gone).
+    pub async fn run(mut self) {
+        let base = self.cfg.poll_interval;
+        let mut delay = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.trigger.notified() => {}
+                _ = self.tx.closed() => return,
+            }
+            let ok = self.poll_once().await;
+            delay = if ok {
+                base
+            } else {
+                // 2x backoff from the poll interval up to 5 s.
+                (delay.max(base) * 2).min(Duration::from_secs(5))
+            };
+            // Grace expiry must publish even without a new trigger.
+            if let Some((_, until)) = &self.grace {
+                let left = until.saturating_duration_since(Instant::now());
+                delay = delay.min(left.max(Duration::from_millis(1)));
+            }
+        }
+    }
+}
