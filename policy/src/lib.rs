@@ -6,6 +6,7 @@
 //! without I/O. The I/O layers (`driad::DriadResolver`, `dorms::DormsClient`)
 //! are thin async wrappers around hickory-resolver and reqwest.
 
+pub mod admission;
 pub mod cache;
 pub mod dns;
 pub mod driad;
