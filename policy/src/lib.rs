@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod cache;
 pub mod dns;
+pub mod dorms;
 pub mod driad;
 pub mod joinfile;
 
