@@ -1,0 +1,1178 @@
+//! Conformance tests of the sans-IO tunnel against a scripted relay, with a
+//! fake clock (a base `Instant` plus offsets).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::wire::amt::{MembershipQuery, Message, QueryKind, ResponseMac};
+use crate::wire::encap::{self, EncapReport};
+use crate::wire::ipv4::{Ipv4Repr, PROTO_UDP};
+use crate::wire::ipv6::{Ipv6Repr, NEXT_UDP};
+use crate::wire::{GroupRecord, RecordType, igmp, mld};
+
+const S1: &str = "192.0.2.1";
+const G1: &str = "232.1.1.1";
+const G2: &str = "232.1.1.2";
+const S6: &str = "2001:db8::1";
+const G6: &str = "ff3e::8000:1";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn discovery_addr() -> SocketAddr {
+    "203.0.113.1:2268".parse().unwrap()
+}
+
+fn relay_addr() -> SocketAddr {
+    "203.0.113.20:2268".parse().unwrap()
+}
+
+fn local() -> SocketAddr {
+    "198.51.100.2:40000".parse().unwrap()
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn cfg() -> TunnelConfig {
+    TunnelConfig::new(discovery_addr())
+}
+
+/// A transmit decoded for assertions.
+#[derive(Debug, Clone, PartialEq)]
+enum Sent {
+    Discovery {
+        nonce: u32,
+    },
+    Request {
+        nonce: u32,
+        kind: QueryKind,
+    },
+    Update {
+        mac: ResponseMac,
+        nonce: u32,
+        report: EncapReport,
+    },
+    Teardown {
+        mac: ResponseMac,
+        nonce: u32,
+        gateway: SocketAddr,
+    },
+}
+
+fn sent(t: &mut Tunnel) -> Vec<(SocketAddr, Sent)> {
+    let mut out = Vec::new();
+    while let Some(tx) = t.poll_transmit() {
+        let s = match Message::decode(&tx.payload).unwrap() {
+            Message::RelayDiscovery(d) => Sent::Discovery { nonce: d.nonce },
+            Message::Request(r) => Sent::Request {
+                nonce: r.nonce,
+                kind: r.kind,
+            },
+            Message::MembershipUpdate(u) => Sent::Update {
+                mac: u.mac,
+                nonce: u.nonce,
+                report: EncapReport::parse(u.report).unwrap(),
+            },
+            Message::Teardown(td) => Sent::Teardown {
+                mac: td.mac,
+                nonce: td.nonce,
+                gateway: td.gateway,
+            },
+            other => panic!("gateway sent {other:?}"),
+        };
+        out.push((tx.destination, s));
+    }
+    out
+}
+
+fn events(t: &mut Tunnel) -> Vec<TunnelEvent> {
+    std::iter::from_fn(|| t.poll_event()).collect()
+}
+
+fn advertisement(nonce: u32, relay: IpAddr) -> Vec<u8> {
+    Message::RelayAdvertisement(amt::RelayAdvertisement { nonce, relay }).to_vec()
+}
+
+struct QueryOpts {
+    nonce: u32,
+    mac: ResponseMac,
+    qrv: u8,
+    qqic: u8,
+    limit: bool,
+    gateway: Option<SocketAddr>,
+    v6: bool,
+}
+
+impl QueryOpts {
+    fn new(nonce: u32) -> Self {
+        Self {
+            nonce,
+            mac: ResponseMac([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x01]),
+            qrv: 2,
+            qqic: 125,
+            limit: false,
+            gateway: None,
+            v6: false,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let datagram = if self.v6 {
+            encap::mldv2_query_datagram(
+                "fe80::99".parse().unwrap(),
+                &mld::QueryRepr {
+                    max_resp_code: 10_000,
+                    group: Ipv6Addr::UNSPECIFIED,
+                    suppress_router_processing: false,
+                    qrv: self.qrv,
+                    qqic: self.qqic,
+                    sources: vec![],
+                },
+            )
+            .unwrap()
+        } else {
+            encap::igmpv3_query_datagram(
+                Ipv4Addr::new(10, 0, 0, 1),
+                &igmp::QueryRepr {
+                    max_resp_code: 100,
+                    group: Ipv4Addr::UNSPECIFIED,
+                    suppress_router_processing: false,
+                    qrv: self.qrv,
+                    qqic: self.qqic,
+                    sources: vec![],
+                },
+                false,
+            )
+            .unwrap()
+        };
+        Message::MembershipQuery(MembershipQuery {
+            limit: self.limit,
+            gateway_flag: self.gateway.is_some(),
+            mac: self.mac,
+            nonce: self.nonce,
+            query: &datagram,
+            gateway: self.gateway,
+        })
+        .to_vec()
+    }
+}
+
+/// AMT Multicast Data carrying a UDP packet from `src` to `dst`.
+fn data(src: IpAddr, dst: IpAddr, payload_len: usize) -> Vec<u8> {
+    let mut out = vec![0x06, 0x00];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let r = Ipv4Repr {
+                src: s,
+                dst: d,
+                protocol: PROTO_UDP,
+                ttl: 1,
+                tos: 0,
+                router_alert: false,
+                payload_len: 8 + payload_len,
+            };
+            let mut b = vec![0u8; r.total_len()];
+            r.emit(&mut b).unwrap();
+            out.extend(b);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let r = Ipv6Repr {
+                src: s,
+                dst: d,
+                next_header: NEXT_UDP,
+                hop_limit: 1,
+                router_alert: false,
+                payload_len: 8 + payload_len,
+            };
+            let mut b = vec![0u8; r.total_len()];
+            r.emit(&mut b).unwrap();
+            out.extend(b);
+        }
+        _ => panic!("mixed"),
+    }
+    out
+}
+
+fn only_request(s: &[(SocketAddr, Sent)]) -> (u32, QueryKind) {
+    assert_eq!(s.len(), 1, "{s:?}");
+    match &s[0] {
+        (dst, Sent::Request { nonce, kind }) => {
+            assert_eq!(*dst, relay_addr());
+            (*nonce, *kind)
+        }
+        other => panic!("expected Request, got {other:?}"),
+    }
+}
+
+/// The nonce of the single Request among `s` (other transmits ignored).
+fn find_request(s: &[(SocketAddr, Sent)]) -> u32 {
+    let reqs: Vec<u32> = s
+        .iter()
+        .filter_map(|(_, x)| match x {
+            Sent::Request { nonce, .. } => Some(*nonce),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reqs.len(), 1, "{s:?}");
+    reqs[0]
+}
+
+fn discovery_nonce(s: &[(SocketAddr, Sent)]) -> u32 {
+    assert_eq!(s.len(), 1, "{s:?}");
+    match &s[0] {
+        (dst, Sent::Discovery { nonce }) => {
+            assert_eq!(*dst, discovery_addr());
+            *nonce
+        }
+        other => panic!("expected Discovery, got {other:?}"),
+    }
+}
+
+fn igmp_records(s: &Sent) -> (ResponseMac, u32, Vec<GroupRecord<Ipv4Addr>>) {
+    match s {
+        Sent::Update {
+            mac,
+            nonce,
+            report: EncapReport::Igmp { report, .. },
+        } => (*mac, *nonce, report.records.clone()),
+        other => panic!("expected IGMP Update, got {other:?}"),
+    }
+}
+
+fn rec4(t: RecordType, g: &str, s: &[&str]) -> GroupRecord<Ipv4Addr> {
+    GroupRecord {
+        record_type: t,
+        group: g.parse().unwrap(),
+        sources: s.iter().map(|x| x.parse().unwrap()).collect(),
+    }
+}
+
+/// Tunnel taken through discovery, one (S1,G1) subscription and a first
+/// Query; transmits and events drained. Returns (tunnel, base, now, query nonce).
+fn up_tunnel(cfg: TunnelConfig) -> (Tunnel, Instant, Instant, u32) {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg, local(), t0, 42);
+    let now = t0;
+    let dn = discovery_nonce(&sent(&mut t));
+    assert_eq!(
+        t.handle_datagram(now, discovery_addr(), &advertisement(dn, relay_addr().ip())),
+        Received::Control
+    );
+    t.subscribe(ip(S1), ip(G1), now).unwrap();
+    let (rn, kind) = only_request(&sent(&mut t));
+    assert_eq!(kind, QueryKind::Igmpv3);
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &QueryOpts::new(rn).bytes()),
+        Received::Control
+    );
+    sent(&mut t);
+    events(&mut t);
+    (t, t0, now, rn)
+}
+
+// ---- discovery -------------------------------------------------------------
+
+#[test]
+fn discovery_advertisement_request_query_gives_up() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 1);
+    assert_eq!(t.state(), TunnelState::Discovering);
+    let dn = discovery_nonce(&sent(&mut t));
+    // First window is [1 s, 1 s].
+    assert_eq!(t.poll_timeout(), Some(t0 + secs(1)));
+
+    // Wrong nonce and wrong sender are dropped and change nothing.
+    assert_eq!(
+        t.handle_datagram(
+            t0,
+            discovery_addr(),
+            &advertisement(dn ^ 1, relay_addr().ip())
+        ),
+        Received::Dropped(DropReason::NonceMismatch)
+    );
+    assert_eq!(
+        t.handle_datagram(
+            t0,
+            "203.0.113.1:2269".parse().unwrap(),
+            &advertisement(dn, relay_addr().ip())
+        ),
+        Received::Dropped(DropReason::NotFromRelay)
+    );
+    assert_eq!(t.state(), TunnelState::Discovering);
+
+    assert_eq!(
+        t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip())),
+        Received::Control
+    );
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::RelayDiscovered {
+            relay: relay_addr()
+        }]
+    );
+    assert_eq!(t.relay(), Some(relay_addr()));
+    // Nothing subscribed yet: no Request, no timer.
+    assert_eq!(t.state(), TunnelState::Idle);
+    assert!(sent(&mut t).is_empty());
+    assert_eq!(t.poll_timeout(), None);
+
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, kind) = only_request(&sent(&mut t));
+    assert_eq!(kind, QueryKind::Igmpv3);
+    assert_eq!(t.state(), TunnelState::Requesting);
+    assert_eq!(t.stats().next_request_at, Some(t0 + secs(1)));
+
+    let q = QueryOpts::new(rn);
+    assert_eq!(
+        t.handle_datagram(t0, relay_addr(), &q.bytes()),
+        Received::Control
+    );
+    assert_eq!(t.state(), TunnelState::Up);
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::Up {
+            relay: relay_addr(),
+            family: Family::V4
+        }]
+    );
+    // Answer to the Query (current state), then the pending ALLOW.
+    let out = sent(&mut t);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let (mac, nonce, recs) = igmp_records(&out[0].1);
+    assert_eq!((mac, nonce), (q.mac, rn));
+    assert_eq!(recs, vec![rec4(RecordType::ModeIsInclude, G1, &[S1])]);
+    let (mac, nonce, recs) = igmp_records(&out[1].1);
+    assert_eq!((mac, nonce), (q.mac, rn));
+    assert_eq!(recs, vec![rec4(RecordType::AllowNewSources, G1, &[S1])]);
+    assert!(out.iter().all(|(d, _)| *d == relay_addr()));
+    assert_eq!(t.stats().last_query_at, Some(t0));
+    assert_eq!(t.stats().query_interval, Some(secs(125)));
+    assert_eq!(t.stats().robustness, Some(2));
+}
+
+#[test]
+fn discovery_retransmits_with_random_exponential_backoff_and_reports_loss_once() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 7);
+    let first = discovery_nonce(&sent(&mut t));
+    let mut now = t0;
+    let mut losses = 0;
+    let mut prev_deadline = t0;
+    for n in 1..=12u32 {
+        let deadline = t.poll_timeout().unwrap();
+        let waited = deadline - prev_deadline;
+        let upper = secs(1u64 << (n - 1).min(7)).min(secs(120));
+        assert!(
+            waited >= secs(1) && waited <= upper,
+            "retry {n}: waited {waited:?}, upper {upper:?}"
+        );
+        // Nothing happens before the deadline.
+        t.handle_timeout(deadline - Duration::from_millis(1));
+        assert!(sent(&mut t).is_empty());
+        now = deadline;
+        t.handle_timeout(now);
+        // Same nonce on every retransmission of one discovery episode.
+        assert_eq!(discovery_nonce(&sent(&mut t)), first);
+        for e in events(&mut t) {
+            assert_eq!(
+                e,
+                TunnelEvent::RelayLost {
+                    reason: LossReason::NoAdvertisement
+                }
+            );
+            losses += 1;
+            // Loss is reported after 1 + relay_loss_after unanswered messages.
+            assert_eq!(n, 4);
+        }
+        prev_deadline = now;
+    }
+    assert_eq!(losses, 1);
+    assert_eq!(t.stats().discoveries_sent, 13);
+    assert!(t.poll_timeout().unwrap() - now <= secs(120));
+    // A late Advertisement for the same episode is still accepted.
+    assert_eq!(
+        t.handle_datagram(
+            now,
+            discovery_addr(),
+            &advertisement(first, relay_addr().ip())
+        ),
+        Received::Control
+    );
+}
+
+#[test]
+fn discovery_backoff_bounds_hold_for_many_seeds() {
+    for seed in 0..50 {
+        let t0 = Instant::now();
+        let mut t = Tunnel::new(cfg(), local(), t0, seed);
+        sent(&mut t);
+        let mut prev = t0;
+        for n in 0..10u32 {
+            let d = t.poll_timeout().unwrap();
+            let upper = secs(1u64 << n.min(7)).min(secs(120));
+            assert!(
+                d - prev >= secs(1) && d - prev <= upper,
+                "seed {seed} retry {n}"
+            );
+            t.handle_timeout(d);
+            sent(&mut t);
+            prev = d;
+        }
+    }
+}
+
+#[test]
+fn ipv6_advertised_relay_is_used() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 3);
+    let dn = discovery_nonce(&sent(&mut t));
+    let v6relay = ip("2001:db8::20");
+    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, v6relay));
+    assert_eq!(t.relay(), Some(SocketAddr::new(v6relay, 2268)));
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let out = sent(&mut t);
+    assert_eq!(out[0].0, SocketAddr::new(v6relay, 2268));
+}
+
+// ---- requests and queries --------------------------------------------------
+
+#[test]
+fn request_retransmission_then_relay_lost_and_rediscovery() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 11);
+    let dn = discovery_nonce(&sent(&mut t));
+    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    events(&mut t);
+    let (rn, _) = only_request(&sent(&mut t));
+    let mut prev = t0;
+    // relay_loss_after = 3 retransmissions with the same nonce.
+    for n in 1..=3u32 {
+        let d = t.poll_timeout().unwrap();
+        assert!(
+            d - prev >= secs(1) && d - prev <= secs(1 << (n - 1)),
+            "retry {n}"
+        );
+        t.handle_timeout(d);
+        assert_eq!(only_request(&sent(&mut t)).0, rn);
+        assert!(events(&mut t).is_empty());
+        prev = d;
+    }
+    assert_eq!(t.stats().requests_sent, 4);
+    let d = t.poll_timeout().unwrap();
+    assert!(d - prev <= secs(8));
+    t.handle_timeout(d);
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::RelayLost {
+            reason: LossReason::NoQuery
+        }]
+    );
+    assert_eq!(t.state(), TunnelState::Discovering);
+    let dn2 = discovery_nonce(&sent(&mut t));
+    assert_eq!(t.stats().relay_losses, 1);
+    // The subscription survives; after rediscovery a Request goes out at once.
+    assert!(t.is_subscribed(ip(S1), ip(G1)));
+    t.handle_datagram(d, discovery_addr(), &advertisement(dn2, relay_addr().ip()));
+    let (rn2, _) = only_request(&sent(&mut t));
+    assert_ne!(rn2, rn);
+    // The Request backoff was not reset by the restart: window is now 16 s.
+    let next = t.poll_timeout().unwrap();
+    assert!(next - d >= secs(1) && next - d <= secs(16));
+    // The old nonce is no longer accepted.
+    assert_eq!(
+        t.handle_datagram(d, relay_addr(), &QueryOpts::new(rn).bytes()),
+        Received::Dropped(DropReason::NonceMismatch)
+    );
+    assert_eq!(
+        t.handle_datagram(d, relay_addr(), &QueryOpts::new(rn2).bytes()),
+        Received::Control
+    );
+    assert_eq!(t.state(), TunnelState::Up);
+}
+
+#[test]
+fn skip_discovery_restarts_requests_without_discovery() {
+    let mut c = TunnelConfig::new(relay_addr());
+    c.skip_discovery = true;
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(c, local(), t0, 5);
+    assert!(sent(&mut t).is_empty());
+    assert_eq!(t.state(), TunnelState::Idle);
+    assert_eq!(t.poll_timeout(), None);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, _) = only_request(&sent(&mut t));
+    let mut now = t0;
+    for _ in 0..4 {
+        now = t.poll_timeout().unwrap();
+        t.handle_timeout(now);
+    }
+    // 3 retransmissions, then the 4th timeout: loss and a new Request.
+    let out = sent(&mut t);
+    assert_eq!(out.len(), 4);
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::RelayLost {
+            reason: LossReason::NoQuery
+        }]
+    );
+    let (rn2, _) = only_request(&out[3..]);
+    assert_ne!(rn2, rn);
+    assert_eq!(t.stats().discoveries_sent, 0);
+    assert_eq!(t.state(), TunnelState::Requesting);
+    // Backoff keeps growing across cycles, capped at 120 s: over two hours
+    // of silence there are few wakeups and never a busy loop.
+    let end = now + secs(7200);
+    let mut wakeups = 0;
+    while now < end {
+        let next = t.poll_timeout().unwrap();
+        assert!(next - now >= secs(1), "retransmissions at least 1 s apart");
+        now = next;
+        t.handle_timeout(now);
+        sent(&mut t);
+        wakeups += 1;
+    }
+    // Uniform in [1 s, 120 s] once capped: about one wakeup per minute.
+    assert!((60..=200).contains(&wakeups), "{wakeups} wakeups");
+}
+
+#[test]
+fn query_schedules_refresh_request_after_qqi_with_new_nonce() {
+    let (mut t, _t0, now, rn) = up_tunnel(cfg());
+    assert_eq!(t.stats().next_request_at, Some(now + secs(125)));
+    // ALLOW repeat is also pending (QRV 2): within [0.5 s, 1 s].
+    let first = t.poll_timeout().unwrap();
+    assert!(first - now >= Duration::from_millis(500) && first - now <= secs(1));
+    t.handle_timeout(first);
+    let out = sent(&mut t);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        igmp_records(&out[0].1).2,
+        vec![rec4(RecordType::AllowNewSources, G1, &[S1])]
+    );
+    assert_eq!(t.poll_timeout(), Some(now + secs(125).min(secs(10))));
+    // No-data check at +10 s (nothing received): event, then refresh at 125 s.
+    t.handle_timeout(now + secs(10));
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::NoData {
+            source: ip(S1),
+            group: ip(G1)
+        }]
+    );
+    assert_eq!(t.poll_timeout(), Some(now + secs(125)));
+    let refresh = now + secs(125);
+    t.handle_timeout(refresh);
+    let (rn2, _) = only_request(&sent(&mut t));
+    assert_ne!(rn2, rn);
+    assert_eq!(t.state(), TunnelState::Up);
+    // The refresh Query's MAC is used from then on.
+    let mut q = QueryOpts::new(rn2);
+    q.mac = ResponseMac([1, 2, 3, 4, 5, 6]);
+    t.handle_datagram(refresh, relay_addr(), &q.bytes());
+    let out = sent(&mut t);
+    assert_eq!(out.len(), 1);
+    let (mac, nonce, recs) = igmp_records(&out[0].1);
+    assert_eq!((mac, nonce), (q.mac, rn2));
+    assert_eq!(recs, vec![rec4(RecordType::ModeIsInclude, G1, &[S1])]);
+    assert!(events(&mut t).is_empty(), "Up is not repeated on refresh");
+    t.subscribe(ip(S1), ip(G2), refresh).unwrap();
+    let (mac, nonce, recs) = igmp_records(&sent(&mut t)[0].1);
+    assert_eq!((mac, nonce), (q.mac, rn2));
+    assert_eq!(recs, vec![rec4(RecordType::AllowNewSources, G2, &[S1])]);
+}
+
+#[test]
+fn qqic_float_form_and_zero() {
+    let t0 = Instant::now();
+    let mut c = TunnelConfig::new(relay_addr());
+    c.skip_discovery = true;
+    c.no_data_timeout = None;
+    let mut t = Tunnel::new(c.clone(), local(), t0, 9);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, _) = only_request(&sent(&mut t));
+    let mut q = QueryOpts::new(rn);
+    q.qqic = 0x91; // 272 s
+    t.handle_datagram(t0, relay_addr(), &q.bytes());
+    assert_eq!(t.stats().next_request_at, Some(t0 + secs(272)));
+    assert_eq!(t.stats().query_interval, Some(secs(272)));
+
+    let mut t = Tunnel::new(c, local(), t0, 9);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, _) = only_request(&sent(&mut t));
+    let mut q = QueryOpts::new(rn);
+    q.qqic = 0;
+    q.qrv = 0;
+    t.handle_datagram(t0, relay_addr(), &q.bytes());
+    assert_eq!(t.stats().next_request_at, Some(t0 + secs(125)));
+    assert_eq!(t.stats().robustness, Some(2));
+}
+
+#[test]
+fn state_changes_repeat_qrv_times() {
+    let t0 = Instant::now();
+    let mut c = TunnelConfig::new(relay_addr());
+    c.skip_discovery = true;
+    c.no_data_timeout = None;
+    let mut t = Tunnel::new(c, local(), t0, 21);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, _) = only_request(&sent(&mut t));
+    let mut q = QueryOpts::new(rn);
+    q.qrv = 3;
+    t.handle_datagram(t0, relay_addr(), &q.bytes());
+    sent(&mut t);
+    // Let the initial ALLOW repetitions finish.
+    let mut now = t0;
+    while let Some(d) = t.poll_timeout().filter(|d| *d < t0 + secs(100)) {
+        now = d;
+        t.handle_timeout(now);
+    }
+    sent(&mut t);
+
+    // Leave: BLOCK now and twice more, spaced [0.5, 1] s.
+    assert!(t.unsubscribe(ip(S1), ip(G1), now));
+    assert!(!t.unsubscribe(ip(S1), ip(G1), now));
+    let mut blocks = 0;
+    let mut last = now;
+    loop {
+        for (_, s) in sent(&mut t) {
+            assert_eq!(
+                igmp_records(&s).2,
+                vec![rec4(RecordType::BlockOldSources, G1, &[S1])]
+            );
+            blocks += 1;
+        }
+        let Some(d) = t.poll_timeout().filter(|d| *d < t0 + secs(100)) else {
+            break;
+        };
+        assert!(d - last >= Duration::from_millis(500) && d - last <= secs(1));
+        last = d;
+        t.handle_timeout(d);
+    }
+    assert_eq!(blocks, 3);
+}
+
+#[test]
+fn join_then_leave_before_repetitions_end_sends_block_not_allow() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    t.subscribe(ip(S1), ip(G2), now).unwrap();
+    let out = sent(&mut t);
+    // The pending ALLOW for G1 rides along with the new ALLOW for G2.
+    assert_eq!(
+        igmp_records(&out[0].1).2,
+        vec![
+            rec4(RecordType::AllowNewSources, G1, &[S1]),
+            rec4(RecordType::AllowNewSources, G2, &[S1])
+        ]
+    );
+    t.unsubscribe(ip(S1), ip(G2), now);
+    let out = sent(&mut t);
+    let recs = igmp_records(&out[0].1).2;
+    assert!(recs.contains(&rec4(RecordType::BlockOldSources, G2, &[S1])));
+    assert!(!recs.contains(&rec4(RecordType::AllowNewSources, G2, &[S1])));
+}
+
+#[test]
+fn query_from_wrong_address_or_nonce_or_malformed_is_dropped() {
+    let t0 = Instant::now();
+    let mut c = TunnelConfig::new(relay_addr());
+    c.skip_discovery = true;
+    let mut t = Tunnel::new(c, local(), t0, 2);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, _) = only_request(&sent(&mut t));
+    let q = QueryOpts::new(rn).bytes();
+    assert_eq!(
+        t.handle_datagram(t0, "203.0.113.21:2268".parse().unwrap(), &q),
+        Received::Dropped(DropReason::NotFromRelay)
+    );
+    assert_eq!(
+        t.handle_datagram(t0, "203.0.113.20:2269".parse().unwrap(), &q),
+        Received::Dropped(DropReason::NotFromRelay)
+    );
+    assert_eq!(
+        t.handle_datagram(
+            t0,
+            relay_addr(),
+            &QueryOpts::new(rn.wrapping_add(1)).bytes()
+        ),
+        Received::Dropped(DropReason::NonceMismatch)
+    );
+    let mut corrupt = q.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff; // IGMP checksum no longer verifies
+    assert_eq!(
+        t.handle_datagram(t0, relay_addr(), &corrupt),
+        Received::Dropped(DropReason::Malformed)
+    );
+    assert_eq!(
+        t.handle_datagram(t0, relay_addr(), &[0x13, 0, 0, 0, 0, 0, 0, 0]),
+        Received::Dropped(DropReason::Malformed)
+    );
+    // Relays never send Requests or Updates to gateways.
+    assert_eq!(
+        t.handle_datagram(t0, relay_addr(), &[0x03, 0, 0, 0, 0, 0, 0, 1]),
+        Received::Dropped(DropReason::UnexpectedMessage)
+    );
+    assert_eq!(t.state(), TunnelState::Requesting);
+    assert!(sent(&mut t).is_empty());
+    let d = &t.stats().dropped;
+    assert_eq!(d.get(DropReason::NotFromRelay), 2);
+    assert_eq!(d.get(DropReason::NonceMismatch), 1);
+    assert_eq!(d.get(DropReason::Malformed), 2);
+    assert_eq!(d.get(DropReason::UnexpectedMessage), 1);
+    assert_eq!(d.total(), 6);
+    assert_eq!(t.handle_datagram(t0, relay_addr(), &q), Received::Control);
+}
+
+#[test]
+fn limit_flag_before_up_refuses_and_holds_down() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 13);
+    let dn = discovery_nonce(&sent(&mut t));
+    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    events(&mut t);
+    let (rn, _) = only_request(&sent(&mut t));
+    let mut q = QueryOpts::new(rn);
+    q.limit = true;
+    assert_eq!(
+        t.handle_datagram(t0, relay_addr(), &q.bytes()),
+        Received::Control
+    );
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::RelayRefused {
+            relay: relay_addr()
+        }]
+    );
+    assert_eq!(t.state(), TunnelState::Refused);
+    assert!(
+        sent(&mut t).is_empty(),
+        "no membership report to a refusing relay"
+    );
+    assert_eq!(t.poll_timeout(), Some(t0 + secs(600)));
+    assert_eq!(t.stats().limited_queries, 1);
+    t.handle_timeout(t0 + secs(599));
+    assert!(sent(&mut t).is_empty());
+    t.handle_timeout(t0 + secs(600));
+    assert_eq!(t.state(), TunnelState::Discovering);
+    discovery_nonce(&sent(&mut t));
+}
+
+#[test]
+fn limit_flag_on_an_established_tunnel_is_honoured() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    let refresh = now + secs(125);
+    t.handle_timeout(refresh);
+    let rn = find_request(&sent(&mut t));
+    let mut q = QueryOpts::new(rn);
+    q.limit = true;
+    t.handle_datagram(refresh, relay_addr(), &q.bytes());
+    assert_eq!(t.state(), TunnelState::Up);
+    assert_eq!(t.stats().limited_queries, 1);
+    assert_eq!(sent(&mut t).len(), 1);
+}
+
+#[test]
+fn gateway_address_change_sends_teardown_with_previous_values() {
+    let t0 = Instant::now();
+    let mut c = TunnelConfig::new(relay_addr());
+    c.skip_discovery = true;
+    let mut t = Tunnel::new(c, local(), t0, 17);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, _) = only_request(&sent(&mut t));
+    let old_gw: SocketAddr = "192.0.2.200:5000".parse().unwrap();
+    let mut q = QueryOpts::new(rn);
+    q.gateway = Some(old_gw);
+    t.handle_datagram(t0, relay_addr(), &q.bytes());
+    sent(&mut t);
+    events(&mut t);
+    assert_eq!(t.stats().gateway_address, Some(old_gw));
+
+    let refresh = t0 + secs(125);
+    t.handle_timeout(refresh);
+    let rn2 = find_request(&sent(&mut t));
+    let new_gw: SocketAddr = "192.0.2.200:6000".parse().unwrap();
+    let mut q2 = QueryOpts::new(rn2);
+    q2.mac = ResponseMac([7; 6]);
+    q2.gateway = Some(new_gw);
+    t.handle_datagram(refresh, relay_addr(), &q2.bytes());
+    let out = sent(&mut t);
+    assert_eq!(
+        out[0],
+        (
+            relay_addr(),
+            Sent::Teardown {
+                mac: q.mac,
+                nonce: rn,
+                gateway: old_gw
+            }
+        )
+    );
+    assert!(matches!(out[1].1, Sent::Update { .. }));
+    assert!(
+        events(&mut t).contains(&TunnelEvent::GatewayAddressChanged {
+            old: old_gw,
+            new: new_gw
+        })
+    );
+    assert_eq!(t.stats().teardowns_sent, 1);
+}
+
+// ---- data ------------------------------------------------------------------
+
+#[test]
+fn data_accepted_only_from_relay_and_for_subscribed_channels() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    let pkt = data(ip(S1), ip(G1), 100);
+    match t.handle_datagram(now, relay_addr(), &pkt) {
+        Received::Data {
+            inner,
+            source,
+            group,
+        } => {
+            assert_eq!(inner, 2..pkt.len());
+            assert_eq!(&pkt[inner][..1], &[0x45]);
+            assert_eq!((source, group), (ip(S1), ip(G1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Trailing bytes after the inner packet are not part of it.
+    let mut padded = pkt.clone();
+    padded.extend_from_slice(&[0; 5]);
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &padded),
+        Received::Data {
+            inner: 2..pkt.len(),
+            source: ip(S1),
+            group: ip(G1)
+        }
+    );
+    assert_eq!(
+        t.handle_datagram(now, "203.0.113.99:2268".parse().unwrap(), &pkt),
+        Received::Dropped(DropReason::NotFromRelay)
+    );
+    assert_eq!(
+        t.handle_datagram(now, "203.0.113.20:9".parse().unwrap(), &pkt),
+        Received::Dropped(DropReason::NotFromRelay)
+    );
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &data(ip("192.0.2.9"), ip(G1), 10)),
+        Received::Dropped(DropReason::NotSubscribed)
+    );
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &data(ip(S1), ip("10.1.1.1"), 10)),
+        Received::Dropped(DropReason::NotMulticast)
+    );
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &[0x06, 0, 0x45, 0, 0, 99]),
+        Received::Dropped(DropReason::Malformed)
+    );
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &[0x06, 0]),
+        Received::Dropped(DropReason::Malformed)
+    );
+    let s = t.stats();
+    assert_eq!(s.data_packets, 2);
+    assert_eq!(s.data_bytes, 2 * (pkt.len() as u64 - 2));
+    assert_eq!(s.dropped.get(DropReason::NotFromRelay), 2);
+    assert_eq!(s.dropped.get(DropReason::NotSubscribed), 1);
+    assert_eq!(s.dropped.get(DropReason::NotMulticast), 1);
+    assert_eq!(s.dropped.get(DropReason::Malformed), 2);
+    let sub = t.subscription_stats(ip(S1), ip(G1)).unwrap();
+    assert_eq!(sub.packets, 2);
+    assert_eq!(sub.last_data_at, Some(now));
+
+    // With data flowing, no NoData event.
+    t.handle_timeout(now + secs(30));
+    assert!(
+        !events(&mut t)
+            .iter()
+            .any(|e| matches!(e, TunnelEvent::NoData { .. }))
+    );
+
+    t.unsubscribe(ip(S1), ip(G1), now);
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &pkt),
+        Received::Dropped(DropReason::NotSubscribed)
+    );
+}
+
+#[test]
+fn data_before_discovery_is_not_accepted() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 4);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    assert_eq!(
+        t.handle_datagram(t0, discovery_addr(), &data(ip(S1), ip(G1), 10)),
+        Received::Dropped(DropReason::NotFromRelay)
+    );
+}
+
+// ---- both families ---------------------------------------------------------
+
+#[test]
+fn ipv6_subscription_uses_p_flag_and_mld() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    t.subscribe(ip(S6), ip(G6), now).unwrap();
+    let (rn6, kind) = only_request(&sent(&mut t));
+    assert_eq!(kind, QueryKind::Mldv2);
+    let mut q = QueryOpts::new(rn6);
+    q.v6 = true;
+    q.mac = ResponseMac([6; 6]);
+    assert_eq!(
+        t.handle_datagram(now, relay_addr(), &q.bytes()),
+        Received::Control
+    );
+    let out = sent(&mut t);
+    assert_eq!(out.len(), 2);
+    match &out[0].1 {
+        Sent::Update {
+            mac,
+            nonce,
+            report: EncapReport::Mld { src, report },
+        } => {
+            assert_eq!((*mac, *nonce), (q.mac, rn6));
+            assert_eq!(*src, "fe80::1".parse::<Ipv6Addr>().unwrap());
+            assert_eq!(report.records.len(), 1);
+            assert_eq!(report.records[0].record_type, RecordType::ModeIsInclude);
+            assert_eq!(IpAddr::V6(report.records[0].group), ip(G6));
+            assert_eq!(IpAddr::V6(report.records[0].sources[0]), ip(S6));
+        }
+        other => panic!("{other:?}"),
+    }
+    let pkt = data(ip(S6), ip(G6), 50);
+    assert!(matches!(
+        t.handle_datagram(now, relay_addr(), &pkt),
+        Received::Data { .. }
+    ));
+    // IPv4 state is unaffected: the IPv4 ALLOW repetition still uses the v4 MAC.
+    let d = t.poll_timeout().unwrap();
+    t.handle_timeout(d);
+    for (_, s) in sent(&mut t) {
+        if let Sent::Update {
+            mac,
+            report: EncapReport::Igmp { .. },
+            ..
+        } = s
+        {
+            assert_eq!(mac, QueryOpts::new(0).mac);
+        }
+    }
+}
+
+#[test]
+fn unanswered_family_does_not_kill_a_healthy_tunnel() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    t.subscribe(ip(S6), ip(G6), now).unwrap();
+    only_request(&sent(&mut t));
+    // Let 60 s pass: the MLD family exhausts its retries, IPv4 stays healthy.
+    let mut at = now;
+    while let Some(d) = t.poll_timeout().filter(|d| *d <= now + secs(60)) {
+        at = d;
+        t.handle_timeout(at);
+    }
+    assert!(at > now);
+    assert!(t.stats().request_timeouts >= 1);
+    assert_eq!(t.stats().relay_losses, 0);
+    assert!(
+        !events(&mut t)
+            .iter()
+            .any(|e| matches!(e, TunnelEvent::RelayLost { .. }))
+    );
+    assert_eq!(t.state(), TunnelState::Up);
+}
+
+#[test]
+fn relay_silent_after_up_is_lost_after_refresh_fails() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    let mut at = now;
+    let mut lost = false;
+    while let Some(d) = t.poll_timeout().filter(|d| *d <= now + secs(400)) {
+        at = d;
+        t.handle_timeout(at);
+        if events(&mut t).contains(&TunnelEvent::RelayLost {
+            reason: LossReason::NoQuery,
+        }) {
+            lost = true;
+            break;
+        }
+    }
+    assert!(lost);
+    // Refresh at 125 s + at most 1+2+4+8 s of retransmissions.
+    assert!(
+        at >= now + secs(129) && at <= now + secs(140),
+        "{:?}",
+        at - now
+    );
+    assert_eq!(t.state(), TunnelState::Discovering);
+    assert!(t.is_subscribed(ip(S1), ip(G1)));
+}
+
+// ---- subscribe errors ------------------------------------------------------
+
+#[test]
+fn subscribe_validation() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 1);
+    assert_eq!(
+        t.subscribe(ip(S6), ip(G1), t0),
+        Err(SubscribeError::MixedFamily {
+            src: ip(S6),
+            group: ip(G1)
+        })
+    );
+    assert_eq!(
+        t.subscribe(ip(S1), ip("10.0.0.1"), t0),
+        Err(SubscribeError::NotMulticast(ip("10.0.0.1")))
+    );
+    assert_eq!(t.subscribe(ip(S1), ip(G1), t0), Ok(true));
+    assert_eq!(t.subscribe(ip(S1), ip(G1), t0), Ok(false));
+    assert_eq!(
+        t.subscriptions().collect::<Vec<_>>(),
+        vec![(ip(S1), ip(G1))]
+    );
+    t.close(t0);
+    assert_eq!(t.subscribe(ip(S1), ip(G2), t0), Err(SubscribeError::Closed));
+}
+
+// ---- close -----------------------------------------------------------------
+
+#[test]
+fn close_sends_blocks_then_teardown_then_closed() {
+    let (mut t, _t0, now, rn) = up_tunnel(cfg());
+    t.subscribe(ip(S1), ip(G2), now).unwrap();
+    sent(&mut t);
+    t.close(now);
+    assert_eq!(t.state(), TunnelState::Closing);
+    let mut blocks = 0;
+    let mut teardown = None;
+    let mut at = now;
+    loop {
+        for (dst, s) in sent(&mut t) {
+            assert_eq!(dst, relay_addr());
+            match s {
+                Sent::Update { .. } => {
+                    let recs = igmp_records(&s).2;
+                    assert_eq!(
+                        recs,
+                        vec![
+                            rec4(RecordType::BlockOldSources, G1, &[S1]),
+                            rec4(RecordType::BlockOldSources, G2, &[S1])
+                        ]
+                    );
+                    blocks += 1;
+                }
+                Sent::Teardown {
+                    mac,
+                    nonce,
+                    gateway,
+                } => {
+                    assert_eq!(blocks, 2, "Teardown comes after the leaves");
+                    teardown = Some((mac, nonce, gateway));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let Some(d) = t.poll_timeout() else { break };
+        assert!(d > at && d <= at + secs(1));
+        at = d;
+        t.handle_timeout(at);
+    }
+    assert_eq!(blocks, 2);
+    // No G trailer was given: the local (specific) address is used.
+    assert_eq!(teardown, Some((QueryOpts::new(0).mac, rn, local())));
+    assert_eq!(t.state(), TunnelState::Closed);
+    assert_eq!(events(&mut t), vec![TunnelEvent::Closed]);
+    assert_eq!(t.poll_timeout(), None);
+    assert_eq!(
+        t.handle_datagram(at, relay_addr(), &data(ip(S1), ip(G1), 10)),
+        Received::Dropped(DropReason::Closed)
+    );
+    t.handle_timeout(at + secs(1000));
+    assert!(sent(&mut t).is_empty());
+}
+
+#[test]
+fn close_without_handshake_is_immediate_and_silent() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 1);
+    sent(&mut t);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.close(t0);
+    assert_eq!(t.state(), TunnelState::Closed);
+    assert!(sent(&mut t).is_empty());
+    assert_eq!(events(&mut t), vec![TunnelEvent::Closed]);
+    assert_eq!(t.poll_timeout(), None);
+}
+
+#[test]
+fn close_with_unspecified_local_and_no_g_sends_no_teardown() {
+    let t0 = Instant::now();
+    let mut c = TunnelConfig::new(relay_addr());
+    c.skip_discovery = true;
+    let mut t = Tunnel::new(c, "0.0.0.0:4000".parse().unwrap(), t0, 1);
+    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    let (rn, _) = only_request(&sent(&mut t));
+    t.handle_datagram(t0, relay_addr(), &QueryOpts::new(rn).bytes());
+    // Report source falls back to 0.0.0.0 for an unspecified local address.
+    match &sent(&mut t)[0].1 {
+        Sent::Update {
+            report: EncapReport::Igmp { src, .. },
+            ..
+        } => assert_eq!(*src, Ipv4Addr::UNSPECIFIED),
+        other => panic!("{other:?}"),
+    }
+    t.unsubscribe(ip(S1), ip(G1), t0);
+    t.close(t0);
+    while let Some(d) = t.poll_timeout() {
+        t.handle_timeout(d);
+    }
+    assert!(
+        sent(&mut t)
+            .iter()
+            .all(|(_, s)| !matches!(s, Sent::Teardown { .. }))
+    );
+    assert_eq!(t.state(), TunnelState::Closed);
+}
+
+// ---- a long run against a well-behaved scripted relay ------------------------
+
+#[test]
+fn six_hours_with_a_responsive_relay_keeps_state_and_never_spins() {
+    let (mut t, _t0, mut now, _) = up_tunnel(cfg());
+    let end = now + secs(6 * 3600);
+    let mut wakeups = 0u32;
+    let mut requests = 0u32;
+    let mut updates = 0u32;
+    while let Some(d) = t.poll_timeout().filter(|d| *d <= end) {
+        assert!(d > now || wakeups == 0, "timer did not advance");
+        now = d;
+        t.handle_timeout(now);
+        wakeups += 1;
+        for (_, s) in sent(&mut t) {
+            match s {
+                Sent::Request { nonce, .. } => {
+                    requests += 1;
+                    t.handle_datagram(now, relay_addr(), &QueryOpts::new(nonce).bytes());
+                    for (_, s2) in sent(&mut t) {
+                        assert!(matches!(s2, Sent::Update { .. }));
+                        updates += 1;
+                    }
+                }
+                Sent::Update { .. } => updates += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // One refresh per 125 s.
+    assert_eq!(requests, (6 * 3600) / 125);
+    assert!(updates >= requests);
+    assert!(wakeups < 200, "{wakeups}");
+    assert_eq!(t.state(), TunnelState::Up);
+    assert_eq!(t.stats().relay_losses, 0);
+}
