@@ -172,7 +172,16 @@ fn main() -> Result<()> {
 fn send(args: &Args, senders: &mut [Sender], start: Instant) -> (String, Option<String>) {
     let channels = senders.len() as u64;
     let total_rate = args.rate * channels as f64;
-    let limit = args.count.map(|c| c.saturating_mul(channels));
+    // Packet k is due at start + k / total_rate; a duration is a packet budget
+    // too, so the last tick before the deadline is not lost.
+    let count_limit = args.count.map(|c| c.saturating_mul(channels));
+    let duration_limit = args
+        .duration
+        .map(|d| (d.max(0.0) * total_rate).ceil() as u64);
+    let limit = match (count_limit, duration_limit) {
+        (Some(c), Some(d)) => Some(c.min(d)),
+        (c, d) => c.or(d),
+    };
     let deadline = args
         .duration
         .map(|d| start + Duration::from_secs_f64(d.max(0.0)));
@@ -188,13 +197,14 @@ fn send(args: &Args, senders: &mut [Sender], start: Instant) -> (String, Option<
             return (name.to_owned(), first_error);
         }
         if limit.is_some_and(|l| scheduled >= l) {
-            return ("count".to_owned(), first_error);
+            let reason = if count_limit.is_some_and(|c| scheduled >= c) {
+                "count"
+            } else {
+                "duration"
+            };
+            return (reason.to_owned(), first_error);
         }
         let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return ("duration".to_owned(), first_error);
-        }
-        // Packet k is due at start + k / total_rate.
         let elapsed = now.duration_since(start).as_secs_f64();
         let mut due = (elapsed * total_rate) as u64 + 1;
         due = due.min(scheduled + max_burst);
@@ -226,6 +236,10 @@ fn send(args: &Args, senders: &mut [Sender], start: Instant) -> (String, Option<
                     first_error.get_or_insert_with(|| format!("{}: {e}", sender.channel));
                 }
             }
+        }
+        // Behind schedule at the deadline (CPU-bound): stop rather than run over.
+        if deadline.is_some_and(|d| now >= d) {
+            return ("duration".to_owned(), first_error);
         }
         let next_due = start + Duration::from_secs_f64(scheduled as f64 / total_rate);
         let now = Instant::now();
