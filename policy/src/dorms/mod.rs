@@ -13,3 +13,6 @@ pub use metadata::{
     parse_metadata, restconf_root,
 };
 pub use srv::{SrvTarget, cache_lifetime, order_srv};
+
+mod client;
+pub use client::{DormsClient, DormsConfig, DormsError, FlowBitrate};

@@ -213,3 +213,178 @@ impl Silent {
         }
     }
 }
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (EC P-256) and a server certificate for `dns_name` signed by it,
+/// written to `dir` as ca.crt, server.crt, server.key.
+pub fn make_pki(dir: &Path, dns_name: &str) {
+    require_binary(OPENSSL);
+    let p = |n: &str| dir.join(n);
+    run(Command::new(OPENSSL)
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(p("ca.key")));
+    run(Command::new(OPENSSL)
+        .args([
+            "req",
+            "-x509",
+            "-new",
+            "-sha256",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=policy test CA",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-key")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.crt")));
+    run(Command::new(OPENSSL)
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(p("server.key")));
+    run(Command::new(OPENSSL)
+        .args(["req", "-new", "-sha256", "-subj"])
+        .arg(format!("/CN={dns_name}"))
+        .arg("-key")
+        .arg(p("server.key"))
+        .arg("-out")
+        .arg(p("server.csr")));
+    fs::write(
+        p("ext.cnf"),
+        format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{dns_name}\n"
+        ),
+    )
+    .expect("write ext");
+    run(Command::new(OPENSSL)
+        .args(["x509", "-req", "-sha256", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(p("server.csr"))
+        .arg("-CA")
+        .arg(p("ca.crt"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("ext.cnf"))
+        .arg("-out")
+        .arg(p("server.crt")));
+}
+
+/// nginx serving `<dir>/www` over TLS on 127.0.0.1:<port>, single process.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl Nginx {
+    /// `files`: (path under www, content). `extra_locations`: raw nginx
+    /// `location` blocks. The certificate is for `dns_name`.
+    pub fn start(dns_name: &str, files: &[(&str, &str)], extra_locations: &str) -> Self {
+        require_binary(NGINX);
+        let dir = TempDir::new("nginx");
+        make_pki(dir.path(), dns_name);
+        let www = dir.path().join("www");
+        for (path, content) in files {
+            let full = www.join(path);
+            fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            fs::write(full, content).expect("write file");
+        }
+        fs::create_dir_all(&www).expect("www");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/tmp_body;
+    proxy_temp_path {d}/tmp_proxy;
+    fastcgi_temp_path {d}/tmp_fastcgi;
+    uwsgi_temp_path {d}/tmp_uwsgi;
+    scgi_temp_path {d}/tmp_scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name {dns_name};
+        ssl_certificate {d}/server.crt;
+        ssl_certificate_key {d}/server.key;
+        root {d}/www;
+        default_type application/yang-data+json;
+        location = /.well-known/host-meta {{ default_type application/xrd+xml; }}
+{extra_locations}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        fs::write(&conf_path, conf).expect("write nginx.conf");
+        let log_path = dir.path().join("error.log");
+        let mut child = Command::new(NGINX)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(&log_path)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        wait_for_tcp(
+            ([127, 0, 0, 1], port).into(),
+            &mut child,
+            "nginx",
+            &log_path,
+        );
+        Self { child, port, dir }
+    }
+
+    /// Request lines in the access log so far.
+    pub fn requests(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
