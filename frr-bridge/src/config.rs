@@ -30,7 +30,7 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub frr: FrrConfig,
@@ -92,7 +92,7 @@ pub struct ApiConfig {
     pub tcp: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Lab and troubleshooting mode: route every joined source to the TUN
@@ -139,26 +139,6 @@ impl Default for ApiConfig {
             socket: PathBuf::from("/run/frr-ingest/api.sock"),
             socket_mode: "0660".into(),
             tcp: None,
-        }
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            serve_all_sources: false,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            frr: FrrConfig::default(),
-            tun: TunSection::default(),
-            watch: WatchConfig::default(),
-            api: ApiConfig::default(),
-            ingest: IngestConfig::default(),
         }
     }
 }
@@ -231,22 +211,22 @@ impl Config {
                 format!("{:?}: expected \"auto\", \"yes\" or \"no\"", self.frr.pim6),
             ));
         }
-        if let Some(ns) = &self.frr.netns {
-            if ns.as_os_str().is_empty() {
-                return Err(invalid(
-                    "frr.netns",
-                    "empty path (omit the key to use the sidecar's namespace)",
-                ));
-            }
+        if let Some(ns) = &self.frr.netns
+            && ns.as_os_str().is_empty()
+        {
+            return Err(invalid(
+                "frr.netns",
+                "empty path (omit the key to use the sidecar's namespace)",
+            ));
         }
         self.socket_mode()?;
-        if let Some(tcp) = self.api.tcp {
-            if !tcp.ip().is_loopback() {
-                return Err(invalid(
-                    "api.tcp",
-                    format!("{tcp} is not a loopback address; the API has no authentication"),
-                ));
-            }
+        if let Some(tcp) = self.api.tcp
+            && !tcp.ip().is_loopback()
+        {
+            return Err(invalid(
+                "api.tcp",
+                format!("{tcp} is not a loopback address; the API has no authentication"),
+            ));
         }
         Ok(())
     }

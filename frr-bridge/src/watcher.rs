@@ -172,15 +172,15 @@ impl JoinWatcher {
                 let set = self.to_set(parsed);
                 if self.log4.ok("pimd") {
                     self.status().reconnects += 1;
-                    if let Some(held) = self.last_v4.clone() {
-                        if !held.is_empty() {
-                            info!(
-                                "keeping {} joins for {} s while pimd relearns its state",
-                                held.len(),
-                                self.cfg.restart_grace.as_secs()
-                            );
-                            self.grace = Some((held, now + self.cfg.restart_grace));
-                        }
+                    if let Some(held) = self.last_v4.clone()
+                        && !held.is_empty()
+                    {
+                        info!(
+                            "keeping {} joins for {} s while pimd relearns its state",
+                            held.len(),
+                            self.cfg.restart_grace.as_secs()
+                        );
+                        self.grace = Some((held, now + self.cfg.restart_grace));
                     }
                 }
                 let mut st = self.status();

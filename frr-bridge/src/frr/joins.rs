@@ -118,13 +118,13 @@ fn take_entry(
         ));
         return;
     };
-    if let Some(g) = entry.get("group").and_then(Value::as_str) {
-        if g.parse::<IpAddr>().ok() != Some(group) {
-            out.skipped.push(format!(
-                "entry {source}: group field {g:?} disagrees with key {group}"
-            ));
-            return;
-        }
+    if let Some(g) = entry.get("group").and_then(Value::as_str)
+        && g.parse::<IpAddr>().ok() != Some(group)
+    {
+        out.skipped.push(format!(
+            "entry {source}: group field {g:?} disagrees with key {group}"
+        ));
+        return;
     }
     if source.is_multicast() || source.is_unspecified() || source.is_ipv4() != group.is_ipv4() {
         out.skipped.push(format!(
