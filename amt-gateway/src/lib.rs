@@ -10,3 +10,11 @@ pub use gateway::{
     DropCounters, DropReason, Family, LossReason, Received, SubscribeError, SubscriptionStats,
     Transmit, Tunnel, TunnelConfig, TunnelEvent, TunnelState, TunnelStats,
 };
+pub mod driver;
+pub mod tun;
+
+pub use driver::{
+    DriverConfig, DriverError, DriverStats, RelayEvent, SubscriptionSnapshot, TunnelHandle,
+    TunnelSnapshot, spawn_tunnel,
+};
+pub use tun::{DiscardSink, PacketSink, TunDevice, TunWriter};

@@ -1,0 +1,704 @@
+//! Tokio driver: runs one [`Tunnel`] per task over its own UDP socket and
+//! writes decapsulated packets to a shared [`PacketSink`].
+//!
+//! * One socket per tunnel, bound once for the tunnel's life (the relay
+//!   identifies the tunnel by our address and port, NAT included). Large
+//!   receive buffer: SO_RCVBUFFORCE (needs CAP_NET_ADMIN), else SO_RCVBUF
+//!   (capped by net.core.rmem_max).
+//! * Batched receive with `recvmmsg(2)` into buffers allocated once; the
+//!   data path allocates nothing, logs nothing per packet, and reads the
+//!   clock once per batch.
+//! * Inner packets with TTL/hop limit below `min_inner_ttl` (default 2) are
+//!   raised to it before delivery (IPv4 header checksum patched
+//!   incrementally, RFC 1624). Reason: the packet enters the router through
+//!   the TUN as if received, and Linux multicast forwarding only forwards a
+//!   packet whose TTL exceeds the VIF threshold (1) and then decrements it,
+//!   so a TTL-1 packet (common for senders that rely on the AMT tunnel to
+//!   carry them) would reach FRR's MFC entry and be silently dropped. The
+//!   tunnel already acted as the single hop it was allowed; raising to 2
+//!   lets exactly one more router hop (the ingest router itself) forward it.
+//! * Control from other tasks through a cloneable [`TunnelHandle`]
+//!   (commands over an mpsc channel). Events of every tunnel can share one
+//!   channel of [`RelayEvent`]s. Dropping every handle closes the tunnel
+//!   gracefully (leaves, Teardown).
+
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::gateway::{
+    Received, SubscribeError, SubscriptionStats, Tunnel, TunnelConfig, TunnelEvent, TunnelState,
+    TunnelStats,
+};
+use crate::tun::PacketSink;
+use crate::wire::{ipv4, ipv6};
+
+/// Driver parameters around a [`TunnelConfig`].
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub tunnel: TunnelConfig,
+    /// Local address to bind; default: unspecified address of the relay's
+    /// family, port 0. Binding `[::]:0` gives a dual-stack socket that can
+    /// also reach an IPv4 relay (IPv4-mapped addresses are handled).
+    pub bind: Option<SocketAddr>,
+    /// Requested socket receive buffer.
+    pub recv_buffer_bytes: usize,
+    /// Datagrams per `recvmmsg` call.
+    pub batch_size: usize,
+    /// Largest datagram accepted; longer ones are dropped (counted).
+    pub max_datagram: usize,
+    /// Raise the TTL/hop limit of delivered packets to at least this.
+    pub min_inner_ttl: Option<u8>,
+    /// RNG seed for nonces and backoff; default: from the OS RNG.
+    pub rng_seed: Option<u64>,
+    /// Upper bound on a graceful close (leaves are repeated QRV times).
+    pub close_timeout: Duration,
+}
+
+impl DriverConfig {
+    pub fn new(tunnel: TunnelConfig) -> Self {
+        Self {
+            tunnel,
+            bind: None,
+            recv_buffer_bytes: 8 << 20,
+            batch_size: 32,
+            max_datagram: 9216,
+            min_inner_ttl: Some(2),
+            rng_seed: None,
+            close_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A tunnel event tagged with the relay the tunnel was created for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayEvent {
+    /// [`TunnelConfig::relay`] of the tunnel (its identity for the caller).
+    pub relay: SocketAddr,
+    pub event: TunnelEvent,
+}
+
+/// Counters of the I/O layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    pub datagrams_received: u64,
+    pub recv_batches: u64,
+    /// Datagrams longer than `max_datagram` (dropped).
+    pub truncated: u64,
+    pub recv_errors: u64,
+    pub send_errors: u64,
+    /// Packets the sink refused (e.g. TUN queue full).
+    pub sink_errors: u64,
+    pub ttl_raised: u64,
+    /// Receive buffer the kernel granted (as reported by SO_RCVBUF).
+    pub recv_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSnapshot {
+    pub source: IpAddr,
+    pub group: IpAddr,
+    pub stats: SubscriptionStats,
+}
+
+/// Everything known about a tunnel at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunnelSnapshot {
+    pub configured_relay: SocketAddr,
+    /// Relay in use (after discovery).
+    pub relay: Option<SocketAddr>,
+    /// Our socket address (specific address of the route to the relay
+    /// when bound to the unspecified address).
+    pub local: SocketAddr,
+    pub state: TunnelState,
+    pub stats: TunnelStats,
+    pub driver: DriverStats,
+    pub subscriptions: Vec<SubscriptionSnapshot>,
+    pub taken_at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    #[error("the tunnel task has ended")]
+    Gone,
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+}
+
+enum Command {
+    Subscribe {
+        source: IpAddr,
+        group: IpAddr,
+        reply: oneshot::Sender<Result<bool, SubscribeError>>,
+    },
+    Unsubscribe {
+        source: IpAddr,
+        group: IpAddr,
+        reply: oneshot::Sender<bool>,
+    },
+    Snapshot(oneshot::Sender<TunnelSnapshot>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Cloneable control handle of a running tunnel task.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    relay: SocketAddr,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for TunnelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelHandle")
+            .field("relay", &self.relay)
+            .finish()
+    }
+}
+
+impl TunnelHandle {
+    /// The relay (discovery) address the tunnel was created for.
+    pub fn configured_relay(&self) -> SocketAddr {
+        self.relay
+    }
+
+    /// Joins (S,G). `Ok(false)`: already subscribed.
+    pub async fn subscribe(&self, source: IpAddr, group: IpAddr) -> Result<bool, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe {
+                source,
+                group,
+                reply,
+            })
+            .map_err(|_| DriverError::Gone)?;
+        Ok(rx.await.map_err(|_| DriverError::Gone)??)
+    }
+
+    /// Leaves (S,G). `Ok(false)`: was not subscribed.
+    pub async fn unsubscribe(&self, source: IpAddr, group: IpAddr) -> Result<bool, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Unsubscribe {
+                source,
+                group,
+                reply,
+            })
+            .map_err(|_| DriverError::Gone)?;
+        rx.await.map_err(|_| DriverError::Gone)
+    }
+
+    pub async fn snapshot(&self) -> Result<TunnelSnapshot, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Snapshot(reply))
+            .map_err(|_| DriverError::Gone)?;
+        rx.await.map_err(|_| DriverError::Gone)
+    }
+
+    /// Leaves everything, sends Teardown, and resolves when the task has
+    /// finished (bounded by `close_timeout`). Closing an ended tunnel is Ok.
+    pub async fn close(&self) -> Result<(), DriverError> {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Close(reply)).is_err() {
+            return Ok(());
+        }
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// True once the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.commands.is_closed()
+    }
+}
+
+/// Opens the tunnel's socket and spawns its task on the current tokio
+/// runtime. Events go to `events` (which may be shared by many tunnels).
+pub fn spawn_tunnel(
+    cfg: DriverConfig,
+    sink: Arc<dyn PacketSink>,
+    events: mpsc::UnboundedSender<RelayEvent>,
+) -> io::Result<(TunnelHandle, JoinHandle<()>)> {
+    let relay = cfg.tunnel.relay;
+    let (socket, local, granted) = open_socket(&cfg)?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    let seed = cfg.rng_seed.unwrap_or_else(rand::random);
+    let now = Instant::now();
+    let tunnel = Tunnel::new(cfg.tunnel.clone(), local, now, seed);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let span = tracing::info_span!("amt_tunnel", relay = %relay, local = %local);
+    let task = TunnelTask {
+        batch: RecvBatch::new(cfg.batch_size.max(1), cfg.max_datagram.max(64)),
+        cfg,
+        tunnel,
+        socket,
+        sink,
+        events,
+        commands: rx,
+        commands_open: true,
+        close_waiters: Vec::new(),
+        close_deadline: None,
+        stats: DriverStats {
+            recv_buffer_bytes: granted,
+            ..DriverStats::default()
+        },
+        last_sink_warning: None,
+    };
+    let join = tokio::spawn(task.run().instrument(span));
+    Ok((
+        TunnelHandle {
+            relay,
+            commands: tx,
+        },
+        join,
+    ))
+}
+
+fn open_socket(cfg: &DriverConfig) -> io::Result<(Socket, SocketAddr, usize)> {
+    let relay = cfg.tunnel.relay;
+    let bind = cfg.bind.unwrap_or(match relay {
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    });
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() && bind.ip().is_unspecified() {
+        // Dual-stack so that an IPv4 relay (or advertised relay) works too.
+        let _ = socket.set_only_v6(false);
+    }
+    set_recv_buffer(&socket, cfg.recv_buffer_bytes);
+    socket.bind(&bind.into())?;
+    socket.set_nonblocking(true)?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("socket has no IP address"))?;
+    let local = if bound.ip().is_unspecified() {
+        route_source(relay).map_or(bound, |ip| SocketAddr::new(ip, bound.port()))
+    } else {
+        bound
+    };
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    Ok((socket, local, granted))
+}
+
+/// SO_RCVBUFFORCE ignores net.core.rmem_max (needs CAP_NET_ADMIN); fall
+/// back to SO_RCVBUF, which the kernel silently caps.
+fn set_recv_buffer(socket: &Socket, bytes: usize) {
+    const SO_RCVBUFFORCE: libc::c_int = 33;
+    let value = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let _ = socket.set_recv_buffer_size(bytes);
+    }
+}
+
+/// The source address the kernel would use towards `dest` (no packet sent).
+fn route_source(dest: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = match dest {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(dest).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
+}
+
+/// Raises the TTL/hop limit of `packet` to `min`; true if it changed.
+fn raise_ttl(packet: &mut [u8], min: u8) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= ipv4::MIN_HEADER_LEN && packet[8] < min => {
+            ipv4::set_ttl(packet, min).is_ok()
+        }
+        Some(6) if packet.len() >= ipv6::HEADER_LEN && packet[7] < min => {
+            ipv6::set_hop_limit(packet, min).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Receive buffers for `recvmmsg`, allocated once per tunnel.
+struct RecvBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    slot: usize,
+}
+
+// SAFETY: the raw pointers inside iovecs/msgs only ever point into
+// buffers owned by this same struct and are rewritten before every
+// recvmmsg call; moving the struct to another thread is therefore sound.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    fn new(batch: usize, slot: usize) -> Self {
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        let zero_addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let zero_msg: libc::mmsghdr = unsafe { mem::zeroed() };
+        Self {
+            bufs: vec![0u8; batch * slot],
+            addrs: vec![zero_addr; batch],
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                batch
+            ],
+            msgs: vec![zero_msg; batch],
+            slot,
+        }
+    }
+
+    /// One non-blocking `recvmmsg`; returns how many datagrams arrived.
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.msgs.len();
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..n {
+            // SAFETY: i * slot + slot <= bufs.len(), so the pointer stays in bounds.
+            self.iovecs[i].iov_base = unsafe { base.add(i * self.slot) }.cast();
+            self.iovecs[i].iov_len = self.slot;
+            let hdr = &mut self.msgs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovecs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        // SAFETY: every mmsghdr points at live buffers owned by self, sized
+        // as declared; n fits in c_uint (batch size is small).
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc as usize)
+        }
+    }
+
+    /// Sender, payload and truncation flag of datagram `i` of the last batch.
+    fn datagram(&mut self, i: usize) -> (Option<SocketAddr>, &mut [u8], bool) {
+        let len = (self.msgs[i].msg_len as usize).min(self.slot);
+        let truncated = self.msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let from = sockaddr_to_std(&self.addrs[i]);
+        let start = i * self.slot;
+        (from, &mut self.bufs[start..start + len], truncated)
+    }
+}
+
+fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: ss_family says this storage holds a sockaddr_in.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: ss_family says this storage holds a sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)).to_canonical();
+            Some(SocketAddr::new(ip, u16::from_be(sin6.sin6_port)))
+        }
+        _ => None,
+    }
+}
+
+struct TunnelTask {
+    cfg: DriverConfig,
+    tunnel: Tunnel,
+    socket: UdpSocket,
+    sink: Arc<dyn PacketSink>,
+    events: mpsc::UnboundedSender<RelayEvent>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_open: bool,
+    close_waiters: Vec<oneshot::Sender<()>>,
+    close_deadline: Option<tokio::time::Instant>,
+    stats: DriverStats,
+    batch: RecvBatch,
+    last_sink_warning: Option<Instant>,
+}
+
+/// Batches handled per wakeup before timers and commands get a turn.
+const BATCHES_PER_WAKEUP: usize = 16;
+
+impl TunnelTask {
+    async fn run(mut self) {
+        info!("tunnel started");
+        loop {
+            self.flush().await;
+            if self.tunnel.state() == TunnelState::Closed {
+                break;
+            }
+            let timer = self
+                .tunnel
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            let close_deadline = self.close_deadline;
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv(), if self.commands_open => self.on_command(cmd),
+                _ = sleep_until_opt(timer), if timer.is_some() => self.tunnel.handle_timeout(Instant::now()),
+                _ = sleep_until_opt(close_deadline), if close_deadline.is_some() => {
+                    warn!("graceful close timed out");
+                    break;
+                }
+                ready = self.socket.readable() => match ready {
+                    Ok(()) => self.on_readable(),
+                    Err(e) => {
+                        warn!(error = %e, "socket error; closing tunnel");
+                        break;
+                    }
+                },
+            }
+        }
+        for waiter in self.close_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        info!(stats = ?self.tunnel.stats(), "tunnel ended");
+    }
+
+    async fn flush(&mut self) {
+        while let Some(tx) = self.tunnel.poll_transmit() {
+            let dest = match (self.socket.local_addr(), tx.destination) {
+                (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
+                    SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+                }
+                (_, d) => d,
+            };
+            if let Err(e) = self.socket.send_to(&tx.payload, dest).await {
+                self.stats.send_errors += 1;
+                debug!(error = %e, destination = %dest, "send failed");
+            }
+        }
+        while let Some(event) = self.tunnel.poll_event() {
+            match &event {
+                TunnelEvent::RelayLost { .. }
+                | TunnelEvent::RelayRefused { .. }
+                | TunnelEvent::NoData { .. } => {
+                    warn!(?event, "tunnel event")
+                }
+                _ => info!(?event, "tunnel event"),
+            }
+            let _ = self.events.send(RelayEvent {
+                relay: self.cfg.tunnel.relay,
+                event,
+            });
+        }
+    }
+
+    fn start_close(&mut self) {
+        let now = Instant::now();
+        self.tunnel.close(now);
+        if self.close_deadline.is_none() {
+            self.close_deadline =
+                Some(tokio::time::Instant::from_std(now + self.cfg.close_timeout));
+        }
+    }
+
+    fn on_command(&mut self, cmd: Option<Command>) {
+        let now = Instant::now();
+        match cmd {
+            None => {
+                // Every handle is gone: leave gracefully.
+                self.commands_open = false;
+                self.start_close();
+            }
+            Some(Command::Subscribe {
+                source,
+                group,
+                reply,
+            }) => {
+                let r = self.tunnel.subscribe(source, group, now);
+                if r.is_ok() {
+                    info!(%source, %group, "subscribe");
+                }
+                let _ = reply.send(r);
+            }
+            Some(Command::Unsubscribe {
+                source,
+                group,
+                reply,
+            }) => {
+                let r = self.tunnel.unsubscribe(source, group, now);
+                if r {
+                    info!(%source, %group, "unsubscribe");
+                }
+                let _ = reply.send(r);
+            }
+            Some(Command::Snapshot(reply)) => {
+                let _ = reply.send(self.snapshot(now));
+            }
+            Some(Command::Close(reply)) => {
+                self.close_waiters.push(reply);
+                self.start_close();
+            }
+        }
+    }
+
+    fn snapshot(&self, now: Instant) -> TunnelSnapshot {
+        TunnelSnapshot {
+            configured_relay: self.cfg.tunnel.relay,
+            relay: self.tunnel.relay(),
+            local: self.tunnel.local(),
+            state: self.tunnel.state(),
+            stats: self.tunnel.stats().clone(),
+            driver: self.stats.clone(),
+            subscriptions: self
+                .tunnel
+                .subscriptions()
+                .filter_map(|(source, group)| {
+                    self.tunnel.subscription_stats(source, group).map(|stats| {
+                        SubscriptionSnapshot {
+                            source,
+                            group,
+                            stats: stats.clone(),
+                        }
+                    })
+                })
+                .collect(),
+            taken_at: now,
+        }
+    }
+
+    fn on_readable(&mut self) {
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..BATCHES_PER_WAKEUP {
+            let batch = &mut self.batch;
+            let n = match self.socket.try_io(Interest::READABLE, || batch.recv(fd)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.stats.recv_errors += 1;
+                    debug!(error = %e, "recvmmsg failed");
+                    return;
+                }
+            };
+            self.stats.recv_batches += 1;
+            self.stats.datagrams_received += n as u64;
+            let now = Instant::now();
+            for i in 0..n {
+                let (from, payload, truncated) = self.batch.datagram(i);
+                if truncated {
+                    self.stats.truncated += 1;
+                    continue;
+                }
+                let Some(from) = from else { continue };
+                if let Received::Data { inner, .. } =
+                    self.tunnel.handle_datagram(now, from, payload)
+                {
+                    let Some(packet) = payload.get_mut(inner) else {
+                        continue;
+                    };
+                    if let Some(min) = self.cfg.min_inner_ttl
+                        && raise_ttl(packet, min)
+                    {
+                        self.stats.ttl_raised += 1;
+                    }
+                    if let Err(e) = self.sink.write_packet(packet) {
+                        self.stats.sink_errors += 1;
+                        let quiet = self
+                            .last_sink_warning
+                            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10));
+                        if !quiet {
+                            self.last_sink_warning = Some(now);
+                            warn!(error = %e, total = self.stats.sink_errors, "packet sink refused packets");
+                        }
+                    }
+                }
+            }
+            if n < self.batch.msgs.len() {
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::{Ipv4Header, Ipv4Repr, PROTO_UDP};
+
+    #[test]
+    fn raise_ttl_only_below_minimum() {
+        let r = Ipv4Repr {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "232.1.1.1".parse().unwrap(),
+            protocol: PROTO_UDP,
+            ttl: 1,
+            tos: 0,
+            router_alert: false,
+            payload_len: 8,
+        };
+        let mut p = vec![0u8; r.total_len()];
+        r.emit(&mut p).unwrap();
+        assert!(raise_ttl(&mut p, 2));
+        let h = Ipv4Header::parse(&p).unwrap();
+        assert_eq!(h.ttl(), 2);
+        assert!(h.checksum_ok());
+        assert!(!raise_ttl(&mut p, 2));
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[7] = 0;
+        assert!(raise_ttl(&mut v6, 2));
+        assert_eq!(v6[7], 2);
+        assert!(!raise_ttl(&mut [0x45, 0, 0], 2));
+    }
+
+    #[test]
+    fn sockaddr_conversion_canonicalises_mapped_addresses() {
+        let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        {
+            let sin6 = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = 2268u16.to_be();
+            sin6.sin6_addr.s6_addr = "::ffff:192.0.2.7".parse::<Ipv6Addr>().unwrap().octets();
+        }
+        assert_eq!(
+            sockaddr_to_std(&ss),
+            Some("192.0.2.7:2268".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Where decapsulated packets go: the [`PacketSink`] trait and a TUN device
+//! (created with the `/dev/net/tun` TUNSETIFF ioctl, IFF_TUN | IFF_NO_PI, so
+//! every write is one bare IP packet).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// Receives inner IP packets from tunnels. Called from the tunnel tasks
+/// (possibly several at once), once per packet: implementations must not
+/// block for long and should not allocate.
+pub trait PacketSink: Send + Sync + 'static {
+    fn write_packet(&self, packet: &[u8]) -> io::Result<()>;
+}
+
+/// A sink that discards everything (counting-only use).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardSink;
+
+impl PacketSink for DiscardSink {
+    fn write_packet(&self, _packet: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes packets to a TUN file descriptor (IFF_NO_PI: one bare IP packet
+/// per `write`). The kernel accepts concurrent writes on one TUN fd, so one
+/// `TunWriter` can be shared by every tunnel task.
+#[derive(Debug)]
+pub struct TunWriter {
+    fd: OwnedFd,
+}
+
+impl TunWriter {
+    /// Wraps an already configured TUN fd (e.g. the daemon's `amt0`). It
+    /// should be non-blocking: a full queue then drops the packet
+    /// (`WouldBlock`) instead of stalling the tunnel.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+}
+
+impl AsFd for TunWriter {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl PacketSink for TunWriter {
+    fn write_packet(&self, packet: &[u8]) -> io::Result<()> {
+        // SAFETY: the fd is owned and open for the life of self; the pointer
+        // and length describe a valid slice.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != packet.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to TUN",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A TUN device owned by this process (it disappears when dropped unless it
+/// was made persistent by someone else).
+#[derive(Debug)]
+pub struct TunDevice {
+    writer: TunWriter,
+    name: String,
+}
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl TunDevice {
+    /// Creates (or attaches to an existing persistent) TUN device `name`,
+    /// non-blocking, without packet information headers. Needs
+    /// CAP_NET_ADMIN. The device is left down and unaddressed: configuring
+    /// it is the caller's job (`ip link set NAME up`, addresses, routes).
+    pub fn create(name: &str) -> io::Result<Self> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad interface name length",
+            ));
+        }
+        let cpath = CString::new("/dev/net/tun")
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: valid NUL-terminated path; flags are plain constants.
+        let raw = unsafe {
+            libc::open(
+                cpath.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a freshly opened fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: TUNSETIFF reads/writes a struct ifreq (40 bytes); IfReqFlags
+        // has the same layout for the name and flags members and is 40 bytes.
+        let rc =
+            unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = req
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(libc::IFNAMSIZ);
+        let actual: String = req.name[..len].iter().map(|&c| c as u8 as char).collect();
+        Ok(Self {
+            writer: TunWriter { fd },
+            name: actual,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Splits off the writer (to share it as a [`PacketSink`]); the device
+    /// lives as long as the writer does.
+    pub fn into_writer(self) -> TunWriter {
+        self.writer
+    }
+}
+
+impl AsFd for TunDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.writer.as_fd()
+    }
+}
+
+impl PacketSink for TunDevice {
+    fn write_packet(&self, packet: &[u8]) -> io::Result<()> {
+        self.writer.write_packet(packet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifreq_layout_matches_the_kernel() {
+        assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
+        assert_eq!(
+            std::mem::size_of::<IfReqFlags>(),
+            std::mem::size_of::<libc::ifreq>()
+        );
+    }
+
+    #[test]
+    fn name_length_is_checked() {
+        assert!(TunDevice::create("").is_err());
+        assert!(TunDevice::create("a-name-that-is-too-long").is_err());
+    }
+}
