@@ -280,3 +280,140 @@ impl JoinWatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const ONE: &str = r#"{"ing-dn":{"name":"ing-dn","232.1.1.1":{"198.51.100.4":{"source":"198.51.100.4","group":"232.1.1.1","channelJoinName":"JOIN"}},
+        "232.1.1.2":{"198.51.100.4":{"source":"198.51.100.4","group":"232.1.1.2","channelJoinName":"JOIN"}}},
+        "amt0":{"name":"amt0","232.9.9.9":{"198.51.100.9":{"channelJoinName":"JOIN"}}}}"#;
+
+    /// A fake pimd that answers each command with the next scripted reply
+    /// (`None` = close the connection mid-reply).
+    async fn fake_pimd(path: PathBuf, replies: Vec<Option<&'static str>>) {
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let mut replies = replies.into_iter();
+        'conn: loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => continue 'conn,
+                    Ok(_) => {}
+                }
+                match replies.next() {
+                    Some(Some(text)) => {
+                        let mut msg = text.as_bytes().to_vec();
+                        msg.extend_from_slice(&[0, 0, 0, 0]);
+                        let _ = s.write_all(&msg).await;
+                    }
+                    Some(None) => {
+                        let _ = s.write_all(b"{\"ing-dn\":").await;
+                        continue 'conn;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+
+    fn watcher(
+        path: PathBuf,
+        grace: Duration,
+    ) -> (
+        JoinWatcher,
+        watch::Receiver<Arc<DesiredSet>>,
+        Arc<Mutex<WatchStatus>>,
+    ) {
+        let (tx, rx) = watch::channel(Arc::new(DesiredSet::default()));
+        let status = Arc::new(Mutex::new(WatchStatus::default()));
+        let w = JoinWatcher::new(
+            WatcherConfig {
+                pimd_socket: path,
+                pim6d_socket: None,
+                pim6_auto: true,
+                poll_interval: Duration::from_millis(10),
+                command_timeout: Duration::from_millis(500),
+                restart_grace: grace,
+                ignore_interfaces: vec!["amt0".into()],
+            },
+            Arc::new(Notify::new()),
+            tx,
+            status.clone(),
+        );
+        (w, rx, status)
+    }
+
+    fn tmp_sock(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("watcher-{name}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let p = dir.join("pimd.vty");
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[tokio::test]
+    async fn bad_replies_keep_the_last_good_set_and_grace_holds_it() {
+        let path = tmp_sock("bad");
+        let server = tokio::spawn(fake_pimd(
+            path.clone(),
+            vec![
+                Some(ONE),
+                Some("not json at all"),
+                Some("[1,2,3]"),
+                None,       // pimd dies mid-reply
+                Some("{}"), // pimd restarted: knows nothing yet
+                Some("{}"),
+            ],
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (mut w, rx, status) = watcher(path.clone(), Duration::from_secs(60));
+        assert!(w.poll_once().await);
+        let set = rx.borrow().clone();
+        assert_eq!(set.joins.len(), 2, "amt0 is not a downstream interface");
+        for _ in 0..3 {
+            assert!(!w.poll_once().await);
+            assert_eq!(rx.borrow().joins.len(), 2, "last good set kept");
+        }
+        {
+            let st = status.lock().unwrap();
+            assert_eq!(st.poll_errors, 3);
+            assert!(st.frr_state.starts_with("unreachable"), "{}", st.frr_state);
+        }
+        // pimd is back with an empty state: the grace keeps the flows.
+        assert!(w.poll_once().await);
+        let set = rx.borrow().clone();
+        assert_eq!(set.joins.len(), 2);
+        assert_eq!(set.held, 2);
+        assert_eq!(status.lock().unwrap().reconnects, 1);
+        // Grace over: pimd's (empty) state wins.
+        w.grace = w.grace.take().map(|(s, _)| (s, Instant::now()));
+        assert!(w.poll_once().await);
+        assert!(rx.borrow().joins.is_empty());
+        server.abort();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn unreachable_pimd_backs_off_and_reports() {
+        let path = tmp_sock("none");
+        let (w, rx, status) = watcher(path.clone(), Duration::from_secs(1));
+        let task = tokio::spawn(w.run());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let st = status.lock().unwrap().clone();
+        // 10 ms base doubling to 5 s: far fewer polls than 40.
+        assert!(
+            st.poll_errors >= 2 && st.poll_errors <= 8,
+            "{} polls",
+            st.poll_errors
+        );
+        assert!(st.last_error.contains("pimd.vty"), "{}", st.last_error);
+        assert!(rx.borrow().joins.is_empty());
+        drop(rx);
+        task.abort();
+    }
+}
