@@ -136,6 +136,48 @@ impl TunDevice {
         &self.name
     }
 
+    /// Sets IFF_UP on the device (writes to a down TUN fail with EIO).
+    /// Addresses and routes remain the caller's job.
+    pub fn set_up(&self) -> io::Result<()> {
+        // SAFETY: plain socket(2) call; the fd is wrapped immediately.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: freshly created fd that we own.
+        let ctl = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        for (dst, src) in req.name.iter_mut().zip(self.name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the name and flags of
+        // a struct ifreq, which IfReqFlags mirrors (same size, see test).
+        unsafe {
+            if libc::ioctl(
+                ctl.as_raw_fd(),
+                libc::SIOCGIFFLAGS,
+                &mut req as *mut IfReqFlags,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            req.flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(
+                ctl.as_raw_fd(),
+                libc::SIOCSIFFLAGS,
+                &mut req as *mut IfReqFlags,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
     /// Splits off the writer (to share it as a [`PacketSink`]); the device
     /// lives as long as the writer does.
     pub fn into_writer(self) -> TunWriter {

@@ -1,1 +1,496 @@
-fn main() {}
+//! `amtgw`: join one SSM channel through an AMT relay and report what
+//! arrives, once per second.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use amt_gateway::wire::amt::RELAY_PORT;
+use amt_gateway::wire::ipv4::{Ipv4Header, PROTO_UDP};
+use amt_gateway::wire::ipv6::{Ipv6Header, NEXT_UDP};
+use amt_gateway::{
+    DriverConfig, PacketSink, TunDevice, TunWriter, TunnelConfig, TunnelEvent, TunnelSnapshot,
+    TunnelState, spawn_tunnel,
+};
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+const ABOUT: &str =
+    "Join an SSM channel (S,G) through an RFC 7450 AMT relay and report the received stream.";
+
+const LONG_ABOUT: &str = "\
+Join an SSM channel (S,G) through an RFC 7450 AMT relay and report the received stream.
+
+amtgw opens one UDP socket towards the relay, performs the AMT handshake
+(optional Relay Discovery, then Request -> Membership Query -> Membership Update
+with an IGMPv3 or MLDv2 report for S,G), keeps it refreshed at the relay's
+query interval, and decapsulates the Multicast Data it receives.
+
+Every second it prints one line: packets and bytes in the last second, the
+bit rate, and, when the UDP payload carries the lab probe header (8-byte
+big-endian sequence number, then 8-byte big-endian send time in ns since the
+Unix epoch), lost/late packets and one-way latency. On exit (Ctrl-C or
+--duration) it leaves the channel (BLOCK report, then Teardown) and prints a
+summary.
+
+Exit status: 0 on a normal run; 2 when the relay never completed the
+handshake within --give-up seconds; 3 when the relay refused us (L flag);
+1 on other errors.
+
+Examples:
+  amtgw --relay 10.0.0.1 --source 192.0.2.1 --group 232.1.1.1
+  amtgw --relay [2001:db8::1]:2268 --source 2001:db8:5::1 --group ff3e::8000:1 --json
+  amtgw --relay 10.0.0.1 --discovery --source 192.0.2.1 --group 232.1.1.1 --duration 30 --tun amt0";
+
+#[derive(Debug, Parser)]
+#[command(name = "amtgw", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Args {
+    /// Relay address, ADDR or ADDR:PORT ([v6]:PORT); the port defaults to 2268.
+    /// With --discovery this is the discovery address and the relay named in
+    /// the Advertisement is used instead.
+    #[arg(long, value_name = "ADDR")]
+    relay: String,
+    /// Source address S of the channel.
+    #[arg(long, value_name = "S")]
+    source: IpAddr,
+    /// Group address G of the channel (IPv4 232/8 or IPv6 ff3x::/32 for SSM;
+    /// any multicast address is accepted).
+    #[arg(long, value_name = "G")]
+    group: IpAddr,
+    /// Only analyse UDP datagrams to this destination port (others are
+    /// counted in the totals but not checked for sequence numbers).
+    #[arg(long, value_name = "P")]
+    port: Option<u16>,
+    /// Send Relay Discovery first (otherwise go straight to the relay, as
+    /// when a DRIAD record has its D bit set).
+    #[arg(long)]
+    discovery: bool,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Give up (exit 2) if the handshake has not completed after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    give_up: u64,
+    /// Also write every decapsulated packet into this TUN device (created
+    /// if needed and set up; needs CAP_NET_ADMIN).
+    #[arg(long, value_name = "NAME")]
+    tun: Option<String>,
+    /// Local address to bind the tunnel socket to (default: any, ephemeral port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    bind: Option<SocketAddr>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Log protocol events to stderr (RUST_LOG overrides the level).
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn parse_relay(text: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let trimmed = text.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = trimmed
+        .parse()
+        .with_context(|| format!("--relay {text:?} is neither ADDR nor ADDR:PORT"))?;
+    Ok(SocketAddr::new(ip, RELAY_PORT))
+}
+
+/// Per-stream counters shared between the sink (tunnel task) and the printer.
+#[derive(Debug, Default, Clone)]
+struct StreamCounters {
+    packets: u64,
+    bytes: u64,
+    probes: u64,
+    lost: u64,
+    late: u64,
+    duplicates: u64,
+    latency_sum_ns: u128,
+    latency_count: u64,
+    latency_max_ns: u64,
+    highest: Option<u64>,
+}
+
+impl StreamCounters {
+    /// Loss is counted from forward jumps; a late packet (below the highest
+    /// seen) fills one lost slot. Without a bitmap a repeat of an older
+    /// number also counts as late: fine for a monitoring tool.
+    fn observe(&mut self, seq: u64, sent_ns: u64, now_ns: u64) {
+        self.probes += 1;
+        match self.highest {
+            None => self.highest = Some(seq),
+            Some(h) if seq > h => {
+                self.lost += seq - h - 1;
+                self.highest = Some(seq);
+            }
+            Some(h) if seq == h => self.duplicates += 1,
+            Some(_) => {
+                self.late += 1;
+                self.lost = self.lost.saturating_sub(1);
+            }
+        }
+        if sent_ns != 0 && now_ns > sent_ns && now_ns - sent_ns < 60_000_000_000 {
+            let l = now_ns - sent_ns;
+            self.latency_sum_ns += u128::from(l);
+            self.latency_count += 1;
+            self.latency_max_ns = self.latency_max_ns.max(l);
+        }
+    }
+}
+
+struct AnalyzingSink {
+    port: Option<u16>,
+    counters: Mutex<StreamCounters>,
+    tun: Option<TunWriter>,
+}
+
+fn udp_payload(packet: &[u8]) -> Option<(u16, &[u8])> {
+    let udp = match packet.first()? >> 4 {
+        4 => {
+            let h = Ipv4Header::parse(packet).ok()?;
+            if h.protocol() != PROTO_UDP || h.is_fragment() {
+                return None;
+            }
+            h.payload()
+        }
+        6 => {
+            let h = Ipv6Header::parse(packet).ok()?;
+            let upper = h.upper_layer().ok()?;
+            if upper.protocol != NEXT_UDP {
+                return None;
+            }
+            h.packet().get(upper.offset..)?
+        }
+        _ => return None,
+    };
+    let port = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+    Some((port, udp.get(8..)?))
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl PacketSink for AnalyzingSink {
+    fn write_packet(&self, packet: &[u8]) -> std::io::Result<()> {
+        let probe = udp_payload(packet).and_then(|(port, payload)| {
+            if self.port.is_some_and(|p| p != port) {
+                return None;
+            }
+            let seq = u64::from_be_bytes(payload.get(0..8)?.try_into().ok()?);
+            let sent = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+            Some((seq, sent))
+        });
+        if let Ok(mut c) = self.counters.lock() {
+            c.packets += 1;
+            c.bytes += packet.len() as u64;
+            if let Some((seq, sent)) = probe {
+                c.observe(seq, sent, unix_ns());
+            }
+        }
+        match &self.tun {
+            Some(tun) => tun.write_packet(packet),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Line<'a> {
+    kind: &'a str,
+    elapsed_s: f64,
+    state: String,
+    relay: Option<String>,
+    packets: u64,
+    bytes: u64,
+    rate_bps: f64,
+    lost: u64,
+    late: u64,
+    duplicates: u64,
+    latency_avg_ms: Option<f64>,
+    latency_max_ms: Option<f64>,
+    total_packets: u64,
+    total_bytes: u64,
+    total_lost: u64,
+    dropped: u64,
+}
+
+fn line<'a>(
+    kind: &'a str,
+    elapsed: Duration,
+    interval: Duration,
+    now: &StreamCounters,
+    before: &StreamCounters,
+    snap: Option<&TunnelSnapshot>,
+) -> Line<'a> {
+    let packets = now.packets - before.packets;
+    let bytes = now.bytes - before.bytes;
+    let lat_n = now.latency_count - before.latency_count;
+    let secs = interval.as_secs_f64().max(1e-9);
+    Line {
+        kind,
+        elapsed_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        state: snap.map_or_else(|| "gone".to_string(), |s| format!("{:?}", s.state)),
+        relay: snap.and_then(|s| s.relay).map(|r| r.to_string()),
+        packets,
+        bytes,
+        rate_bps: (bytes as f64 * 8.0 / secs).round(),
+        lost: now.lost.saturating_sub(before.lost),
+        late: now.late - before.late,
+        duplicates: now.duplicates - before.duplicates,
+        latency_avg_ms: (lat_n > 0)
+            .then(|| (now.latency_sum_ns - before.latency_sum_ns) as f64 / lat_n as f64 / 1e6),
+        latency_max_ms: (now.latency_count > 0).then(|| now.latency_max_ns as f64 / 1e6),
+        total_packets: now.packets,
+        total_bytes: now.bytes,
+        total_lost: now.lost,
+        dropped: snap.map_or(0, |s| s.stats.dropped.total()),
+    }
+}
+
+fn print_line(json: bool, l: &Line<'_>) {
+    if json {
+        if let Ok(text) = serde_json::to_string(l) {
+            println!("{text}");
+        }
+        return;
+    }
+    let lat = match (l.latency_avg_ms, l.latency_max_ms) {
+        (Some(a), Some(m)) => format!(" latency avg {a:.2} ms max {m:.2} ms"),
+        _ => String::new(),
+    };
+    println!(
+        "{:>8.1}s {:<10} {:>7} pkt {:>10} B {:>9.3} Mbit/s lost {} late {} dup {}{} | total {} pkt {} lost, {} dropped",
+        l.elapsed_s,
+        l.state,
+        l.packets,
+        l.bytes,
+        l.rate_bps / 1e6,
+        l.lost,
+        l.late,
+        l.duplicates,
+        lat,
+        l.total_packets,
+        l.total_lost,
+        l.dropped
+    );
+}
+
+fn print_event(json: bool, elapsed: Duration, event: &TunnelEvent) {
+    if json {
+        let v = serde_json::json!({
+            "kind": "event",
+            "elapsed_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "event": format!("{event:?}"),
+        });
+        println!("{v}");
+    } else {
+        println!("{:>8.1}s event: {event:?}", elapsed.as_secs_f64());
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("amtgw: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    if args.verbose {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("amt_gateway=debug"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let relay = parse_relay(&args.relay)?;
+    if !args.group.is_multicast() {
+        bail!("--group {} is not a multicast address", args.group);
+    }
+    if args.source.is_ipv4() != args.group.is_ipv4() {
+        bail!(
+            "--source {} and --group {} are of different families",
+            args.source,
+            args.group
+        );
+    }
+    let tun = match &args.tun {
+        Some(name) => {
+            let dev =
+                TunDevice::create(name).with_context(|| format!("creating TUN device {name}"))?;
+            dev.set_up().with_context(|| format!("setting {name} up"))?;
+            Some(dev.into_writer())
+        }
+        None => None,
+    };
+    let sink = Arc::new(AnalyzingSink {
+        port: args.port,
+        counters: Mutex::new(StreamCounters::default()),
+        tun,
+    });
+    let mut tc = TunnelConfig::new(relay);
+    tc.skip_discovery = !args.discovery;
+    let mut dc = DriverConfig::new(tc);
+    dc.bind = args.bind;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (handle, join) =
+        spawn_tunnel(dc, sink.clone(), events_tx).context("opening the tunnel socket")?;
+    handle
+        .subscribe(args.source, args.group)
+        .await
+        .context("subscribing")?;
+
+    let start = Instant::now();
+    let give_up = start + Duration::from_secs(args.give_up);
+    let stop_at = args.duration.map(|d| start + Duration::from_secs(d));
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(start + Duration::from_secs(1)),
+        Duration::from_secs(1),
+    );
+    let mut previous = StreamCounters::default();
+    let mut previous_at = start;
+    let mut was_up = false;
+    let mut exit = ExitCode::SUCCESS;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            Some(ev) = events.recv() => {
+                print_event(args.json, start.elapsed(), &ev.event);
+                match ev.event {
+                    TunnelEvent::Up { .. } => was_up = true,
+                    TunnelEvent::RelayRefused { relay } => {
+                        eprintln!("amtgw: relay {relay} refused the tunnel (L flag: no capacity for new gateways)");
+                        exit = ExitCode::from(3);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let snap = handle.snapshot().await.ok();
+                let current = sink.counters.lock().map(|c| c.clone()).unwrap_or_default();
+                let l = line("interval", now - start, now - previous_at, &current, &previous, snap.as_ref());
+                print_line(args.json, &l);
+                previous = current;
+                previous_at = now;
+                if snap.as_ref().is_some_and(|s| s.state == TunnelState::Up) {
+                    was_up = true;
+                }
+                if !was_up && now >= give_up {
+                    let sent = snap.as_ref().map_or((0, 0), |s| (s.stats.discoveries_sent, s.stats.requests_sent));
+                    eprintln!(
+                        "amtgw: relay {relay} did not complete the AMT handshake within {} s ({} Relay Discovery and {} Request messages sent, no valid answer)",
+                        args.give_up, sent.0, sent.1
+                    );
+                    exit = ExitCode::from(2);
+                    break;
+                }
+                if stop_at.is_some_and(|t| now >= t) {
+                    break;
+                }
+                if snap.is_none() {
+                    eprintln!("amtgw: tunnel task ended unexpectedly");
+                    exit = ExitCode::from(1);
+                    break;
+                }
+            }
+        }
+    }
+
+    let snap = handle.snapshot().await.ok();
+    let _ = tokio::time::timeout(Duration::from_secs(12), handle.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), join).await;
+    let total = sink.counters.lock().map(|c| c.clone()).unwrap_or_default();
+    let elapsed = start.elapsed();
+    let l = line(
+        "summary",
+        elapsed,
+        elapsed,
+        &total,
+        &StreamCounters::default(),
+        snap.as_ref(),
+    );
+    if args.json {
+        print_line(true, &l);
+    } else {
+        println!(
+            "summary: {:.1} s, {} packets, {} bytes ({:.3} Mbit/s avg), {} lost, {} late, {} duplicate, {} probe packets, {} dropped by the gateway",
+            elapsed.as_secs_f64(),
+            total.packets,
+            total.bytes,
+            l.rate_bps / 1e6,
+            total.lost,
+            total.late,
+            total.duplicates,
+            total.probes,
+            l.dropped
+        );
+        if let Some(s) = &snap {
+            for (reason, n) in s.stats.dropped.iter().filter(|(_, n)| *n > 0) {
+                println!("  dropped {}: {n}", reason.as_str());
+            }
+        }
+    }
+    Ok(exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_parsing() {
+        assert_eq!(
+            parse_relay("10.0.0.1").unwrap(),
+            "10.0.0.1:2268".parse().unwrap()
+        );
+        assert_eq!(
+            parse_relay("10.0.0.1:9000").unwrap(),
+            "10.0.0.1:9000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_relay("2001:db8::1").unwrap(),
+            "[2001:db8::1]:2268".parse().unwrap()
+        );
+        assert_eq!(
+            parse_relay("[2001:db8::1]").unwrap(),
+            "[2001:db8::1]:2268".parse().unwrap()
+        );
+        assert_eq!(
+            parse_relay("[2001:db8::1]:7").unwrap(),
+            "[2001:db8::1]:7".parse().unwrap()
+        );
+        assert!(parse_relay("relay.example").is_err());
+    }
+
+    #[test]
+    fn sequence_accounting() {
+        let mut c = StreamCounters::default();
+        for seq in [1u64, 2, 3, 6, 5, 7, 7] {
+            c.observe(seq, 0, 0);
+        }
+        // 4 and 5 missing at 6; 5 arrives late; 7 repeated.
+        assert_eq!((c.lost, c.late, c.duplicates, c.probes), (1, 1, 1, 7));
+        c.observe(1, 100, 2_000_100);
+        assert_eq!(c.latency_count, 1);
+        assert_eq!(c.latency_max_ns, 2_000_000);
+    }
+}
