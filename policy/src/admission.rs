@@ -284,22 +284,30 @@ pub fn admit(
     state: &mut AdmissionState,
 ) -> Vec<AdmissionDecision> {
     state.holddowns.retain(|_, until| *until > now);
+    // Blocked flows get hold-downs; reserve so inserts do not rehash.
+    state
+        .holddowns
+        .reserve(flows.len().saturating_sub(state.holddowns.len()));
 
-    let mut order: Vec<usize> = (0..flows.len()).collect();
-    // Precompute keys once; sort_unstable_by_key is fine because the key is
-    // total (the (S,G) makes it unique).
-    let keys: Vec<(std::cmp::Reverse<u128>, u64, bool, SourceGroup)> = flows
+    let offloads: Vec<u128> = flows.iter().map(FlowDemand::offload).collect();
+    // Sort keys with the index attached: the key is total (the (S,G) makes
+    // it unique), so an unstable sort is deterministic.
+    type RankKey = (std::cmp::Reverse<u128>, u64, bool, SourceGroup, usize);
+    let mut ranked: Vec<RankKey> = flows
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             (
-                std::cmp::Reverse(f.offload()),
+                std::cmp::Reverse(offloads[i]),
                 f.bitrate.unwrap_or(u64::MAX),
                 !f.admitted_now,
                 f.sg,
+                i,
             )
         })
         .collect();
-    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    ranked.sort_unstable();
+    let order: Vec<usize> = ranked.iter().map(|k| k.4).collect();
 
     // reserved_after[i]: bitrate of admitted flows ranked after position i
     // with the same offload (those a held flow at i may not displace; flows
@@ -308,10 +316,11 @@ pub fn admit(
     let mut running = 0u64;
     for pos in (0..order.len()).rev() {
         reserved_after[pos] = running;
-        let flow = &flows[order[pos]];
+        let index = order[pos];
+        let flow = &flows[index];
         let next_same_offload = pos
             .checked_sub(1)
-            .is_some_and(|prev| flows[order[prev]].offload() == flow.offload());
+            .is_some_and(|prev| offloads[order[prev]] == offloads[index]);
         if flow.admitted_now {
             running = running.saturating_add(flow.bitrate.unwrap_or(0));
         }
@@ -367,7 +376,7 @@ pub fn admit(
             admitted,
             reason,
             bitrate: flow.bitrate,
-            offload: flow.offload(),
+            offload: offloads[index],
             rank,
             held_until,
         });
