@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub const NAMED: &str = "/usr/sbin/named";
 pub const NGINX: &str = "/usr/sbin/nginx";
 pub const OPENSSL: &str = "/usr/bin/openssl";
+pub const NAMED_CHECKCONF: &str = "/usr/bin/named-checkconf";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -98,6 +99,7 @@ impl Named {
     /// primary does not exist, so queries into them get SERVFAIL.
     pub fn start(zones: &[Zone], dead_zones: &[&str]) -> Self {
         require_binary(NAMED);
+        require_binary(NAMED_CHECKCONF);
         let dir = TempDir::new("named");
         let port = free_port();
         let d = dir.path().display().to_string();
@@ -137,7 +139,7 @@ controls {{ }};
         }
         let conf_path = dir.path().join("named.conf");
         fs::write(&conf_path, conf).expect("write named.conf");
-        let check = Command::new("/usr/bin/named-checkconf")
+        let check = Command::new(NAMED_CHECKCONF)
             .arg("-z")
             .arg(&conf_path)
             .output()
