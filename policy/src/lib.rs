@@ -16,3 +16,26 @@ pub mod joinfile;
 mod sg;
 
 pub use sg::SourceGroup;
+
+#[cfg(test)]
+mod send_sync {
+    use crate::SourceGroup;
+    use crate::dorms::DormsClient;
+    use crate::driad::DriadResolver;
+
+    fn is_send_sync<T: Send + Sync>() {}
+    fn is_send<T: Send>(_: &T) {}
+
+    /// The daemon shares the clients across tasks and spawns their futures.
+    #[test]
+    fn clients_and_futures_are_send() {
+        is_send_sync::<DriadResolver>();
+        is_send_sync::<DormsClient>();
+        #[allow(dead_code)]
+        fn futures(driad: &DriadResolver, dorms: &DormsClient, sg: SourceGroup) {
+            is_send(&driad.lookup_relays(sg.source));
+            is_send(&dorms.flow_bitrate(sg));
+            is_send(&dorms.flow_metadata(sg));
+        }
+    }
+}
