@@ -4,6 +4,7 @@
 //!   typed errors, encode and decode side by side).
 
 pub mod gateway;
+pub mod relay;
 pub mod wire;
 
 pub use gateway::{
