@@ -15,7 +15,7 @@ use tokio_stream::wrappers::{BroadcastStream, UnixListenerStream};
 use tonic::{Request, Response, Status as GrpcStatus};
 use tracing::{info, warn};
 
-use crate::daemon::{FlowState, JoinChange, Shared};
+use crate::daemon::{FlowState, JoinChange, RelayTunnel, Shared};
 use crate::inject::{InjectSpec, MIN_PAYLOAD, build_packet};
 use crate::unix_ms;
 
@@ -52,7 +52,7 @@ pub fn join_message(f: &FlowState) -> Join {
         },
         reason: f.reason.clone(),
         since_unix_ms: unix_ms(f.since),
-        relay: f.relay.clone().unwrap_or_default(),
+        relay: f.relay.map(|r| r.to_string()).unwrap_or_default(),
     }
 }
 
@@ -118,7 +118,7 @@ impl Ingest for ApiService {
                 .unwrap_or(0),
             pim_hellos_sent: c.hellos_sent.load(Ordering::Relaxed),
             pim_joinprunes_seen: c.joinprunes_seen.load(Ordering::Relaxed),
-            tunnels: 0,
+            tunnels: st.tunnels.len() as u32,
             join_source: self.info.join_source.clone(),
             counters,
         }))
@@ -187,7 +187,57 @@ impl Ingest for ApiService {
         &self,
         _: Request<ListTunnelsRequest>,
     ) -> Result<Response<TunnelList>, GrpcStatus> {
-        Ok(Response::new(TunnelList { tunnels: vec![] }))
+        // Copy what we need, then ask each tunnel task without the lock.
+        let tunnels: Vec<RelayTunnel> = self.shared.read().tunnels.values().cloned().collect();
+        let mut out = Vec::with_capacity(tunnels.len());
+        for t in tunnels {
+            let snap = tokio::time::timeout(Duration::from_secs(1), t.handle.snapshot())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            let now = std::time::Instant::now();
+            let mut msg = Tunnel {
+                relay: t.relay.to_string(),
+                state: t.status.clone(),
+                channels: t.channels.iter().map(|sg| sg.to_string()).collect(),
+                linger_remaining_ms: t
+                    .linger_until
+                    .map(|u| u.saturating_duration_since(now).as_millis() as u64)
+                    .unwrap_or(0),
+                ..Default::default()
+            };
+            if let Some(s) = snap {
+                msg.packets = s.stats.data_packets;
+                msg.bytes = s.stats.data_bytes;
+                msg.drops = s.stats.dropped.total();
+                msg.drop_reasons = s
+                    .stats
+                    .dropped
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, n)| (r.as_str().to_string(), n))
+                    .collect();
+                msg.last_query_age_ms = s
+                    .stats
+                    .last_query_at
+                    .map(|q| now.saturating_duration_since(q).as_millis() as u64)
+                    .unwrap_or(0);
+                msg.next_request_in_ms = s
+                    .stats
+                    .next_request_at
+                    .map(|q| q.saturating_duration_since(now).as_millis() as u64)
+                    .unwrap_or(0);
+                msg.local = s.local.to_string();
+                msg.protocol_state = format!("{:?}", s.state).to_lowercase();
+                if let Some(r) = s.stats.relay_address {
+                    msg.relay_address = r.to_string();
+                }
+            } else {
+                msg.protocol_state = "unknown (tunnel task not answering)".into();
+            }
+            out.push(msg);
+        }
+        Ok(Response::new(TunnelList { tunnels: out }))
     }
 
     async fn list_flows(
@@ -203,7 +253,9 @@ impl Ingest for ApiService {
                 group: f.sg.group.to_string(),
                 population: f.interfaces.len() as u32,
                 state: f.phase.as_str().into(),
-                relay: f.relay.clone().unwrap_or_default(),
+                relay: f.relay.map(|r| r.to_string()).unwrap_or_default(),
+                relay_origin: f.relay_origin.clone(),
+                admission_reason: f.reason.clone(),
                 ..Default::default()
             })
             .collect();

@@ -38,6 +38,7 @@ pub struct Config {
     pub watch: WatchConfig,
     pub api: ApiConfig,
     pub ingest: IngestConfig,
+    pub amt: AmtConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +100,134 @@ pub struct IngestConfig {
     /// at once, without a tunnel (traffic then comes from `ingestctl
     /// inject`). Never set this on a production ingest router.
     pub serve_all_sources: bool,
+}
+
+/// AMT gateway settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmtConfig {
+    /// Seconds a tunnel stays open after its last channel left, so a quick
+    /// re-join does not pay for discovery and handshake again.
+    pub linger_s: u64,
+    /// Local address the tunnels' UDP sockets bind to (port 0 = any).
+    /// Default: any address of the relay's family.
+    pub bind: Option<IpAddr>,
+    /// Seconds without data on a subscribed channel before the relay is
+    /// considered failing for it (RFC 8777 §3.3.3); 0 disables.
+    pub no_data_timeout_s: u64,
+    /// Static relay map: sources in `prefix` are ingested through `relay`.
+    /// It overrides DNS discovery (DRIAD), and is the fallback for
+    /// operators who want fixed relays.
+    pub static_relays: Vec<StaticRelay>,
+}
+
+impl Default for AmtConfig {
+    fn default() -> Self {
+        Self {
+            linger_s: 60,
+            bind: None,
+            no_data_timeout_s: 10,
+            static_relays: Vec::new(),
+        }
+    }
+}
+
+/// One entry of the static relay map.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRelay {
+    /// Source prefix, e.g. "198.51.100.0/24" or "2001:db8::/32".
+    pub prefix: String,
+    /// Relay address: "192.0.2.10", "192.0.2.10:2268" or "[2001:db8::10]:2268".
+    pub relay: String,
+    /// Send Relay Discovery first (false: the address is the relay itself,
+    /// like an AMTRELAY record with the D bit set).
+    #[serde(default = "default_true")]
+    pub discovery: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An address prefix (`addr/len`), matched against sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl IpPrefix {
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match (self.addr, a) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.len))
+                };
+                u32::from(p) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.len))
+                };
+                u128::from(p) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| format!("prefix length {l:?} is not 0..{max}"))?;
+        Ok(IpPrefix { addr, len })
+    }
+}
+
+/// Parse a relay address with or without port (default 2268).
+pub fn parse_relay(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 2268))
+        .map_err(|_| format!("{s:?} is not ADDRESS or ADDRESS:PORT"))
+}
+
+/// The validated static relay map.
+#[derive(Debug, Clone, Default)]
+pub struct RelayMap {
+    entries: Vec<(IpPrefix, SocketAddr, bool)>,
+}
+
+impl RelayMap {
+    /// Longest matching prefix wins.
+    pub fn lookup(&self, source: IpAddr) -> Option<(SocketAddr, bool)> {
+        self.entries
+            .iter()
+            .filter(|(p, _, _)| p.contains(source))
+            .max_by_key(|(p, _, _)| p.len)
+            .map(|(_, r, d)| (*r, *d))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl Default for FrrConfig {
@@ -220,6 +349,10 @@ impl Config {
             ));
         }
         self.socket_mode()?;
+        self.relay_map()?;
+        if self.amt.linger_s > 86_400 {
+            return Err(invalid("amt.linger_s", "must be at most 86400 seconds"));
+        }
         if let Some(tcp) = self.api.tcp
             && !tcp.ip().is_loopback()
         {
@@ -229,6 +362,25 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    pub fn relay_map(&self) -> Result<RelayMap, ConfigError> {
+        let mut entries = Vec::new();
+        for r in &self.amt.static_relays {
+            let p: IpPrefix = r
+                .prefix
+                .parse()
+                .map_err(|e| invalid("amt.static_relays.prefix", e))?;
+            let relay = parse_relay(&r.relay).map_err(|e| invalid("amt.static_relays.relay", e))?;
+            if relay.ip().is_multicast() || relay.ip().is_unspecified() {
+                return Err(invalid(
+                    "amt.static_relays.relay",
+                    format!("{relay} is not a unicast address"),
+                ));
+            }
+            entries.push((p, relay, r.discovery));
+        }
+        Ok(RelayMap { entries })
     }
 
     pub fn socket_mode(&self) -> Result<u32, ConfigError> {
@@ -307,6 +459,59 @@ mod tests {
         assert_eq!(c.pimd_socket(), PathBuf::from("/run/lab/ingest/pimd.vty"));
         assert!(c.ingest.serve_all_sources);
         assert_eq!(c.socket_mode().unwrap(), 0o660);
+    }
+
+    #[test]
+    fn static_relay_map() {
+        let c = parse(
+            r#"
+            [[amt.static_relays]]
+            prefix = "198.51.100.0/24"
+            relay = "192.0.2.10"
+            [[amt.static_relays]]
+            prefix = "198.51.100.128/25"
+            relay = "192.0.2.11:4000"
+            discovery = false
+            [[amt.static_relays]]
+            prefix = "2001:db8::/32"
+            relay = "[2001:db8:ffff::1]:2268"
+            "#,
+        )
+        .unwrap();
+        let m = c.relay_map().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            m.lookup(ip("198.51.100.4")),
+            Some(("192.0.2.10:2268".parse().unwrap(), true))
+        );
+        assert_eq!(
+            m.lookup(ip("198.51.100.200")),
+            Some(("192.0.2.11:4000".parse().unwrap(), false))
+        );
+        assert_eq!(m.lookup(ip("2001:db8:1::4")).unwrap().0.port(), 2268);
+        assert_eq!(m.lookup(ip("203.0.113.4")), None);
+        let e =
+            parse("[[amt.static_relays]]\nprefix = \"198.51.100.0/33\"\nrelay = \"192.0.2.1\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("amt.static_relays.prefix"), "{e}");
+        let e = parse(
+            "[[amt.static_relays]]\nprefix = \"198.51.100.0/24\"\nrelay = \"relay.example\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("amt.static_relays.relay"), "{e}");
+    }
+
+    #[test]
+    fn prefixes() {
+        let p: IpPrefix = "0.0.0.0/0".parse().unwrap();
+        assert!(p.contains("1.2.3.4".parse().unwrap()));
+        assert!(!p.contains("::1".parse().unwrap()));
+        let p: IpPrefix = "198.51.100.4/32".parse().unwrap();
+        assert!(p.contains("198.51.100.4".parse().unwrap()));
+        assert!(!p.contains("198.51.100.5".parse().unwrap()));
+        assert!("1.2.3.4".parse::<IpPrefix>().is_err());
     }
 
     #[test]

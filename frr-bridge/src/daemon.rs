@@ -1,17 +1,26 @@
-//! Orchestration: the desired set from the watcher becomes flows, and each
-//! served flow gets its source routed into the TUN (and, with AMT, a
-//! subscription on its relay's tunnel). One state struct per flow; the
-//! whole state is shared read-only with the API.
+//! Orchestration: the desired set from the watcher becomes flows; each flow
+//! gets a relay (static map; DNS discovery plugs in here), its relay's AMT
+//! tunnel subscribes the (S,G), and once the tunnel is up the source is
+//! routed into the TUN so pimd forwards it. One state struct per flow and
+//! per tunnel; the whole state is shared read-only with the API.
+//!
+//! Locking: decisions are taken under the state lock and produce
+//! [`TunnelAction`]s, which are carried out (awaited, in order) after the
+//! lock is released, so no lock is ever held across an await.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{broadcast, watch};
-use tracing::{info, info_span, warn};
+use amt_gateway::driver::{DriverConfig, RelayEvent, TunnelHandle, spawn_tunnel};
+use amt_gateway::gateway::{TunnelConfig, TunnelEvent};
+use amt_gateway::tun::PacketSink;
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{debug, info, info_span, warn};
 
 use crate::Sg;
+use crate::config::RelayMap;
 use crate::southbound::tun::IngestTun;
 use crate::watcher::{DesiredSet, WatchStatus};
 
@@ -20,11 +29,11 @@ use crate::watcher::{DesiredSet, WatchStatus};
 pub enum FlowPhase {
     /// Source routed into the TUN; packets for it reach FRR.
     Forwarding,
-    /// Waiting for the relay's tunnel to come up.
+    /// Subscribed on a tunnel that is not (or no longer) up.
     WaitingTunnel,
     /// Nothing can carry it (no relay known, or blocked by policy).
     NotServed,
-    /// Installing the route failed; retried.
+    /// Opening the tunnel or installing the route failed; retried.
     Error,
 }
 
@@ -47,7 +56,12 @@ pub struct FlowState {
     pub since: SystemTime,
     pub phase: FlowPhase,
     pub reason: String,
-    pub relay: Option<String>,
+    /// Relay whose tunnel carries (or will carry) the flow.
+    pub relay: Option<SocketAddr>,
+    /// Where the relay came from ("static map", "DRIAD", ...).
+    pub relay_origin: String,
+    /// Whether this flow holds a reference on its source's route.
+    pub routed: bool,
     /// Kept only through pimd's restart grace period.
     pub held: bool,
 }
@@ -60,12 +74,28 @@ pub enum JoinChange {
     Removed(FlowState),
 }
 
+/// One AMT tunnel (one per relay) as the orchestrator sees it.
+#[derive(Debug, Clone)]
+pub struct RelayTunnel {
+    pub relay: SocketAddr,
+    pub skip_discovery: bool,
+    pub handle: TunnelHandle,
+    pub channels: BTreeSet<Sg>,
+    /// A valid Query arrived and the relay is answering.
+    pub up: bool,
+    pub status: String,
+    /// Set when the last channel left: closed when this passes.
+    pub linger_until: Option<Instant>,
+    pub opened: Instant,
+}
+
 #[derive(Debug, Default)]
 pub struct DaemonState {
     pub flows: BTreeMap<Sg, FlowState>,
-    /// Sources whose route is installed, with the number of forwarding flows.
+    /// Sources whose route is installed, with the number of flows using it.
     pub routed_sources: BTreeMap<IpAddr, usize>,
     pub route_errors: u64,
+    pub tunnels: BTreeMap<SocketAddr, RelayTunnel>,
 }
 
 /// Everything the API reads. Cheap to clone (all shared).
@@ -87,6 +117,8 @@ pub struct Counters {
     pub mroute_events: std::sync::atomic::AtomicU64,
     pub tun_read_other: std::sync::atomic::AtomicU64,
     pub injected: std::sync::atomic::AtomicU64,
+    pub tunnels_opened: std::sync::atomic::AtomicU64,
+    pub tunnels_closed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -98,15 +130,59 @@ impl Shared {
     }
 }
 
+/// Work on tunnels decided under the lock, done after it is released.
+#[derive(Debug)]
+pub enum TunnelAction {
+    Subscribe(TunnelHandle, Sg),
+    Unsubscribe(TunnelHandle, Sg),
+    Close(TunnelHandle),
+}
+
+/// AMT settings of the orchestrator.
+#[derive(Debug, Clone)]
+pub struct AmtSettings {
+    pub linger: Duration,
+    pub bind: Option<IpAddr>,
+    pub no_data_timeout: Option<Duration>,
+}
+
+impl Default for AmtSettings {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_secs(60),
+            bind: None,
+            no_data_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl PacketSink for IngestTun {
+    fn write_packet(&self, packet: &[u8]) -> std::io::Result<()> {
+        crate::southbound::tun::write_packet(&self.fd(), packet)
+    }
+}
+
 /// Decides, per flow, whether it can be served and how.
 pub struct Orchestrator {
     shared: Shared,
     serve_all: bool,
+    relay_map: RelayMap,
+    amt: AmtSettings,
+    relay_events_tx: mpsc::UnboundedSender<RelayEvent>,
+    relay_events_rx: Option<mpsc::UnboundedReceiver<RelayEvent>>,
 }
 
 impl Orchestrator {
-    pub fn new(shared: Shared, serve_all: bool) -> Self {
-        Self { shared, serve_all }
+    pub fn new(shared: Shared, serve_all: bool, relay_map: RelayMap, amt: AmtSettings) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            shared,
+            serve_all,
+            relay_map,
+            amt,
+            relay_events_tx: tx,
+            relay_events_rx: Some(rx),
+        }
     }
 
     /// Route `source` if it is not yet; returns the error text on failure.
@@ -146,17 +222,18 @@ impl Orchestrator {
         }
     }
 
-    /// Try to serve one flow (sets its phase and reason).
-    fn serve(&self, st: &mut DaemonState, flow: &mut FlowState) {
-        if !self.serve_all {
-            flow.phase = FlowPhase::NotServed;
-            flow.reason = "no relay configured for this source".into();
+    /// Route the flow's source (the tunnel is up or no tunnel is needed).
+    fn make_forwarding(&self, st: &mut DaemonState, flow: &mut FlowState, reason: String) {
+        if flow.routed {
+            flow.phase = FlowPhase::Forwarding;
+            flow.reason = reason;
             return;
         }
         match self.ensure_route(st, flow.sg.source) {
             Ok(()) => {
+                flow.routed = true;
                 flow.phase = FlowPhase::Forwarding;
-                flow.reason = "serve_all_sources: source routed into the TUN".into();
+                flow.reason = reason;
             }
             Err(e) => {
                 flow.phase = FlowPhase::Error;
@@ -165,17 +242,117 @@ impl Orchestrator {
         }
     }
 
+    fn open_tunnel(&self, relay: SocketAddr, skip_discovery: bool) -> Result<RelayTunnel, String> {
+        let mut tc = TunnelConfig::new(relay);
+        tc.skip_discovery = skip_discovery;
+        tc.no_data_timeout = self.amt.no_data_timeout;
+        let mut dc = DriverConfig::new(tc);
+        dc.bind = self.amt.bind.map(|ip| SocketAddr::new(ip, 0));
+        let sink: Arc<dyn PacketSink> = self.shared.tun.clone();
+        let (handle, _task) = spawn_tunnel(dc, sink, self.relay_events_tx.clone())
+            .map_err(|e| format!("cannot open a UDP socket for relay {relay}: {e}"))?;
+        self.shared
+            .counters
+            .tunnels_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(%relay, skip_discovery, "AMT tunnel opened");
+        Ok(RelayTunnel {
+            relay,
+            skip_discovery,
+            handle,
+            channels: BTreeSet::new(),
+            up: false,
+            status: if skip_discovery {
+                "requesting"
+            } else {
+                "discovering"
+            }
+            .into(),
+            linger_until: None,
+            opened: Instant::now(),
+        })
+    }
+
+    /// Try to serve one flow (sets its phase and reason).
+    fn serve(&self, st: &mut DaemonState, flow: &mut FlowState, actions: &mut Vec<TunnelAction>) {
+        if self.serve_all {
+            self.make_forwarding(
+                st,
+                flow,
+                "serve_all_sources: routed without a tunnel".into(),
+            );
+            return;
+        }
+        let Some((relay, discovery)) = self.relay_map.lookup(flow.sg.source) else {
+            flow.phase = FlowPhase::NotServed;
+            flow.reason = "no relay for this source (not in amt.static_relays)".into();
+            return;
+        };
+        flow.relay = Some(relay);
+        flow.relay_origin = "static map".into();
+        if !st.tunnels.contains_key(&relay) {
+            match self.open_tunnel(relay, !discovery) {
+                Ok(t) => {
+                    st.tunnels.insert(relay, t);
+                }
+                Err(e) => {
+                    flow.phase = FlowPhase::Error;
+                    flow.reason = e;
+                    return;
+                }
+            }
+        }
+        let Some(tunnel) = st.tunnels.get_mut(&relay) else {
+            return;
+        };
+        tunnel.channels.insert(flow.sg);
+        if tunnel.linger_until.take().is_some() {
+            info!(%relay, "tunnel reused before its linger ran out");
+            tunnel.status = if tunnel.up {
+                "up".into()
+            } else {
+                "requesting".into()
+            };
+        }
+        actions.push(TunnelAction::Subscribe(tunnel.handle.clone(), flow.sg));
+        if tunnel.up {
+            self.make_forwarding(st, flow, format!("tunnel to relay {relay} is up"));
+        } else {
+            flow.phase = FlowPhase::WaitingTunnel;
+            flow.reason = format!("waiting for relay {relay} ({})", tunnel.status);
+        }
+    }
+
+    /// A flow is gone: release its route and its subscription.
+    fn unserve(&self, st: &mut DaemonState, flow: &FlowState, actions: &mut Vec<TunnelAction>) {
+        if flow.routed {
+            self.release_route(st, flow.sg.source);
+        }
+        let Some(relay) = flow.relay else { return };
+        let Some(tunnel) = st.tunnels.get_mut(&relay) else {
+            return;
+        };
+        if tunnel.channels.remove(&flow.sg) {
+            actions.push(TunnelAction::Unsubscribe(tunnel.handle.clone(), flow.sg));
+        }
+        if tunnel.channels.is_empty() {
+            tunnel.linger_until = Some(Instant::now() + self.amt.linger);
+            tunnel.status = "lingering".into();
+            info!(%relay, linger_s = self.amt.linger.as_secs(), "last channel left the tunnel; closing after linger");
+        }
+    }
+
     fn emit(&self, change: JoinChange) {
         // No subscriber is fine.
         let _ = self.shared.events.send((change, SystemTime::now()));
     }
 
-    /// Bring the flows in line with `desired`.
-    pub fn apply(&mut self, desired: &DesiredSet) {
+    /// Bring the flows in line with `desired`; returns the tunnel work.
+    pub fn apply(&mut self, desired: &DesiredSet) -> Vec<TunnelAction> {
         let shared = self.shared.clone();
-        let mut st = shared.write();
-        let st = &mut *st;
-        // Removed flows.
+        let mut guard = shared.write();
+        let st = &mut *guard;
+        let mut actions = Vec::new();
         let gone: Vec<Sg> = st
             .flows
             .keys()
@@ -185,14 +362,11 @@ impl Orchestrator {
         for sg in gone {
             if let Some(flow) = st.flows.remove(&sg) {
                 let _span = info_span!("flow", %sg).entered();
-                if flow.phase == FlowPhase::Forwarding {
-                    self.release_route(st, sg.source);
-                }
+                self.unserve(st, &flow, &mut actions);
                 info!("join gone: flow removed");
                 self.emit(JoinChange::Removed(flow));
             }
         }
-        // New and changed flows.
         for (sg, ifaces) in &desired.joins {
             let _span = info_span!("flow", %sg).entered();
             match st.flows.get_mut(sg) {
@@ -214,9 +388,11 @@ impl Orchestrator {
                         phase: FlowPhase::NotServed,
                         reason: String::new(),
                         relay: None,
+                        relay_origin: String::new(),
+                        routed: false,
                         held: false,
                     };
-                    self.serve(st, &mut flow);
+                    self.serve(st, &mut flow, &mut actions);
                     info!(
                         population = ifaces.len(),
                         phase = flow.phase.as_str(),
@@ -228,13 +404,134 @@ impl Orchestrator {
                 }
             }
         }
+        actions
     }
 
-    /// Retry flows whose route failed.
-    pub fn retry_failed(&mut self) {
+    /// React to a tunnel's event.
+    pub fn on_relay_event(&mut self, ev: RelayEvent) -> Vec<TunnelAction> {
         let shared = self.shared.clone();
-        let mut st = shared.write();
-        let st = &mut *st;
+        let mut guard = shared.write();
+        let st = &mut *guard;
+        let relay = ev.relay;
+        let _span = info_span!("relay", %relay).entered();
+        let Some(tunnel) = st.tunnels.get_mut(&relay) else {
+            debug!("event for a tunnel no longer tracked: {:?}", ev.event);
+            return Vec::new();
+        };
+        let (up, status, flow_reason): (Option<bool>, Option<String>, Option<String>) = match &ev
+            .event
+        {
+            TunnelEvent::RelayDiscovered { relay: advertised } => {
+                info!(%advertised, "relay discovered");
+                (None, Some(format!("requesting (relay {advertised})")), None)
+            }
+            TunnelEvent::Up { relay: r, family } => {
+                info!(relay_address = %r, ?family, "tunnel up");
+                (Some(true), Some("up".into()), None)
+            }
+            TunnelEvent::RelayLost { reason } => {
+                warn!(?reason, "relay lost; the tunnel retries with backoff");
+                let s = format!("relay lost ({reason:?}); retrying");
+                (Some(false), Some(s.clone()), Some(s))
+            }
+            TunnelEvent::RelayRefused { relay: r } => {
+                warn!(refusing = %r, "relay refused new gateways (L flag); held down");
+                let s = format!("refused by relay {r} (L flag)");
+                (Some(false), Some(s.clone()), Some(s))
+            }
+            TunnelEvent::GatewayAddressChanged { old, new } => {
+                info!(%old, %new, "relay sees us at a new address (NAT rebinding)");
+                (None, None, None)
+            }
+            TunnelEvent::NoData { source, group } => {
+                warn!(sg = %Sg { source: *source, group: *group }, "no data from the relay since subscribing");
+                (None, None, None)
+            }
+            TunnelEvent::Closed => {
+                if tunnel.channels.is_empty() {
+                    st.tunnels.remove(&relay);
+                }
+                return Vec::new();
+            }
+        };
+        if let Some(s) = status
+            && tunnel.linger_until.is_none()
+        {
+            tunnel.status = s;
+        }
+        let Some(up) = up else { return Vec::new() };
+        tunnel.up = up;
+        let channels: Vec<Sg> = tunnel.channels.iter().copied().collect();
+        for sg in channels {
+            let Some(mut flow) = st.flows.remove(&sg) else {
+                continue;
+            };
+            let before = (flow.phase, flow.reason.clone());
+            if up {
+                self.make_forwarding(st, &mut flow, format!("tunnel to relay {relay} is up"));
+            } else if let Some(r) = &flow_reason {
+                // Keep the route: when the relay answers again, pimd's
+                // forwarding state is still in place.
+                flow.phase = FlowPhase::WaitingTunnel;
+                flow.reason = r.clone();
+            }
+            if (flow.phase, flow.reason.clone()) != before {
+                self.emit(JoinChange::Changed(flow.clone()));
+            }
+            st.flows.insert(sg, flow);
+        }
+        Vec::new()
+    }
+
+    /// Periodic work: retry failed flows, close tunnels whose linger ran
+    /// out, reopen tunnels whose task died.
+    pub fn tick(&mut self) -> Vec<TunnelAction> {
+        let shared = self.shared.clone();
+        let mut guard = shared.write();
+        let st = &mut *guard;
+        let mut actions = Vec::new();
+        let now = Instant::now();
+        let expired: Vec<SocketAddr> = st
+            .tunnels
+            .values()
+            .filter(|t| t.channels.is_empty() && t.linger_until.is_some_and(|u| u <= now))
+            .map(|t| t.relay)
+            .collect();
+        for relay in expired {
+            if let Some(t) = st.tunnels.remove(&relay) {
+                info!(%relay, "linger over: closing the tunnel (leave + Teardown)");
+                self.shared
+                    .counters
+                    .tunnels_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                actions.push(TunnelAction::Close(t.handle));
+            }
+        }
+        let dead: Vec<SocketAddr> = st
+            .tunnels
+            .values()
+            .filter(|t| t.handle.is_finished())
+            .map(|t| t.relay)
+            .collect();
+        for relay in dead {
+            let Some(old) = st.tunnels.remove(&relay) else {
+                continue;
+            };
+            if old.channels.is_empty() {
+                continue;
+            }
+            warn!(%relay, "tunnel task ended unexpectedly; reopening");
+            match self.open_tunnel(relay, old.skip_discovery) {
+                Ok(mut t) => {
+                    for sg in &old.channels {
+                        actions.push(TunnelAction::Subscribe(t.handle.clone(), *sg));
+                    }
+                    t.channels = old.channels;
+                    st.tunnels.insert(relay, t);
+                }
+                Err(e) => warn!(%relay, "{e}"),
+            }
+        }
         let failed: Vec<Sg> = st
             .flows
             .values()
@@ -243,26 +540,59 @@ impl Orchestrator {
             .collect();
         for sg in failed {
             if let Some(mut flow) = st.flows.remove(&sg) {
-                self.serve(st, &mut flow);
+                self.serve(st, &mut flow, &mut actions);
                 if flow.phase != FlowPhase::Error {
                     self.emit(JoinChange::Changed(flow.clone()));
                 }
                 st.flows.insert(sg, flow);
             }
         }
+        actions
     }
 
-    /// Remove every route we installed (clean shutdown).
-    pub fn shutdown(&mut self) {
-        let shared = self.shared.clone();
-        let mut st = shared.write();
-        let sources: Vec<IpAddr> = st.routed_sources.keys().copied().collect();
+    async fn execute(actions: Vec<TunnelAction>) {
+        for a in actions {
+            match a {
+                TunnelAction::Subscribe(h, sg) => {
+                    if let Err(e) = h.subscribe(sg.source, sg.group).await {
+                        warn!(%sg, relay = %h.configured_relay(), "subscribe failed: {e}");
+                    }
+                }
+                TunnelAction::Unsubscribe(h, sg) => {
+                    if let Err(e) = h.unsubscribe(sg.source, sg.group).await {
+                        debug!(%sg, relay = %h.configured_relay(), "unsubscribe: {e}");
+                    }
+                }
+                TunnelAction::Close(h) => {
+                    // Closing repeats leaves for a while: don't block others.
+                    tokio::spawn(async move {
+                        let _ = h.close().await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Close every tunnel (leaves + Teardown) and remove every route.
+    pub async fn shutdown(&mut self) {
+        let (handles, sources) = {
+            let mut st = self.shared.write();
+            let handles: Vec<TunnelHandle> =
+                st.tunnels.values().map(|t| t.handle.clone()).collect();
+            st.tunnels.clear();
+            let sources: Vec<IpAddr> = st.routed_sources.keys().copied().collect();
+            st.routed_sources.clear();
+            (handles, sources)
+        };
         for s in sources {
             if let Err(e) = self.shared.tun.del_source_route(s) {
                 warn!(source = %s, "cannot remove route at shutdown: {e}");
             }
         }
-        st.routed_sources.clear();
+        let closes = handles.into_iter().map(|h| async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h.close()).await;
+        });
+        futures::future::join_all(closes).await;
     }
 
     pub async fn run(
@@ -270,19 +600,24 @@ impl Orchestrator {
         mut rx: watch::Receiver<Arc<DesiredSet>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut retry = tokio::time::interval(Duration::from_secs(2));
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(mut relay_events) = self.relay_events_rx.take() else {
+            return;
+        };
         loop {
-            tokio::select! {
+            let actions = tokio::select! {
                 r = rx.changed() => {
                     if r.is_err() { break; }
                     let set = rx.borrow_and_update().clone();
-                    self.apply(&set);
+                    self.apply(&set)
                 }
-                _ = retry.tick() => self.retry_failed(),
+                Some(ev) = relay_events.recv() => self.on_relay_event(ev),
+                _ = tick.tick() => self.tick(),
                 _ = stop.changed() => break,
-            }
+            };
+            Self::execute(actions).await;
         }
-        self.shutdown();
+        self.shutdown().await;
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use frr_bridge::api::{ApiInfo, ApiService, bind_unix, serve};
 use frr_bridge::config::{Config, ConfigError};
-use frr_bridge::daemon::{Counters, DaemonState, Orchestrator, Shared};
+use frr_bridge::daemon::{AmtSettings, Counters, DaemonState, Orchestrator, Shared};
 use frr_bridge::southbound::tun::{IngestTun, TunConfig};
 use frr_bridge::tasks::{run_mroute_monitor, run_pim};
 use frr_bridge::watcher::{DesiredSet, JoinWatcher, WatchStatus, WatcherConfig};
@@ -247,7 +247,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         watch_status,
     );
     let watcher_task = tokio::spawn(watcher.run());
-    let orch = Orchestrator::new(shared.clone(), cfg.ingest.serve_all_sources);
+    let relay_map = cfg.relay_map()?;
+    let amt = AmtSettings {
+        linger: std::time::Duration::from_secs(cfg.amt.linger_s),
+        bind: cfg.amt.bind,
+        no_data_timeout: (cfg.amt.no_data_timeout_s > 0)
+            .then(|| std::time::Duration::from_secs(cfg.amt.no_data_timeout_s)),
+    };
+    let orch = Orchestrator::new(shared.clone(), cfg.ingest.serve_all_sources, relay_map, amt);
     let orch_task = tokio::spawn(orch.run(set_rx, stop_rx.clone()));
     let pim_task = tokio::spawn(run_pim(
         shared.clone(),
