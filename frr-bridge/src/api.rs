@@ -228,6 +228,12 @@ impl Ingest for ApiService {
                     .map(|q| q.saturating_duration_since(now).as_millis() as u64)
                     .unwrap_or(0);
                 msg.local = s.local.to_string();
+                msg.discoveries_sent = s.stats.discoveries_sent;
+                msg.requests_sent = s.stats.requests_sent;
+                msg.queries_received = s.stats.queries_received;
+                msg.updates_sent = s.stats.updates_sent;
+                msg.teardowns_sent = s.stats.teardowns_sent;
+                msg.relay_losses = s.stats.relay_losses;
                 msg.protocol_state = format!("{:?}", s.state).to_lowercase();
                 if let Some(r) = s.stats.relay_address {
                     msg.relay_address = r.to_string();

@@ -241,7 +241,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         json!({"relay": t.relay, "state": t.state, "channels": t.channels, "packets": t.packets,
                                "bytes": t.bytes, "drops": t.drops, "drop_reasons": t.drop_reasons,
                                "last_query_age_ms": t.last_query_age_ms, "next_request_in_ms": t.next_request_in_ms,
-                               "local": t.local, "linger_remaining_ms": t.linger_remaining_ms})
+                               "local": t.local, "linger_remaining_ms": t.linger_remaining_ms,
+                               "protocol_state": t.protocol_state, "relay_address": t.relay_address,
+                               "discoveries_sent": t.discoveries_sent, "requests_sent": t.requests_sent,
+                               "queries_received": t.queries_received, "updates_sent": t.updates_sent,
+                               "teardowns_sent": t.teardowns_sent, "relay_losses": t.relay_losses})
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
