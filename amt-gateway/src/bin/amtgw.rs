@@ -416,6 +416,13 @@ async fn run() -> anyhow::Result<ExitCode> {
     }
 
     let snap = handle.snapshot().await.ok();
+    if snap.as_ref().is_some_and(|s| s.state == TunnelState::Up) {
+        was_up = true;
+    }
+    if !was_up && exit == ExitCode::SUCCESS {
+        eprintln!("amtgw: relay {relay} never completed the AMT handshake");
+        exit = ExitCode::from(2);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(12), handle.close()).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), join).await;
     let total = sink.counters.lock().map(|c| c.clone()).unwrap_or_default();
