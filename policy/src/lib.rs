@@ -15,6 +15,13 @@ pub mod joinfile;
 
 mod sg;
 
+/// Loopback servers for integration tests (BIND `named` with temp zones,
+/// nginx with a temp CA). Shared with other crates' tests through the
+/// `test-support` feature so there is one copy; it is not for production use.
+#[cfg(feature = "test-support")]
+#[path = "../tests/common/mod.rs"]
+pub mod test_support;
+
 pub use sg::SourceGroup;
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use common::{Named, Nginx, TempDir, Zone, free_port, make_pki};
 use ingest_policy::SourceGroup;
 use ingest_policy::admission::BitrateOrigin;
 use ingest_policy::dns::{DnsConfig, DnsFailure};
-use ingest_policy::dorms::{DormsClient, DormsConfig, DormsError, MetadataError, RateField};
+use ingest_policy::dorms::{
+    DormsClient, DormsConfig, DormsError, DormsStep, MetadataError, MetadataLayout, RateField,
+};
 
 const HOST_META: &str = "<?xml version='1.0' encoding='UTF-8'?>
 <XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>
@@ -220,6 +222,60 @@ async fn dorms_against_nginx_and_bind() {
         .await
         .unwrap();
     assert_eq!(m.max_bitrate, 5000);
+
+    // The same fetch, traced: both SRV targets in order, the dead one's
+    // host-meta failure, then host-meta (root cached) and metadata of the
+    // second; the URL of the rate is reported.
+    let (result, steps) = client.fetch_traced(sg("23.212.185.13", "232.1.1.1")).await;
+    assert_eq!(result.unwrap().0.max_bitrate, 5000);
+    match steps.as_slice() {
+        [
+            DormsStep::Srv {
+                name,
+                result: Ok(targets),
+            },
+            DormsStep::HostMeta {
+                url: dead_url,
+                result: Err(DormsError::Transport { .. }),
+                cached: false,
+            },
+            DormsStep::HostMeta {
+                result: Ok(root),
+                cached: true,
+                ..
+            },
+            DormsStep::Metadata {
+                url,
+                layout: MetadataLayout::Draft01,
+                result: Ok(found),
+            },
+        ] => {
+            assert_eq!(name, "_dorms._tcp.13.185.212.23.in-addr.arpa.");
+            let order: Vec<&str> = targets.iter().map(|t| t.target.as_str()).collect();
+            assert_eq!(order, ["dead.lab.test", "dorms.lab.test"]);
+            assert_eq!(
+                dead_url,
+                &format!("https://dead.lab.test:{closed_port}/.well-known/host-meta")
+            );
+            assert_eq!(root, &format!("https://dorms.lab.test:{port}/restconf/"));
+            assert_eq!(
+                url,
+                &format!(
+                    "{root}{}",
+                    old_path("23.212.185.13", "232.1.1.1").trim_start_matches("restconf/")
+                )
+            );
+            assert_eq!(found.max_bitrate, 5000);
+        }
+        other => panic!("{other:#?}"),
+    }
+    let rate = client.flow_bitrate(sg("23.212.185.13", "232.1.1.1")).await;
+    assert!(
+        rate.url
+            .as_deref()
+            .is_some_and(|u| u.ends_with("sender=23.212.185.13/group=232.1.1.1/ietf-cbacc:cbacc")),
+        "{rate:?}"
+    );
 
     // A client trusting another CA only: TLS error, not retried.
     let other_ca = TempDir::new("other-ca");

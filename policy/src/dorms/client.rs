@@ -13,6 +13,8 @@
 //! * Results are cached per (S,G): successes for the response's
 //!   `Cache-Control: max-age` (default when absent or no-cache), failures for
 //!   `failure_ttl`. A failed refresh keeps serving the stale success.
+//! * [`DormsClient::fetch_traced`] reports every step (SRV answer, host-meta
+//!   and metadata URLs with their outcome) for troubleshooting tools.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -132,16 +134,49 @@ pub struct FlowBitrate {
     pub bitrate: Option<u64>,
     pub origin: BitrateOrigin,
     pub metadata: Option<FlowMetadata>,
+    /// The metadata URL the rate came from (when `metadata` is set).
+    pub url: Option<String>,
     /// Why metadata is missing, when it is.
     pub error: Option<DormsError>,
 }
+
+/// One step of a DORMS fetch, in the order taken (see
+/// [`DormsClient::fetch_traced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DormsStep {
+    /// The SRV query: its owner name and the targets in the order they are
+    /// tried (RFC 2782), or the DNS failure.
+    Srv {
+        name: String,
+        result: Result<Vec<SrvTarget>, DnsFailure>,
+    },
+    /// A host-meta request: the RESTCONF root it gave, or why not. `cached`
+    /// when the root came from the per-server cache (no request made).
+    HostMeta {
+        url: String,
+        result: Result<String, DormsError>,
+        cached: bool,
+    },
+    /// A metadata request in one tree layout.
+    Metadata {
+        url: String,
+        layout: MetadataLayout,
+        result: Result<FlowMetadata, DormsError>,
+    },
+}
+
+/// A successful fetch: metadata, its URL and its cache lifetime.
+type Fetched = (FlowMetadata, String, Duration);
+
+/// A cache entry: metadata and the URL it came from, or the failure.
+type CacheEntry = Result<(FlowMetadata, String), DormsError>;
 
 /// Async DORMS client with a per-(S,G) cache.
 pub struct DormsClient {
     dns: DnsClient,
     http: reqwest::Client,
     config: DormsConfig,
-    cache: Mutex<TtlCache<SourceGroup, Result<FlowMetadata, DormsError>>>,
+    cache: Mutex<TtlCache<SourceGroup, CacheEntry>>,
     roots: Mutex<TtlCache<String, String>>,
     rng: Mutex<StdRng>,
 }
@@ -242,30 +277,38 @@ impl DormsClient {
 
     /// Metadata for `sg`, cached.
     pub async fn flow_metadata(&self, sg: SourceGroup) -> Result<FlowMetadata, DormsError> {
+        self.metadata_with_url(sg).await.map(|(m, _)| m)
+    }
+
+    /// Metadata for `sg` and the URL it came from, cached.
+    async fn metadata_with_url(
+        &self,
+        sg: SourceGroup,
+    ) -> Result<(FlowMetadata, String), DormsError> {
         let now = Instant::now();
-        if let Some(hit) = self.cached(sg, now) {
+        if let Some(hit) = self.cached_entry(sg, now) {
             return hit;
         }
         let span = tracing::debug_span!("dorms", source = %sg.source, group = %sg.group);
-        let fetched = self.fetch(sg).instrument(span).await;
+        let fetched = self.fetch_steps(sg, &mut Vec::new()).instrument(span).await;
         let now = Instant::now();
         let Ok(mut cache) = self.cache.lock() else {
-            return fetched.map(|(m, _)| m);
+            return fetched.map(|(m, url, _)| (m, url));
         };
         match fetched {
-            Ok((metadata, max_age)) => {
-                cache.insert(sg, Ok(metadata), max_age, now);
-                Ok(metadata)
+            Ok((metadata, url, max_age)) => {
+                cache.insert(sg, Ok((metadata, url.clone())), max_age, now);
+                Ok((metadata, url))
             }
             Err(error) => {
                 let stale = match cache.get_stale(&sg) {
-                    Some((Ok(m), _)) => Some(*m),
+                    Some((Ok(entry), _)) => Some(entry.clone()),
                     _ => None,
                 };
-                if let Some(metadata) = stale {
+                if let Some(entry) = stale {
                     tracing::warn!(%sg, %error, "DORMS refresh failed; keeping stale metadata");
-                    cache.insert(sg, Ok(metadata), self.config.failure_ttl, now);
-                    return Ok(metadata);
+                    cache.insert(sg, Ok(entry.clone()), self.config.failure_ttl, now);
+                    return Ok(entry);
                 }
                 tracing::info!(%sg, %error, "no DORMS metadata");
                 cache.insert(sg, Err(error.clone()), self.config.failure_ttl, now);
@@ -277,11 +320,12 @@ impl DormsClient {
     /// The rate to admit `sg` with: declared, else the configured default,
     /// else none (blocked).
     pub async fn flow_bitrate(&self, sg: SourceGroup) -> FlowBitrate {
-        match self.flow_metadata(sg).await {
-            Ok(metadata) => FlowBitrate {
+        match self.metadata_with_url(sg).await {
+            Ok((metadata, url)) => FlowBitrate {
                 bitrate: Some(metadata.max_bitrate),
                 origin: BitrateOrigin::Dorms,
                 metadata: Some(metadata),
+                url: Some(url),
                 error: None,
             },
             Err(error) => FlowBitrate {
@@ -292,6 +336,7 @@ impl DormsClient {
                     BitrateOrigin::Unknown
                 },
                 metadata: None,
+                url: None,
                 error: Some(error),
             },
         }
@@ -303,6 +348,11 @@ impl DormsClient {
         sg: SourceGroup,
         now: Instant,
     ) -> Option<Result<FlowMetadata, DormsError>> {
+        self.cached_entry(sg, now)
+            .map(|entry| entry.map(|(metadata, _)| metadata))
+    }
+
+    fn cached_entry(&self, sg: SourceGroup, now: Instant) -> Option<CacheEntry> {
         self.cache
             .lock()
             .ok()
@@ -318,15 +368,42 @@ impl DormsClient {
 
     /// Uncached fetch: metadata and its cache lifetime.
     pub async fn fetch(&self, sg: SourceGroup) -> Result<(FlowMetadata, Duration), DormsError> {
-        let name = dorms_srv_name(sg.source);
-        let answers = self
-            .dns
-            .query(&name, RecordType::SRV)
+        self.fetch_steps(sg, &mut Vec::new())
             .await
-            .map_err(|(failure, _)| DormsError::Srv {
-                name: name.clone(),
-                failure,
-            })?;
+            .map(|(metadata, _, max_age)| (metadata, max_age))
+    }
+
+    /// Uncached fetch that also returns every step taken (SRV answer,
+    /// host-meta and metadata URLs with their outcomes), for
+    /// troubleshooting. Cached RESTCONF roots are reused and marked so.
+    pub async fn fetch_traced(
+        &self,
+        sg: SourceGroup,
+    ) -> (Result<(FlowMetadata, Duration), DormsError>, Vec<DormsStep>) {
+        let mut steps = Vec::new();
+        let result = self
+            .fetch_steps(sg, &mut steps)
+            .await
+            .map(|(metadata, _, max_age)| (metadata, max_age));
+        (result, steps)
+    }
+
+    async fn fetch_steps(
+        &self,
+        sg: SourceGroup,
+        steps: &mut Vec<DormsStep>,
+    ) -> Result<Fetched, DormsError> {
+        let name = dorms_srv_name(sg.source);
+        let answers = match self.dns.query(&name, RecordType::SRV).await {
+            Ok(answers) => answers,
+            Err((failure, _)) => {
+                steps.push(DormsStep::Srv {
+                    name: name.clone(),
+                    result: Err(failure.clone()),
+                });
+                return Err(DormsError::Srv { name, failure });
+            }
+        };
         let records: Vec<SrvTarget> = answers
             .records
             .iter()
@@ -344,9 +421,13 @@ impl DormsClient {
             Ok(mut rng) => order_srv(records, &mut *rng),
             Err(_) => records,
         };
+        steps.push(DormsStep::Srv {
+            name: name.clone(),
+            result: Ok(ordered.clone()),
+        });
         let mut last_error = None;
         for target in &ordered {
-            match self.fetch_from(target, sg).await {
+            match self.fetch_from(target, sg, steps).await {
                 Ok(found) => return Ok(found),
                 Err(error) => {
                     tracing::info!(target = %target.target, port = target.port, %error, "DORMS server failed");
@@ -361,26 +442,37 @@ impl DormsClient {
         &self,
         target: &SrvTarget,
         sg: SourceGroup,
-    ) -> Result<(FlowMetadata, Duration), DormsError> {
+        steps: &mut Vec<DormsStep>,
+    ) -> Result<Fetched, DormsError> {
         let base = base_url(&target.target, target.port);
-        let root = self.restconf_root(&base).await?;
+        let root = self.restconf_root(&base, steps).await?;
         let mut last_error = None;
         for layout in &self.config.layouts {
             let url = metadata_url(&root, *layout, sg, self.config.key_encoding);
             tracing::debug!(%url, "fetching DORMS metadata");
-            match self.get(&url, "application/yang-data+json").await {
-                Ok((body, cache_control)) => {
-                    let metadata =
-                        parse_metadata(&body, sg).map_err(|error| DormsError::Metadata {
+            let fetched = self.get(&url, "application/yang-data+json").await.and_then(
+                |(body, cache_control)| {
+                    parse_metadata(&body, sg)
+                        .map(|metadata| (metadata, cache_control))
+                        .map_err(|error| DormsError::Metadata {
                             url: url.clone(),
                             error,
-                        })?;
+                        })
+                },
+            );
+            steps.push(DormsStep::Metadata {
+                url: url.clone(),
+                layout: *layout,
+                result: fetched.as_ref().map(|(m, _)| *m).map_err(Clone::clone),
+            });
+            match fetched {
+                Ok((metadata, cache_control)) => {
                     let max_age = cache_lifetime(
                         cache_control.as_deref(),
                         self.config.default_max_age,
                         self.config.max_max_age,
                     );
-                    return Ok((metadata, max_age));
+                    return Ok((metadata, url, max_age));
                 }
                 Err(error @ DormsError::HttpStatus { status: 404, .. }) => {
                     last_error = Some(error);
@@ -391,36 +483,89 @@ impl DormsClient {
         Err(last_error.unwrap_or(DormsError::Config("no metadata layouts configured".into())))
     }
 
-    /// RESTCONF root for a server base URL, cached per base.
-    async fn restconf_root(&self, base: &str) -> Result<String, DormsError> {
+    /// RESTCONF root for a server base URL, cached per base. Records one
+    /// `HostMeta` step per document requested (or one for a cache hit).
+    async fn restconf_root(
+        &self,
+        base: &str,
+        steps: &mut Vec<DormsStep>,
+    ) -> Result<String, DormsError> {
         let now = Instant::now();
+        let xml_url = format!("{base}/.well-known/host-meta");
         if let Some(root) = self
             .roots
             .lock()
             .ok()
             .and_then(|r| r.get(&base.to_owned(), now).cloned())
         {
+            steps.push(DormsStep::HostMeta {
+                url: xml_url,
+                result: Ok(root.clone()),
+                cached: true,
+            });
             return Ok(root);
         }
-        let xml_url = format!("{base}/.well-known/host-meta");
-        let (href, cache_control) = match self.get(&xml_url, "application/xrd+xml").await {
-            Ok((body, cc)) => match parse_host_meta_xml(&body) {
-                Ok(href) => (href, cc),
-                Err(error) => {
-                    self.host_meta_json(base)
-                        .await
-                        .map_err(|_| DormsError::HostMeta {
-                            url: xml_url.clone(),
-                            error,
-                        })?
+        let xml = self
+            .get(&xml_url, "application/xrd+xml")
+            .await
+            .and_then(|(body, cc)| {
+                parse_host_meta_xml(&body)
+                    .map(|href| (href, cc))
+                    .map_err(|error| DormsError::HostMeta {
+                        url: xml_url.clone(),
+                        error,
+                    })
+            });
+        let (url, href, cache_control) = match xml {
+            Ok((href, cc)) => (xml_url, href, cc),
+            // Not there, too big or unparsable: try host-meta.json. Its own
+            // failure is not reported; the XML one is.
+            Err(
+                xml_error @ (DormsError::HttpStatus { .. }
+                | DormsError::BodyTooLarge { .. }
+                | DormsError::HostMeta { .. }),
+            ) => {
+                steps.push(DormsStep::HostMeta {
+                    url: xml_url,
+                    result: Err(xml_error.clone()),
+                    cached: false,
+                });
+                let json_url = format!("{base}/.well-known/host-meta.json");
+                match self.host_meta_json(&json_url).await {
+                    Ok((href, cc)) => (json_url, href, cc),
+                    Err(json_error) => {
+                        steps.push(DormsStep::HostMeta {
+                            url: json_url,
+                            result: Err(json_error),
+                            cached: false,
+                        });
+                        return Err(xml_error);
+                    }
                 }
-            },
-            Err(xml_error @ (DormsError::HttpStatus { .. } | DormsError::BodyTooLarge { .. })) => {
-                self.host_meta_json(base).await.map_err(|_| xml_error)?
             }
-            Err(other) => return Err(other),
+            Err(other) => {
+                steps.push(DormsStep::HostMeta {
+                    url: xml_url,
+                    result: Err(other.clone()),
+                    cached: false,
+                });
+                return Err(other);
+            }
         };
-        let root = restconf_root(base, &href).ok_or(DormsError::BadHref { href })?;
+        let Some(root) = restconf_root(base, &href) else {
+            let error = DormsError::BadHref { href };
+            steps.push(DormsStep::HostMeta {
+                url,
+                result: Err(error.clone()),
+                cached: false,
+            });
+            return Err(error);
+        };
+        steps.push(DormsStep::HostMeta {
+            url,
+            result: Ok(root.clone()),
+            cached: false,
+        });
         let lifetime = cache_lifetime(
             cache_control.as_deref(),
             self.config.default_max_age,
@@ -432,11 +577,10 @@ impl DormsClient {
         Ok(root)
     }
 
-    async fn host_meta_json(&self, base: &str) -> Result<(String, Option<String>), DormsError> {
-        let url = format!("{base}/.well-known/host-meta.json");
-        let (body, cc) = self.get(&url, "application/json").await?;
+    async fn host_meta_json(&self, url: &str) -> Result<(String, Option<String>), DormsError> {
+        let (body, cc) = self.get(url, "application/json").await?;
         let href = parse_host_meta_json(&body).map_err(|error| DormsError::HostMeta {
-            url: url.clone(),
+            url: url.to_owned(),
             error,
         })?;
         Ok((href, cc))

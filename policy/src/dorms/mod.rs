@@ -15,4 +15,4 @@ pub use metadata::{
 pub use srv::{SrvTarget, cache_lifetime, order_srv};
 
 mod client;
-pub use client::{DormsClient, DormsConfig, DormsError, FlowBitrate};
+pub use client::{DormsClient, DormsConfig, DormsError, DormsStep, FlowBitrate};
