@@ -2,20 +2,25 @@
 //!
 //! * [`wire`]: AMT, IPv4/IPv6, IGMPv3 and MLDv2 formats (checked views,
 //!   typed errors, encode and decode side by side).
+//! * [`gateway`]: the sans-IO [`Tunnel`] state machine (one per relay).
+//! * [`driver`]: tokio driver: socket per tunnel, batched receive, packets
+//!   into a shared [`PacketSink`], control through a [`TunnelHandle`].
+//! * [`tun`]: the sink trait and a TUN device/writer.
+//! * [`relay`]: a sans-IO lab relay core (used by the lab `amt-relay` and
+//!   by interoperability tests).
 
+pub mod driver;
 pub mod gateway;
 pub mod relay;
-pub mod wire;
-
-pub use gateway::{
-    DropCounters, DropReason, Family, LossReason, Received, SubscribeError, SubscriptionStats,
-    Transmit, Tunnel, TunnelConfig, TunnelEvent, TunnelState, TunnelStats,
-};
-pub mod driver;
 pub mod tun;
+pub mod wire;
 
 pub use driver::{
     DriverConfig, DriverError, DriverStats, RelayEvent, SubscriptionSnapshot, TunnelHandle,
     TunnelSnapshot, spawn_tunnel,
+};
+pub use gateway::{
+    DropCounters, DropReason, Family, LossReason, Received, SubscribeError, SubscriptionStats,
+    Transmit, Tunnel, TunnelConfig, TunnelEvent, TunnelState, TunnelStats,
 };
 pub use tun::{DiscardSink, PacketSink, TunDevice, TunWriter};
