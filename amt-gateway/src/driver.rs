@@ -17,6 +17,9 @@
 //!   carry them) would reach FRR's MFC entry and be silently dropped. The
 //!   tunnel already acted as the single hop it was allowed; raising to 2
 //!   lets exactly one more router hop (the ingest router itself) forward it.
+//! * IPv6 tunnel sockets accept zero UDP checksums (UDP_NO_CHECK6_RX), which
+//!   RFC 7450 allows relays to use on Multicast Data; IPv4 zero checksums
+//!   are always accepted by the kernel.
 //! * Control from other tasks through a cloneable [`TunnelHandle`]
 //!   (commands over an mpsc channel). Events of every tunnel can share one
 //!   channel of [`RelayEvent`]s. Dropping every handle closes the tunnel
@@ -276,6 +279,21 @@ fn open_socket(cfg: &DriverConfig) -> io::Result<(Socket, SocketAddr, usize)> {
         let _ = socket.set_only_v6(false);
     }
     set_recv_buffer(&socket, cfg.recv_buffer_bytes);
+    if bind.is_ipv6() {
+        // RFC 7450 §4.2.2.3: a relay may send Multicast Data over IPv6 with
+        // a zero UDP checksum (RFC 6935/6936); Linux drops those unless asked.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a pointer to a c_int and its size.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_UDP,
+                libc::UDP_NO_CHECK6_RX,
+                (&one as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
     socket.bind(&bind.into())?;
     socket.set_nonblocking(true)?;
     let bound = socket

@@ -234,3 +234,81 @@ async fn dropping_every_handle_closes_the_tunnel() {
         .unwrap();
     assert_eq!(next_event(&mut ev_rx).await, TunnelEvent::Closed);
 }
+
+/// RFC 7450 lets relays send Multicast Data over IPv6 with a zero UDP
+/// checksum; the driver's socket must accept it. Skipped without IPv6.
+#[tokio::test]
+async fn zero_checksum_ipv6_data_is_accepted() {
+    use std::os::fd::AsRawFd;
+    let Ok(std_sock) = std::net::UdpSocket::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback; skipped");
+        return;
+    };
+    let one: libc::c_int = 1;
+    // UDP_NO_CHECK6_TX: send with a zero checksum.
+    // SAFETY: setsockopt with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std_sock.as_raw_fd(),
+            libc::IPPROTO_UDP,
+            libc::UDP_NO_CHECK6_TX,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    std_sock.set_nonblocking(true).unwrap();
+    let relay_sock = UdpSocket::from_std(std_sock).unwrap();
+    let relay = relay_sock.local_addr().unwrap();
+    let sink = Arc::new(Collect::default());
+    let (ev_tx, _ev_rx) = mpsc::unbounded_channel();
+    let mut tc = TunnelConfig::new(relay);
+    tc.skip_discovery = true;
+    let (handle, _join) = spawn_tunnel(DriverConfig::new(tc), sink.clone(), ev_tx).unwrap();
+    let s: IpAddr = "192.0.2.1".parse().unwrap();
+    let g: IpAddr = "232.1.1.1".parse().unwrap();
+    handle.subscribe(s, g).await.unwrap();
+    let (bytes, gw) = recv_msg(&relay_sock).await;
+    let Ok(Message::Request(r)) = Message::decode(&bytes) else {
+        panic!("{bytes:?}")
+    };
+    let q = encap::igmpv3_query_datagram(
+        Ipv4Addr::LOCALHOST,
+        &igmp::QueryRepr {
+            max_resp_code: 10,
+            group: Ipv4Addr::UNSPECIFIED,
+            suppress_router_processing: false,
+            qrv: 2,
+            qqic: 125,
+            sources: vec![],
+        },
+        true,
+    )
+    .unwrap();
+    let query = Message::MembershipQuery(MembershipQuery {
+        limit: false,
+        gateway_flag: false,
+        mac: ResponseMac([9; 6]),
+        nonce: r.nonce,
+        query: &q,
+        gateway: None,
+    });
+    relay_sock.send_to(&query.to_vec(), gw).await.unwrap();
+    for _ in 0..5 {
+        relay_sock
+            .send_to(
+                &data_packet(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(232, 1, 1, 1), 9),
+                gw,
+            )
+            .await
+            .unwrap();
+    }
+    timeout(Duration::from_secs(5), async {
+        while sink.0.lock().unwrap().len() < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("zero-checksum data delivered");
+    handle.close().await.unwrap();
+}
