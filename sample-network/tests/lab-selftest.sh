@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Self-test of the frr-ingest lab with FRR alone (no frr-ingestd needed), as root:
+# Self-test of the frr-ingest lab without frr-ingestd, as root:
 #   1. FRR configs parse (vtysh -C) and the integrated frr.conf files are current;
-#   2. lab up; PIM neighbours ingest <-> rtr;
+#   2. lab up; PIM neighbours ingest <-> rtr, rtr2, rtr3;
 #   3. mcrx in rcv joins (198.51.100.4, 232.1.1.1): the ingest's
 #      'show ip pim join json' shows it as JOIN on ing-dn within 1 s;
 #   4. mcrx stops on SIGTERM and still prints its JSON summary; the join leaves
 #      JOIN within 5 s;
-#   5. 'lab up' while up fails; lab down leaves nothing behind (no namespaces,
-#      no processes naming the run dir, no run dir, no FRR tmp dirs of the lab's
-#      daemons, no new links in the root namespace);
-#   6. up/down a second time, same checks.
+#   5. (round 1) the internet side: both relays listen on :2268 and write their
+#      status file; DNS answers the AMTRELAY, CNAME, SRV and A records of
+#      README's table (NODATA, NXDOMAIN included); DORMS serves host-meta (XML
+#      and JSON) and metadata in both layouts with the lab CA, 404 for unknown
+#      flows, and fails with the system CA; mcrx on each relay's rly-lan
+#      receives mcsend from the source host (native SSM on the source LAN);
+#      'lab proc stop/start' takes DORMS down and up and restarts a relay;
+#      receivers on rcv, rcv2, rcv3 make the flow JOIN on ing-dn, ing-dn2,
+#      ing-dn3 (population 3);
+#   6. 'lab up' while up fails; lab down leaves nothing behind (no namespaces,
+#      no processes naming the run dir (FRR, named, nginx, amt-relay), no run
+#      dir, no FRR tmp dirs of the lab's daemons, no new links in the root
+#      namespace, no new key/cert/named/nginx files outside the run dir);
+#   7. up/down a second time, same checks (without 5).
 # Exits 0 only if everything passed. Uses its own prefix (LAB_PREFIX, default
-# fst) so it does not touch a lab you have up. MCRX=path overrides the binary.
+# fst) so it does not touch a lab you have up. MCRX=path and MCSEND=path
+# override the binaries; the lab finds amt-relay itself (LAB_BIN_DIR).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,29 +52,36 @@ for d in zebra staticd pimd; do
 done
 command -v vtysh >/dev/null || fatal "vtysh missing: run scripts/install-deps"
 command -v python3 >/dev/null || fatal "python3 missing (used to read FRR's JSON)"
+for c in dig curl named nginx openssl ss; do
+	command -v "$c" >/dev/null || fatal "$c missing: run scripts/install-deps"
+done
 
-find_mcrx() {
-	local target=${CARGO_TARGET_DIR:-$REPO/target} p
-	[[ -n ${MCRX:-} ]] && {
-		echo "$MCRX"
+# find_bin NAME: $NAME_OVERRIDE, else target/{debug,release}/NAME, else build it.
+find_bin() {
+	local name=$1 override=$2 target=${CARGO_TARGET_DIR:-$REPO/target} p
+	[[ -n $override ]] && {
+		echo "$override"
 		return
 	}
-	for p in "$target/debug/mcrx" "$target/release/mcrx"; do
+	for p in "$target/debug/$name" "$target/release/$name"; do
 		[[ -x $p ]] && {
 			echo "$p"
 			return
 		}
 	done
-	say "building mcrx" >&2
-	(cd "$REPO" && cargo build -q -p sample-network --bin mcrx >&2)
-	echo "$target/debug/mcrx"
+	say "building $name" >&2
+	(cd "$REPO" && cargo build -q -p sample-network --bin "$name" >&2)
+	echo "$target/debug/$name"
 }
-MCRX=$(find_mcrx)
+MCRX=$(find_bin mcrx "${MCRX:-}")
 [[ -x $MCRX ]] || fatal "mcrx not found at $MCRX"
+MCSEND=$(find_bin mcsend "${MCSEND:-}")
+[[ -x $MCSEND ]] || fatal "mcsend not found at $MCSEND"
 
 lab() { "$LAB" "$@"; }
 
-# join_state NODE: "JOIN", "NOINFO" or "none" for (SOURCE, GROUP) on ing-dn.
+# join_state [IFACE [S G]]: "JOIN", "NOINFO" or "none" for (S, G) (default
+# SOURCE, GROUP) on the ingest's IFACE (default ing-dn).
 join_state() {
 	lab vtysh ingest show ip pim join json 2>/dev/null | python3 -c '
 import json, sys
@@ -71,9 +89,9 @@ try:
     data = json.load(sys.stdin)
 except ValueError:
     print("none"); sys.exit()
-entry = data.get("ing-dn", {}).get(sys.argv[2], {}).get(sys.argv[1])
+entry = data.get(sys.argv[3], {}).get(sys.argv[2], {}).get(sys.argv[1])
 print(entry.get("channelJoinName", "none") if isinstance(entry, dict) else "none")
-' "$SOURCE" "$GROUP"
+' "${2:-$SOURCE}" "${3:-$GROUP}" "${1:-ing-dn}"
 }
 
 # has_neighbour NODE IFACE ADDR
@@ -92,19 +110,173 @@ now_ms() { date +%s%3N; }
 
 root_links() { ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort; }
 
+# --- The internet side (no daemon needed) ----------------------------------------
+
+# dig_short NAME TYPE: the lab DNS's answer as seen from border, sorted, '|'-joined.
+dig_short() {
+	lab exec border dig +short +time=2 +tries=1 "@192.0.2.53" "$1" "$2" 2>/dev/null | sort | paste -sd'|'
+}
+
+# expect WHAT GOT WANT
+expect() {
+	if [[ $2 == "$3" ]]; then pass "$1: $2"; else fail "$1: got '$2', want '$3'"; fi
+}
+
+# curl_dorms ARGS...: curl from border to https://dorms.lab with the lab CA.
+curl_dorms() {
+	lab exec border curl -sS --max-time 5 --cacert "$LAB_RUN/dorms/ca.pem" \
+		--resolve dorms.lab:443:192.0.2.80 "$@"
+}
+
+check_internet() {
+	local node addr status out pid_before pid_after rc url n
+	local -A amtrelay=(
+		[198.51.100.4]="10 0 1 192.0.2.10"
+		[198.51.100.5]="src5.sources.lab."
+		[198.51.100.6]="0 0 0 ."
+		[198.51.100.7]="10 0 1 192.0.2.12|20 0 1 192.0.2.11"
+		[198.51.100.8]="10 0 1 192.0.2.10|10 0 1 192.0.2.11"
+		[198.51.100.9]=""
+		[203.0.113.4]="10 0 1 192.0.2.11|30 0 2 2001:db8:77::11"
+		[203.0.113.5]=""
+	)
+	say "-- internet side"
+	for node in relay relay2; do
+		addr=192.0.2.10
+		[[ $node == relay2 ]] && addr=192.0.2.11
+		out=$(lab exec "$node" ss -Hlun 'sport = :2268' | awk '{print $4}')
+		expect "$node listens" "$out" "$addr:2268"
+		sleep 1.2
+		if python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(d.get("kind")!="status")' \
+			"$LAB_RUN/$node/amt-relay.status.json" 2>/dev/null; then
+			pass "$node writes $node/amt-relay.status.json"
+		else
+			fail "$node has no status file $LAB_RUN/$node/amt-relay.status.json"
+		fi
+	done
+
+	for addr in "${!amtrelay[@]}"; do
+		expect "AMTRELAY of $addr" "$(dig_short "$(rev_name "$addr")" TYPE260)" "${amtrelay[$addr]}"
+	done
+	expect "AMTRELAY of src5.sources.lab (CNAME target)" "$(dig_short src5.sources.lab. TYPE260)" "10 1 3 relay2.lab."
+	expect "relay2.lab" "$(dig_short relay2.lab. A)" "192.0.2.11"
+	expect "dorms.lab" "$(dig_short dorms.lab. A)" "192.0.2.80"
+	status=$(lab exec border dig +time=2 +tries=1 @192.0.2.53 -x 198.51.100.9 TYPE260 | grep -o 'status: [A-Z]*')
+	expect "198.51.100.9 has no AMTRELAY (NODATA)" "$status" "status: NOERROR"
+	status=$(lab exec border dig +time=2 +tries=1 @192.0.2.53 -x 203.0.113.5 TYPE260 | grep -o 'status: [A-Z]*')
+	expect "203.0.113.5 does not exist" "$status" "status: NXDOMAIN"
+	for addr in 198.51.100.4 198.51.100.7 198.51.100.8 203.0.113.4; do
+		expect "DORMS SRV of $addr" "$(dig_short "_dorms._tcp.$(rev_name "$addr")" SRV)" "0 0 443 dorms.lab."
+	done
+	expect "no DORMS SRV for 198.51.100.6" "$(dig_short "_dorms._tcp.$(rev_name 198.51.100.6)" SRV)" ""
+
+	out=$(curl_dorms https://dorms.lab/.well-known/host-meta)
+	if [[ $out == *'rel="restconf" href="/restconf"'* ]]; then pass "host-meta (XRD) with the lab CA"; else fail "host-meta: $out"; fi
+	out=$(curl_dorms -H 'Accept: application/json' https://dorms.lab/.well-known/host-meta)
+	expect "host-meta (JSON)" "$out" '{"links":[{"rel":"restconf","href":"/restconf"}]}'
+	url=https://dorms.lab/restconf/data/ietf-dorms:metadata/sender=198.51.100.8/group=232.10.1.6/ietf-cbacc:cbacc
+	out=$(curl_dorms "$url")
+	if [[ $out == *'"max-bits-per-second":6000000'* ]]; then pass "draft-01 metadata: 198.51.100.8/232.10.1.6 6 Mbit/s"; else fail "$url: $out"; fi
+	url=https://dorms.lab/restconf/data/ietf-dorms:dorms/metadata/sender=198.51.100.8/group=232.10.1.3/ietf-cbacc:cbacc
+	out=$(curl_dorms "$url")
+	if [[ $out == *'"max-speed":3000'* ]]; then pass "dorms-layout metadata: 198.51.100.8/232.10.1.3 3000 kbit/s"; else fail "$url: $out"; fi
+	out=$(curl_dorms -o /dev/null -w '%{http_code}' https://dorms.lab/restconf/data/ietf-dorms:metadata/sender=198.51.100.8/group=232.10.1.3/ietf-cbacc:cbacc)
+	expect "232.10.1.3 is not in the draft-01 layout" "$out" 404
+	out=$(curl_dorms -o /dev/null -w '%{http_code}' https://dorms.lab/restconf/data/ietf-dorms:metadata/sender=198.51.100.9/group=232.1.1.1/ietf-cbacc:cbacc)
+	expect "unknown flow" "$out" 404
+	rc=0
+	lab exec border curl -sS --max-time 5 --resolve dorms.lab:443:192.0.2.80 \
+		https://dorms.lab/.well-known/host-meta >/dev/null 2>&1 || rc=$?
+	expect "system CA does not trust dorms.lab (curl exit 60)" "$rc" 60
+
+	# Native SSM on the source LAN: each relay's namespace receives the source.
+	lab exec relay "$MCRX" --iface rly-lan --channel 198.51.100.4,232.1.1.1 \
+		--channel 203.0.113.4,232.1.1.1 --duration 6 --until-idle 1 >"$LAB_RUN/relay/selftest-mcrx.json" 2>/dev/null &
+	lab exec relay2 "$MCRX" --iface rly-lan --channel 198.51.100.4,232.1.1.1 \
+		--channel 203.0.113.4,232.1.1.1 --duration 6 --until-idle 1 >"$LAB_RUN/relay2/selftest-mcrx.json" 2>/dev/null &
+	sleep 0.5
+	lab exec source "$MCSEND" --iface src0 --channel 198.51.100.4,232.1.1.1 \
+		--channel 203.0.113.4,232.1.1.1 --rate 100 --count 100 >/dev/null 2>&1 ||
+		fail "mcsend in source failed"
+	wait
+	for node in relay relay2; do
+		out=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packets"])' \
+			"$LAB_RUN/$node/selftest-mcrx.json" 2>/dev/null || echo "?")
+		expect "native packets on $node's rly-lan (2 channels x 100)" "$out" 200
+	done
+
+	# Process control: DORMS down and up, a relay restarted.
+	lab proc stop dorms nginx >/dev/null
+	rc=0
+	curl_dorms https://dorms.lab/.well-known/host-meta >/dev/null 2>&1 || rc=$?
+	expect "DORMS down after 'lab proc stop dorms nginx' (curl exit 7)" "$rc" 7
+	lab proc start dorms nginx >/dev/null || fail "lab proc start dorms nginx"
+	out=$(curl_dorms -o /dev/null -w '%{http_code}' https://dorms.lab/.well-known/host-meta 2>&1)
+	expect "DORMS back after 'lab proc start'" "$out" 200
+	pid_before=$(cat "$LAB_RUN/relay/amt-relay.pid")
+	lab proc restart relay amt-relay >/dev/null || fail "lab proc restart relay amt-relay"
+	pid_after=$(cat "$LAB_RUN/relay/amt-relay.pid")
+	out=$(lab exec relay ss -Hlun 'sport = :2268' | awk '{print $4}')
+	if [[ $pid_after != "$pid_before" && $out == 192.0.2.10:2268 ]]; then
+		pass "relay restarted (pid $pid_before -> $pid_after) and listening"
+	else
+		fail "relay restart: pid $pid_before -> $pid_after, listening: '$out'"
+	fi
+	out=$(lab proc list)
+	if grep -Eq '^dns +named +running' <<<"$out"; then pass "lab proc list shows named running"; else fail "lab proc list: $out"; fi
+
+	# Population: one receiver behind each downstream router.
+	for n in "" 2 3; do
+		lab exec "rcv$n" "$MCRX" --iface rcv0 --channel 198.51.100.8,232.10.1.6 --duration 5 \
+			>/dev/null 2>&1 &
+	done
+	sleep 2
+	for n in "" 2 3; do
+		expect "(198.51.100.8,232.10.1.6) on ing-dn$n" "$(join_state "ing-dn$n" 198.51.100.8 232.10.1.6)" JOIN
+	done
+	wait
+}
+
+# rev_name ADDR: the in-addr.arpa name of an IPv4 address.
+rev_name() {
+	local IFS=.
+	# shellcheck disable=SC2206 # split on dots
+	local o=($1)
+	echo "${o[3]}.${o[2]}.${o[1]}.${o[0]}.in-addr.arpa."
+}
+
+# Files an up/down may create outside the run directory by mistake.
+stray_files() {
+	find /etc /var /root /tmp /run /usr/local -xdev -newer "$1" \
+		\( -name '*.pem' -o -name '*.key' -o -name '*.crt' -o -name '*.csr' -o -name '*.srl' \
+		-o -name '.rnd' -o -name 'managed-keys*' -o -name 'named*' -o -name 'nginx*' \
+		-o -name '*.jnl' -o -name '*.mkeys' \) \
+		-not -path '/run/frr-ingest-lab/*' -not -path '*/target*/*' -not -path '/tmp/ingest-policy-*' \
+		-not -path "$1" 2>/dev/null || true
+}
+
+# State of the system's own BIND and nginx directories (must not change).
+system_dirs_state() {
+	stat -c '%n %Y %s' /var/log/nginx /var/log/nginx/* /var/lib/nginx /var/lib/nginx/* \
+		/var/cache/bind /var/cache/bind/* /etc/bind /etc/nginx 2>/dev/null || true
+}
+
 check_config() {
 	local f
-	for f in "$REPO"/frr-config/{ingest,downstream}/*.conf; do
+	for f in "$REPO"/frr-config/*/*.conf; do
 		if vtysh -C -f "$f" >/dev/null 2>&1; then pass "config parses: ${f#"$REPO"/}"; else fail "vtysh -C rejects ${f#"$REPO"/}"; fi
 	done
 	if "$REPO/frr-config/mkfrrconf" --check >/dev/null; then pass "frr.conf files match the per-daemon files"; else fail "frr.conf stale: run frr-config/mkfrrconf"; fi
 }
 
-# One up / test / down round. $1: round number; $2: "full" runs the join tests.
+# One up / test / down round. $1: round number; $2: "full" runs the join tests;
+# $3: "internet" runs the internet-side checks too.
 round() {
-	local n=$1 mode=$2 t0 t state mcrx_pid tmpdirs links_before leftovers
+	local n=$1 mode=$2 extra=${3:-} t0 t state mcrx_pid tmpdirs links_before leftovers marker sys_before stray p left
 	say "== round $n (prefix $LAB_PREFIX, run dir $LAB_RUN)"
 	links_before=$(root_links)
+	marker=$(mktemp /tmp/lab-selftest-marker.XXXXXX)
+	sys_before=$(system_dirs_state)
 	lab up >/dev/null || {
 		fail "lab up"
 		return
@@ -113,14 +285,14 @@ round() {
 	if lab up >/dev/null 2>&1; then fail "second 'lab up' succeeded"; else pass "'lab up' while up fails"; fi
 
 	t0=$(now_ms)
-	while ! { has_neighbour ingest ing-dn 10.77.1.2 && has_neighbour rtr rtr-up 10.77.1.1; }; do
+	while ! all_neighbours; do
 		(($(now_ms) - t0 > 40000)) && break
 		sleep 0.2
 	done
-	if has_neighbour ingest ing-dn 10.77.1.2 && has_neighbour rtr rtr-up 10.77.1.1; then
-		pass "PIM neighbours ingest<->rtr after $(($(now_ms) - t0)) ms"
+	if all_neighbours; then
+		pass "PIM neighbours ingest<->rtr, rtr2, rtr3 after $(($(now_ms) - t0)) ms"
 	else
-		fail "no PIM neighbours ingest<->rtr after 40 s"
+		fail "PIM neighbours ingest<->rtr, rtr2, rtr3 missing after 40 s"
 	fi
 
 	if [[ $mode == full ]]; then
@@ -162,6 +334,8 @@ round() {
 		fi
 	fi
 
+	[[ $extra == internet ]] && check_internet
+
 	tmpdirs=$(cat "$LAB_RUN"/*/*.tmpdir 2>/dev/null | tr '\n' ' ')
 	[[ -n $tmpdirs ]] || fail "no FRR tmp dirs recorded in $LAB_RUN"
 	lab down >/dev/null || fail "lab down"
@@ -176,6 +350,24 @@ round() {
 	[[ -e $LAB_RUN ]] && fail "run dir $LAB_RUN remains"
 	for d in $tmpdirs; do [[ -e $d ]] && fail "FRR tmp dir $d remains"; done
 	[[ $(root_links) == "$links_before" ]] || fail "root namespace links changed: $(diff <(echo "$links_before") <(root_links) | tr '\n' ' ')"
+	for p in named nginx amt-relay; do
+		left=$(pgrep -af "$p" | grep -F "$LAB_RUN" || true)
+		[[ -z $left ]] || fail "$p of the lab still runs: $left"
+	done
+	stray=$(stray_files "$marker")
+	if [[ -z $stray ]]; then
+		pass "no key, certificate, named or nginx files created outside the run dir"
+	else
+		fail "files created outside the run dir (check they are not another program's): $(echo "$stray" | tr '\n' ' ')"
+	fi
+	[[ $(system_dirs_state) == "$sys_before" ]] || fail "system BIND/nginx dirs changed: $(diff <(echo "$sys_before") <(system_dirs_state) | tr '\n' ' ')"
+	rm -f -- "$marker"
+}
+
+all_neighbours() {
+	has_neighbour ingest ing-dn 10.77.1.2 && has_neighbour rtr rtr-up 10.77.1.1 &&
+		has_neighbour ingest ing-dn2 10.77.1.6 && has_neighbour rtr2 rtr-up 10.77.1.5 &&
+		has_neighbour ingest ing-dn3 10.77.1.10 && has_neighbour rtr3 rtr-up 10.77.1.9
 }
 
 cleanup() { "$LAB" down >/dev/null 2>&1 || true; }
@@ -186,7 +378,7 @@ fi
 trap cleanup EXIT
 
 check_config
-round 1 full
+round 1 full internet
 round 2 full
 
 if ((FAILURES > 0)); then
