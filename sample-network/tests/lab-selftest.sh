@@ -11,7 +11,9 @@
 #      README's table (NODATA, NXDOMAIN included); DORMS serves host-meta (XML
 #      and JSON) and metadata in both layouts with the lab CA, 404 for unknown
 #      flows, and fails with the system CA; mcrx on each relay's rly-lan
-#      receives mcsend from the source host (native SSM on the source LAN);
+#      receives mcsend from the source host (native SSM on the source LAN)
+#      with valid UDP checksums; amtgw in border receives through each relay
+#      and the relay's status file lists it as subscribed;
 #      'lab proc stop/start' takes DORMS down and up and restarts a relay;
 #      receivers on rcv, rcv2, rcv3 make the flow JOIN on ing-dn, ing-dn2,
 #      ing-dn3 (population 3);
@@ -21,7 +23,7 @@
 #      namespace, no new key/cert/named/nginx files outside the run dir);
 #   7. up/down a second time, same checks (without 5).
 # Exits 0 only if everything passed. Uses its own prefix (LAB_PREFIX, default
-# fst) so it does not touch a lab you have up. MCRX=path and MCSEND=path
+# fst) so it does not touch a lab you have up. MCRX, MCSEND and AMTGW=path
 # override the binaries; the lab finds amt-relay itself (LAB_BIN_DIR).
 set -euo pipefail
 
@@ -56,9 +58,10 @@ for c in dig curl named nginx openssl ss; do
 	command -v "$c" >/dev/null || fatal "$c missing: run scripts/install-deps"
 done
 
-# find_bin NAME: $NAME_OVERRIDE, else target/{debug,release}/NAME, else build it.
+# find_bin NAME OVERRIDE [PACKAGE]: OVERRIDE, else target/{debug,release}/NAME,
+# else build it.
 find_bin() {
-	local name=$1 override=$2 target=${CARGO_TARGET_DIR:-$REPO/target} p
+	local name=$1 override=$2 package=${3:-sample-network} target=${CARGO_TARGET_DIR:-$REPO/target} p
 	[[ -n $override ]] && {
 		echo "$override"
 		return
@@ -70,13 +73,15 @@ find_bin() {
 		}
 	done
 	say "building $name" >&2
-	(cd "$REPO" && cargo build -q -p sample-network --bin "$name" >&2)
+	(cd "$REPO" && cargo build -q -p "$package" --bin "$name" >&2)
 	echo "$target/debug/$name"
 }
 MCRX=$(find_bin mcrx "${MCRX:-}")
 [[ -x $MCRX ]] || fatal "mcrx not found at $MCRX"
 MCSEND=$(find_bin mcsend "${MCSEND:-}")
 [[ -x $MCSEND ]] || fatal "mcsend not found at $MCSEND"
+AMTGW=$(find_bin amtgw "${AMTGW:-}" amt-gateway)
+[[ -x $AMTGW ]] || fatal "amtgw not found at $AMTGW"
 
 lab() { "$LAB" "$@"; }
 
@@ -189,11 +194,13 @@ check_internet() {
 		https://dorms.lab/.well-known/host-meta >/dev/null 2>&1 || rc=$?
 	expect "system CA does not trust dorms.lab (curl exit 60)" "$rc" 60
 
-	# Native SSM on the source LAN: each relay's namespace receives the source.
+	# Native SSM on the source LAN: each relay's namespace receives the source,
+	# with UDP checksums filled in (tunnelled packets are passed on as they are).
 	lab exec relay "$MCRX" --iface rly-lan --channel 198.51.100.4,232.1.1.1 \
 		--channel 203.0.113.4,232.1.1.1 --duration 6 --until-idle 1 >"$LAB_RUN/relay/selftest-mcrx.json" 2>/dev/null &
 	lab exec relay2 "$MCRX" --iface rly-lan --channel 198.51.100.4,232.1.1.1 \
 		--channel 203.0.113.4,232.1.1.1 --duration 6 --until-idle 1 >"$LAB_RUN/relay2/selftest-mcrx.json" 2>/dev/null &
+	lab exec relay timeout 5 tcpdump -nn -vv -c 5 -i rly-lan udp port 5001 >"$LAB_RUN/relay/selftest-tcpdump.txt" 2>&1 &
 	sleep 0.5
 	lab exec source "$MCSEND" --iface src0 --channel 198.51.100.4,232.1.1.1 \
 		--channel 203.0.113.4,232.1.1.1 --rate 100 --count 100 >/dev/null 2>&1 ||
@@ -203,6 +210,44 @@ check_internet() {
 		out=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packets"])' \
 			"$LAB_RUN/$node/selftest-mcrx.json" 2>/dev/null || echo "?")
 		expect "native packets on $node's rly-lan (2 channels x 100)" "$out" 200
+	done
+	out=$(cat "$LAB_RUN/relay/selftest-tcpdump.txt")
+	if [[ $out == *"5 packets captured"* && $out != *"bad udp cksum"* ]]; then
+		pass "source packets carry valid UDP checksums"
+	else
+		fail "source packets on rly-lan: $out"
+	fi
+
+	# AMT through each relay (amtgw, not the daemon) while the source sends.
+	lab exec source "$MCSEND" --iface src0 --channel 198.51.100.4,232.1.1.1 \
+		--channel 203.0.113.4,232.1.1.1 --rate 100 --duration 6 >/dev/null 2>&1 &
+	lab exec border "$AMTGW" --relay 192.0.2.10 --discovery --source 198.51.100.4 --group 232.1.1.1 \
+		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw1.json" 2>&1 &
+	lab exec border "$AMTGW" --relay 192.0.2.11 --source 203.0.113.4 --group 232.1.1.1 \
+		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw2.json" 2>&1 &
+	sleep 2.5
+	for node in relay relay2; do
+		addr=198.51.100.4
+		[[ $node == relay2 ]] && addr=203.0.113.4
+		out=$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(" ".join(sorted(g["gateway"].split(":")[0] + "/" + c["source"] + "," + c["group"]
+                      for g in d["gateways"] for c in g["channels"])))' "$LAB_RUN/$node/amt-relay.status.json" 2>&1)
+		expect "$node status: gateway subscribed" "$out" "192.0.2.1/$addr,232.1.1.1"
+	done
+	wait
+	for n in 1 2; do
+		out=$(python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+s = [l for l in lines if l.get("kind") == "summary"]
+print(s[-1]["packets"] if s else "no summary")' "$LAB_RUN/border/selftest-amtgw$n.json" 2>&1)
+		if [[ $out =~ ^[0-9]+$ ]] && ((out >= 200)); then
+			pass "amtgw through relay $n received $out packets"
+		else
+			fail "amtgw through relay $n: $out (want >= 200; see $LAB_RUN/border/selftest-amtgw$n.json)"
+		fi
 	done
 
 	# Process control: DORMS down and up, a relay restarted.
