@@ -1,0 +1,844 @@
+//! Policy engine tests: the sans-IO core with an injected clock, and the
+//! async shell with fake lookups in paused tokio time.
+
+use std::sync::Mutex;
+
+use ingest_policy::driad::{AmtRelayRecord, candidates_from_records, reverse_name};
+
+use super::*;
+
+const M: u64 = 1_000_000;
+const DORMS_URL: &str = "https://dorms.lab.test/restconf/data/x";
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn sg(source: &str, group: &str) -> Sg {
+    Sg {
+        source: ip(source),
+        group: ip(group),
+    }
+}
+
+fn relay(text: &str) -> SocketAddr {
+    SocketAddr::new(ip(text), AMT_PORT)
+}
+
+/// A desired set: each (S,G) with `n` downstream interfaces.
+fn desired(flows: &[(Sg, usize)]) -> Arc<DesiredSet> {
+    Arc::new(DesiredSet {
+        joins: flows
+            .iter()
+            .map(|(sg, n)| (*sg, (1..=*n).map(|i| format!("eth{i}")).collect()))
+            .collect(),
+        held: 0,
+    })
+}
+
+fn answer(source: &str, records: &[&str]) -> DriadOutcome {
+    let records: Vec<AmtRelayRecord> = records.iter().map(|r| r.parse().unwrap()).collect();
+    DriadOutcome::Answer(DriadAnswer {
+        source: ip(source),
+        query_name: reverse_name(ip(source)),
+        candidates: candidates_from_records(&records),
+        records,
+        rejected: Vec::new(),
+        unresolved: Vec::new(),
+        ttl: Duration::from_secs(300),
+    })
+}
+
+fn failed(source: &str, failure: DnsFailure) -> DriadOutcome {
+    DriadOutcome::Failed {
+        source: ip(source),
+        query_name: reverse_name(ip(source)),
+        failure,
+        retry_after: Duration::from_secs(30),
+    }
+}
+
+fn dorms_ok(bits: u64) -> FlowBitrate {
+    FlowBitrate {
+        bitrate: Some(bits),
+        origin: BitrateOrigin::Dorms,
+        metadata: None,
+        url: Some(DORMS_URL.into()),
+        error: None,
+    }
+}
+
+fn dorms_down() -> FlowBitrate {
+    FlowBitrate {
+        bitrate: None,
+        origin: BitrateOrigin::Unknown,
+        metadata: None,
+        url: None,
+        error: Some(DormsError::Timeout {
+            url: "https://dorms.lab.test/.well-known/host-meta".into(),
+        }),
+    }
+}
+
+fn no_static() -> StaticRelayMap {
+    Box::new(|_| None)
+}
+
+fn config(limit: Option<&str>) -> PolicyConfig {
+    PolicyConfig {
+        bandwidth_limit: limit.map(str::to_owned),
+        seed: Some(7),
+        ..PolicyConfig::default()
+    }
+}
+
+fn relays_of(set: &PolicySet, flow: Sg) -> Vec<SocketAddr> {
+    match &set[&flow].relays {
+        RelayVerdict::Relays(r) => r.iter().map(|c| c.relay).collect(),
+        other => panic!("{flow}: expected relays, got {other:?}"),
+    }
+}
+
+fn no_relay_reason(set: &PolicySet, flow: Sg) -> String {
+    match &set[&flow].relays {
+        RelayVerdict::NoRelay(reason) => reason.clone(),
+        other => panic!("{flow}: expected no relay, got {other:?}"),
+    }
+}
+
+#[test]
+fn config_defaults_validation_and_keys() {
+    let cfg = PolicyConfig::default();
+    assert_eq!(cfg.validate(), Ok(()));
+    assert!(cfg.driad);
+    assert!(!cfg.dorms_enabled(), "no limit: DORMS off unless asked");
+    assert!(config(Some("10M")).dorms_enabled());
+    let text = toml::to_string(&config(Some("50M"))).unwrap();
+    let back: PolicyConfig = toml::from_str(&text).unwrap();
+    assert_eq!(back, config(Some("50M")));
+    assert!(toml::from_str::<PolicyConfig>("bandwith_limit = \"5M\"").is_err());
+
+    let problem = |cfg: PolicyConfig| cfg.validate().unwrap_err();
+    assert_eq!(problem(config(Some("10 M"))).0, "policy.bandwidth_limit");
+    assert_eq!(
+        problem(PolicyConfig {
+            default_bitrate: Some("0".into()),
+            ..config(Some("10M"))
+        })
+        .0,
+        "policy.default_bitrate"
+    );
+    // A limit, no DORMS and no default rate would block everything.
+    assert_eq!(
+        problem(PolicyConfig {
+            dorms: Some(false),
+            ..config(Some("10M"))
+        })
+        .0,
+        "policy.default_bitrate"
+    );
+    assert_eq!(
+        problem(PolicyConfig {
+            dns_servers: vec!["dns.example".into()],
+            ..config(None)
+        })
+        .0,
+        "policy.dns_servers"
+    );
+    assert_eq!(
+        problem(PolicyConfig {
+            relay_holddown_min_s: 600,
+            relay_holddown_max_s: 180,
+            ..config(None)
+        })
+        .0,
+        "policy.relay_holddown_max_s"
+    );
+    assert_eq!(
+        problem(PolicyConfig {
+            dorms_ca_bundle: Some("/nonexistent/ca.pem".into()),
+            ..config(None)
+        })
+        .0,
+        "policy.dorms_ca_bundle"
+    );
+    assert_eq!(
+        parse_server("192.0.2.53"),
+        Ok("192.0.2.53:53".parse().unwrap())
+    );
+    assert_eq!(
+        parse_server("[2001:db8::53]:5353"),
+        Ok("[2001:db8::53]:5353".parse().unwrap())
+    );
+    assert_eq!(
+        parse_server("2001:db8::53"),
+        Ok("[2001:db8::53]:53".parse().unwrap())
+    );
+}
+
+#[test]
+fn resolv_conf_fallback() {
+    let dir = std::env::temp_dir().join(format!("policy-resolv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, "search lab\nnameserver 192.0.2.53\n").unwrap();
+    let dns = dns_config_from(&[], &path, Duration::from_millis(500)).unwrap();
+    assert_eq!(dns.name_servers, vec!["192.0.2.53:53".parse().unwrap()]);
+    assert_eq!(dns.timeout, Duration::from_millis(500));
+    std::fs::write(&path, "# nothing\n").unwrap();
+    let e = dns_config_from(&[], &path, Duration::from_secs(1)).unwrap_err();
+    assert!(e.contains("policy.dns_servers"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Limit 10M; 6M/3M/2M at population 1: the 3M and 2M flows fit, the 6M
+/// one is blocked with its reason. Then the 6M flow gets 3 receivers:
+/// offload 12M puts it first, and the 3M flow is blocked.
+#[test]
+fn must_show_scenario() {
+    let t0 = Instant::now();
+    let static_relay: StaticRelayMap = Box::new(|_| Some((relay("192.0.2.10"), true)));
+    let mut core = Core::new(&config(Some("10M")), static_relay, t0).unwrap();
+    let (a, b, c) = (
+        sg("198.51.100.1", "232.1.1.1"),
+        sg("198.51.100.2", "232.1.1.2"),
+        sg("198.51.100.3", "232.1.1.3"),
+    );
+    core.set_desired(desired(&[(a, 1), (b, 1), (c, 1)]));
+    let lookups = core.take_lookups(t0);
+    assert_eq!(
+        lookups,
+        vec![Lookup::Bitrate(a), Lookup::Bitrate(b), Lookup::Bitrate(c)],
+        "static relays: no DRIAD lookups"
+    );
+    assert!(core.take_lookups(t0).is_empty(), "in flight once");
+
+    // Before DORMS answers nothing is admitted, nothing counted.
+    let set = core.evaluate(t0);
+    assert!(!set[&a].admitted);
+    assert_eq!(
+        set[&a].admission_reason,
+        "waiting for the bitrate (DORMS lookup in progress)"
+    );
+    assert_eq!(set[&a].bitrate_origin, "pending (DORMS lookup in progress)");
+    assert_eq!(relays_of(&set, a), vec![relay("192.0.2.10")]);
+    assert_eq!(set[&a].candidates[0].outcome, "chosen (static map)");
+
+    for (flow, rate) in [(a, 6 * M), (b, 3 * M), (c, 2 * M)] {
+        core.on_lookup(LookupDone::Bitrate(flow, dorms_ok(rate)), t0);
+    }
+    let set = core.evaluate(t0);
+    assert!(set[&b].admitted && set[&c].admitted);
+    assert!(!set[&a].admitted);
+    assert!(
+        set[&a].admission_reason.starts_with(
+            "blocked: needs 6.0 Mbit/s, 5.0 Mbit/s left of 10 Mbit/s (offload 0); held down until "
+        ),
+        "{}",
+        set[&a].admission_reason
+    );
+    assert_eq!(
+        set[&b].admission_reason,
+        "admitted: 3.0 Mbit/s within the 10 Mbit/s limit (offload 0)"
+    );
+    assert_eq!(set[&a].bitrate, Some(6 * M));
+    assert_eq!(set[&a].bitrate_origin, format!("dorms:{DORMS_URL}"));
+    assert!(set[&a].serve().is_none());
+    assert_eq!(set[&b].serve().map(|r| r.relay), Some(relay("192.0.2.10")));
+
+    // The blocked flow's hold-down is a re-evaluation deadline.
+    let mut patient = Core::new(
+        &PolicyConfig {
+            recheck_interval_s: 3600,
+            ..config(Some("10M"))
+        },
+        Box::new(|_| Some((relay("192.0.2.10"), true))),
+        t0,
+    )
+    .unwrap();
+    patient.set_desired(desired(&[(a, 1), (b, 1), (c, 1)]));
+    patient.take_lookups(t0);
+    for (flow, rate) in [(a, 6 * M), (b, 3 * M), (c, 2 * M)] {
+        patient.on_lookup(LookupDone::Bitrate(flow, dorms_ok(rate)), t0);
+    }
+    patient.evaluate(t0);
+    let deadline = patient.next_deadline(t0);
+    assert!(
+        deadline >= t0 + Duration::from_secs(30) && deadline <= t0 + Duration::from_secs(180),
+        "{:?}",
+        deadline - t0
+    );
+
+    let t1 = t0 + Duration::from_secs(10);
+    core.set_desired(desired(&[(a, 3), (b, 1), (c, 1)]));
+    let set = core.evaluate(t1);
+    assert_eq!(set[&a].population, 3);
+    assert!(set[&a].admitted, "{}", set[&a].admission_reason);
+    assert_eq!(
+        set[&a].admission_reason,
+        "admitted: 6.0 Mbit/s within the 10 Mbit/s limit (offload 12.0 Mbit/s)"
+    );
+    assert!(set[&c].admitted);
+    assert!(!set[&b].admitted);
+    assert!(
+        set[&b]
+            .admission_reason
+            .starts_with("blocked: needs 3.0 Mbit/s, 2.0 Mbit/s left of 10 Mbit/s (offload 0)"),
+        "{}",
+        set[&b].admission_reason
+    );
+}
+
+#[test]
+fn no_limit_admits_everything_without_lookups() {
+    let t0 = Instant::now();
+    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let a = sg("198.51.100.1", "232.1.1.1");
+    core.set_desired(desired(&[(a, 2)]));
+    assert_eq!(core.take_lookups(t0), vec![Lookup::Relays(a.source)]);
+    let set = core.evaluate(t0);
+    assert!(set[&a].admitted);
+    assert_eq!(set[&a].admission_reason, "no bandwidth limit");
+    assert_eq!(set[&a].bitrate_origin, "not looked up");
+    assert_eq!(set[&a].relays, RelayVerdict::Pending);
+    assert!(set[&a].serve().is_none(), "no relay yet");
+}
+
+#[test]
+fn failover_holds_the_relay_down_for_every_source() {
+    let t0 = Instant::now();
+    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let (a, b) = (
+        sg("198.51.100.1", "232.1.1.1"),
+        sg("198.51.100.2", "232.1.1.2"),
+    );
+    core.set_desired(desired(&[(a, 1), (b, 1)]));
+    assert_eq!(core.take_lookups(t0).len(), 2);
+    let records = ["10 0 1 192.0.2.1", "20 1 1 192.0.2.2"];
+    core.on_lookup(
+        LookupDone::Relays(a.source, answer("198.51.100.1", &records)),
+        t0,
+    );
+    let set = core.evaluate(t0);
+    assert_eq!(set[&b].relays, RelayVerdict::Pending, "b not answered yet");
+    core.on_lookup(
+        LookupDone::Relays(b.source, answer("198.51.100.2", &records)),
+        t0,
+    );
+    let set = core.evaluate(t0);
+    assert_eq!(
+        set[&a].relays,
+        RelayVerdict::Relays(vec![
+            RelayChoice {
+                relay: relay("192.0.2.1"),
+                skip_discovery: false,
+                precedence: 10,
+                origin: RelaySource::Driad
+            },
+            RelayChoice {
+                relay: relay("192.0.2.2"),
+                skip_discovery: true,
+                precedence: 20,
+                origin: RelaySource::Driad
+            },
+        ])
+    );
+    let outcomes: Vec<&str> = set[&a]
+        .candidates
+        .iter()
+        .map(|c| c.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["chosen", "next"]);
+
+    core.on_failure(
+        RelayFailure {
+            relay: relay("192.0.2.1"),
+            sg: Some(a),
+            reason: "no relay advertisement".into(),
+        },
+        t0,
+    );
+    let t1 = t0 + Duration::from_secs(1);
+    let set = core.evaluate(t1);
+    for flow in [a, b] {
+        assert_eq!(relays_of(&set, flow), vec![relay("192.0.2.2")]);
+        let held = &set[&flow].candidates[0];
+        assert_eq!(held.relay, "192.0.2.1");
+        assert!(
+            held.outcome.starts_with("held down until ")
+                && held.outcome.ends_with(" UTC (no relay advertisement)"),
+            "{}",
+            held.outcome
+        );
+        assert_eq!(set[&flow].candidates[1].outcome, "chosen");
+    }
+
+    // The backup fails too: nothing left until the first hold-down ends.
+    core.on_failure(
+        RelayFailure {
+            relay: relay("192.0.2.2"),
+            sg: None,
+            reason: "L flag".into(),
+        },
+        t1,
+    );
+    let set = core.evaluate(t1);
+    let reason = no_relay_reason(&set, a);
+    assert!(
+        reason.starts_with("all 2 relays of 1.100.51.198.in-addr.arpa. are held down after failures (first back at "),
+        "{reason}"
+    );
+
+    // Hold-downs are 3-10 minutes; after that both are usable again and
+    // the last working relay stays first (sticky).
+    let t2 = t1 + Duration::from_secs(601);
+    let set = core.evaluate(t2);
+    assert_eq!(
+        relays_of(&set, a),
+        vec![relay("192.0.2.2"), relay("192.0.2.1")]
+    );
+}
+
+#[test]
+fn random_order_within_a_precedence_is_stable() {
+    let t0 = Instant::now();
+    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let a = sg("198.51.100.1", "232.1.1.1");
+    core.set_desired(desired(&[(a, 1)]));
+    core.take_lookups(t0);
+    let records: Vec<String> = (1..=6).map(|i| format!("10 0 1 192.0.2.{i}")).collect();
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    core.on_lookup(
+        LookupDone::Relays(a.source, answer("198.51.100.1", &records)),
+        t0,
+    );
+    let first = relays_of(&core.evaluate(t0), a);
+    assert_eq!(first.len(), 6);
+    for i in 1..20 {
+        let again = relays_of(&core.evaluate(t0 + Duration::from_secs(i)), a);
+        assert_eq!(again, first);
+    }
+    // A re-answer with the records in another order changes nothing.
+    let reversed: Vec<&str> = records.iter().rev().copied().collect();
+    core.on_lookup(
+        LookupDone::Relays(a.source, answer("198.51.100.1", &reversed)),
+        t0,
+    );
+    assert_eq!(relays_of(&core.evaluate(t0), a), first);
+}
+
+#[test]
+fn type0_and_missing_records() {
+    let t0 = Instant::now();
+    let mut core = Core::new(&config(Some("10M")), no_static(), t0).unwrap();
+    let (zero, mixed, none, broken, fine) = (
+        sg("198.51.100.1", "232.1.1.1"),
+        sg("198.51.100.2", "232.1.1.2"),
+        sg("23.212.185.4", "232.1.1.3"),
+        sg("198.51.100.4", "232.1.1.4"),
+        sg("198.51.100.5", "232.1.1.5"),
+    );
+    core.set_desired(desired(&[
+        (zero, 1),
+        (mixed, 1),
+        (none, 1),
+        (broken, 1),
+        (fine, 1),
+    ]));
+    core.take_lookups(t0);
+    let done = [
+        (zero, answer("198.51.100.1", &["10 0 0 ."])),
+        (
+            mixed,
+            answer(
+                "198.51.100.2",
+                &["10 0 1 192.0.2.1", "20 0 0 .", "30 0 1 192.0.2.3"],
+            ),
+        ),
+        (none, failed("23.212.185.4", DnsFailure::NxDomain)),
+        (broken, failed("198.51.100.4", DnsFailure::ServFail)),
+        (fine, answer("198.51.100.5", &["10 0 1 192.0.2.5"])),
+    ];
+    for (flow, outcome) in done {
+        core.on_lookup(LookupDone::Relays(flow.source, outcome), t0);
+        // 6M each: only one fits in 10M unless the relay-less ones are
+        // left out of the count.
+        core.on_lookup(LookupDone::Bitrate(flow, dorms_ok(6 * M)), t0);
+    }
+    let set = core.evaluate(t0);
+    assert_eq!(
+        no_relay_reason(&set, zero),
+        "AMTRELAY type 0: the source's owner says do not ingest"
+    );
+    assert_eq!(set[&zero].candidates[0].outcome, "no relay (type 0)");
+    assert_eq!(relays_of(&set, mixed), vec![relay("192.0.2.1")]);
+    let mixed_outcomes: Vec<&str> = set[&mixed]
+        .candidates
+        .iter()
+        .map(|c| c.outcome.as_str())
+        .collect();
+    assert_eq!(
+        mixed_outcomes,
+        [
+            "chosen",
+            "end of the list (type 0)",
+            "not used (after a type 0 record)"
+        ]
+    );
+    assert_eq!(
+        no_relay_reason(&set, none),
+        "no AMTRELAY record for 4.185.212.23.in-addr.arpa. (NXDOMAIN)"
+    );
+    assert_eq!(
+        no_relay_reason(&set, broken),
+        "AMTRELAY lookup for 4.100.51.198.in-addr.arpa. failed: SERVFAIL; retrying"
+    );
+    for flow in [zero, none] {
+        assert!(!set[&flow].admitted);
+        assert_eq!(
+            set[&flow].admission_reason,
+            "not counted against the bandwidth limit: no relay for this source"
+        );
+    }
+    // The transient failure still counts; of the three 6M flows one fits.
+    let admitted: Vec<Sg> = set.values().filter(|f| f.admitted).map(|f| f.sg).collect();
+    assert_eq!(admitted.len(), 1, "{admitted:?}");
+
+    // Once the type 0 relay is held down... (a relay failure cannot touch
+    // a type 0 record): the mixed source falls to type 0 when 192.0.2.1
+    // fails, and that is not permanent.
+    core.on_failure(
+        RelayFailure {
+            relay: relay("192.0.2.1"),
+            sg: Some(mixed),
+            reason: "no traffic".into(),
+        },
+        t0,
+    );
+    let set = core.evaluate(t0);
+    assert_eq!(
+        no_relay_reason(&set, mixed),
+        "AMTRELAY type 0: the source's owner says do not ingest"
+    );
+    assert_ne!(
+        set[&mixed].admission_reason,
+        "not counted against the bandwidth limit: no relay for this source",
+        "a held-down relay comes back: still counted"
+    );
+}
+
+#[test]
+fn failed_refresh_keeps_the_last_answer_and_negative_answers_win() {
+    let t0 = Instant::now();
+    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let a = sg("198.51.100.1", "232.1.1.1");
+    core.set_desired(desired(&[(a, 1)]));
+    assert_eq!(core.take_lookups(t0), vec![Lookup::Relays(a.source)]);
+    core.on_lookup(
+        LookupDone::Relays(a.source, answer("198.51.100.1", &["10 0 1 192.0.2.1"])),
+        t0,
+    );
+    assert!(core.take_lookups(t0).is_empty());
+    // The answer's TTL (300 s) is the refresh time.
+    let t1 = t0 + Duration::from_secs(300);
+    assert_eq!(core.take_lookups(t1), vec![Lookup::Relays(a.source)]);
+    core.on_lookup(
+        LookupDone::Relays(a.source, failed("198.51.100.1", DnsFailure::Timeout)),
+        t1,
+    );
+    assert_eq!(relays_of(&core.evaluate(t1), a), vec![relay("192.0.2.1")]);
+    let t2 = t1 + Duration::from_secs(30);
+    assert_eq!(core.take_lookups(t2), vec![Lookup::Relays(a.source)]);
+    core.on_lookup(
+        LookupDone::Relays(a.source, failed("198.51.100.1", DnsFailure::NxDomain)),
+        t2,
+    );
+    assert!(no_relay_reason(&core.evaluate(t2), a).starts_with("no AMTRELAY record"));
+}
+
+#[test]
+fn dorms_down_with_and_without_default_then_recovery() {
+    let t0 = Instant::now();
+    let a = sg("198.51.100.1", "232.1.1.1");
+    let static_map = || -> StaticRelayMap { Box::new(|_| Some((relay("192.0.2.10"), true))) };
+
+    let mut strict = Core::new(&config(Some("10M")), static_map(), t0).unwrap();
+    strict.set_desired(desired(&[(a, 1)]));
+    strict.take_lookups(t0);
+    strict.on_lookup(LookupDone::Bitrate(a, dorms_down()), t0);
+    let set = strict.evaluate(t0);
+    assert!(!set[&a].admitted);
+    assert_eq!(
+        set[&a].admission_reason,
+        "blocked: no bitrate (DORMS: https://dorms.lab.test/.well-known/host-meta: timed out) and no default_bitrate"
+    );
+    assert_eq!(
+        set[&a].bitrate_origin,
+        "unknown: https://dorms.lab.test/.well-known/host-meta: timed out"
+    );
+
+    let mut lenient = Core::new(
+        &PolicyConfig {
+            default_bitrate: Some("1M".into()),
+            ..config(Some("10M"))
+        },
+        static_map(),
+        t0,
+    )
+    .unwrap();
+    lenient.set_desired(desired(&[(a, 1)]));
+    lenient.take_lookups(t0);
+    lenient.on_lookup(LookupDone::Bitrate(a, dorms_down()), t0);
+    let set = lenient.evaluate(t0);
+    assert!(set[&a].admitted);
+    assert_eq!(set[&a].bitrate, Some(M));
+    assert!(
+        set[&a]
+            .bitrate_origin
+            .starts_with("default (no DORMS metadata: "),
+        "{}",
+        set[&a].bitrate_origin
+    );
+
+    // A failure is asked again 10 s later; DORMS is back with 12M, which
+    // does not fit.
+    for core in [&mut strict, &mut lenient] {
+        assert!(core.take_lookups(t0 + Duration::from_secs(9)).is_empty());
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(core.take_lookups(t1), vec![Lookup::Bitrate(a)]);
+        core.on_lookup(LookupDone::Bitrate(a, dorms_ok(12 * M)), t1);
+        let set = core.evaluate(t1);
+        assert_eq!(set[&a].bitrate, Some(12 * M));
+        assert_eq!(set[&a].bitrate_origin, format!("dorms:{DORMS_URL}"));
+        assert!(!set[&a].admitted);
+        assert!(
+            set[&a]
+                .admission_reason
+                .starts_with("blocked: needs 12.0 Mbit/s, 10.0 Mbit/s left of 10 Mbit/s"),
+            "{}",
+            set[&a].admission_reason
+        );
+    }
+}
+
+#[test]
+fn driad_off_and_gone_flows() {
+    let t0 = Instant::now();
+    let mut core = Core::new(
+        &PolicyConfig {
+            driad: false,
+            ..config(None)
+        },
+        Box::new(|s: IpAddr| (s == ip("198.51.100.1")).then(|| (relay("192.0.2.10"), false))),
+        t0,
+    )
+    .unwrap();
+    let (a, b) = (
+        sg("198.51.100.1", "232.1.1.1"),
+        sg("198.51.100.2", "232.1.1.2"),
+    );
+    core.set_desired(desired(&[(a, 1), (b, 1)]));
+    assert!(core.take_lookups(t0).is_empty());
+    let set = core.evaluate(t0);
+    assert_eq!(
+        set[&a].relays,
+        RelayVerdict::Relays(vec![RelayChoice {
+            relay: relay("192.0.2.10"),
+            skip_discovery: true,
+            precedence: 0,
+            origin: RelaySource::StaticMap
+        }])
+    );
+    assert_eq!(
+        no_relay_reason(&set, b),
+        "no static relay for 198.51.100.2 and DRIAD discovery is off"
+    );
+    core.set_desired(desired(&[(a, 1)]));
+    let set = core.evaluate(t0);
+    assert_eq!(set.keys().copied().collect::<Vec<_>>(), vec![a]);
+    // A late result for a gone source is ignored.
+    core.on_lookup(
+        LookupDone::Relays(b.source, answer("198.51.100.2", &["10 0 1 192.0.2.1"])),
+        t0,
+    );
+    assert_eq!(core.evaluate(t0).len(), 1);
+}
+
+#[test]
+fn verdict_text() {
+    let v = RelayVerdict::Relays(vec![
+        RelayChoice {
+            relay: relay("192.0.2.1"),
+            skip_discovery: true,
+            precedence: 10,
+            origin: RelaySource::Driad,
+        },
+        RelayChoice {
+            relay: relay("192.0.2.2"),
+            skip_discovery: false,
+            precedence: 20,
+            origin: RelaySource::Driad,
+        },
+    ]);
+    assert_eq!(
+        v.to_string(),
+        "relay 192.0.2.1:2268 (DRIAD, precedence 10, no discovery), 1 fallback"
+    );
+    assert_eq!(rate_text(2000), "2.0 kbit/s");
+    assert_eq!(rate_text(999), "999 bit/s");
+    assert_eq!(limit_text(10 * M), "10 Mbit/s");
+    assert_eq!(limit_text(1_500_000_000), "1.5 Gbit/s");
+}
+
+/// Fake lookups: a source without an entry hangs forever.
+#[derive(Default)]
+struct Fake {
+    relays: Mutex<HashMap<IpAddr, DriadOutcome>>,
+    rates: Mutex<HashMap<Sg, FlowBitrate>>,
+    relay_calls: Mutex<Vec<IpAddr>>,
+}
+
+impl PolicyLookups for Fake {
+    fn relays(&self, source: IpAddr) -> BoxFuture<'_, DriadOutcome> {
+        self.relay_calls.lock().unwrap().push(source);
+        let outcome = self.relays.lock().unwrap().get(&source).cloned();
+        Box::pin(async move {
+            match outcome {
+                Some(outcome) => outcome,
+                None => futures::future::pending().await,
+            }
+        })
+    }
+
+    fn bitrate(&self, sg: Sg) -> BoxFuture<'_, FlowBitrate> {
+        let rate = self
+            .rates
+            .lock()
+            .unwrap()
+            .get(&sg)
+            .cloned()
+            .unwrap_or_else(dorms_down);
+        Box::pin(async move { rate })
+    }
+}
+
+struct Running {
+    desired: watch::Sender<Arc<DesiredSet>>,
+    failures: mpsc::UnboundedSender<RelayFailure>,
+    out: watch::Receiver<Arc<PolicySet>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(cfg: &PolicyConfig, fake: Arc<Fake>, flows: &[(Sg, usize)]) -> Running {
+    let engine = PolicyEngine::with_lookups(cfg, no_static(), fake).unwrap();
+    let (desired_tx, desired_rx) = watch::channel(desired(flows));
+    let (failures_tx, failures_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = watch::channel(Arc::new(PolicySet::new()));
+    let task = tokio::spawn(engine.run(desired_rx, failures_rx, out_tx));
+    Running {
+        desired: desired_tx,
+        failures: failures_tx,
+        out: out_rx,
+        task,
+    }
+}
+
+/// Waits (in paused time) until the published set satisfies `check`.
+async fn wait_for(
+    out: &mut watch::Receiver<Arc<PolicySet>>,
+    what: &str,
+    check: impl Fn(&PolicySet) -> bool,
+) -> Arc<PolicySet> {
+    let waited = tokio::time::timeout(Duration::from_secs(3600), async {
+        loop {
+            let current = out.borrow_and_update().clone();
+            if check(&current) {
+                return current;
+            }
+            out.changed().await.expect("engine stopped");
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("never published: {what}; last: {:#?}", out.borrow()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_lookup_does_not_hold_back_other_sources() {
+    let (slow, fast) = (
+        sg("198.51.100.1", "232.1.1.1"),
+        sg("198.51.100.2", "232.1.1.2"),
+    );
+    let fake = Arc::new(Fake::default());
+    fake.relays
+        .lock()
+        .unwrap()
+        .insert(fast.source, answer("198.51.100.2", &["10 0 1 192.0.2.2"]));
+    let mut run = start(&config(None), fake.clone(), &[(slow, 1), (fast, 1)]);
+    let set = wait_for(&mut run.out, "fast source relayed", |s| {
+        s.get(&fast).is_some_and(|f| f.relays.first().is_some())
+    })
+    .await;
+    assert_eq!(set[&slow].relays, RelayVerdict::Pending);
+    assert_eq!(relays_of(&set, fast), vec![relay("192.0.2.2")]);
+
+    // Minutes later the slow one is still pending, asked only once, and
+    // nothing is republished while nothing changes.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(
+        !run.out.has_changed().unwrap(),
+        "republished without change"
+    );
+    assert_eq!(run.out.borrow()[&slow].relays, RelayVerdict::Pending);
+    let calls = fake.relay_calls.lock().unwrap().clone();
+    assert_eq!(calls.iter().filter(|s| **s == slow.source).count(), 1);
+
+    drop(run.desired);
+    run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
+    let a = sg("198.51.100.1", "232.1.1.1");
+    let fake = Arc::new(Fake::default());
+    fake.relays.lock().unwrap().insert(
+        a.source,
+        answer("198.51.100.1", &["10 0 1 192.0.2.1", "20 0 1 192.0.2.2"]),
+    );
+    let mut run = start(&config(Some("10M")), fake.clone(), &[(a, 2)]);
+    let set = wait_for(&mut run.out, "DORMS failure shown", |s| {
+        s.get(&a)
+            .is_some_and(|f| f.bitrate_origin.starts_with("unknown: "))
+    })
+    .await;
+    assert!(!set[&a].admitted);
+    assert!(set[&a].admission_reason.starts_with("blocked: no bitrate"));
+    assert_eq!(relays_of(&set, a)[0], relay("192.0.2.1"));
+
+    // DORMS comes back: picked up without any input change.
+    fake.rates.lock().unwrap().insert(a, dorms_ok(4 * M));
+    let set = wait_for(&mut run.out, "admitted after DORMS recovery", |s| {
+        s.get(&a).is_some_and(|f| f.admitted)
+    })
+    .await;
+    assert_eq!(set[&a].bitrate, Some(4 * M));
+    assert_eq!(set[&a].serve().map(|r| r.relay), Some(relay("192.0.2.1")));
+
+    run.failures
+        .send(RelayFailure {
+            relay: relay("192.0.2.1"),
+            sg: Some(a),
+            reason: "no membership query".into(),
+        })
+        .unwrap();
+    let set = wait_for(&mut run.out, "moved to the next relay", |s| {
+        s.get(&a).and_then(|f| f.relays.first()).map(|r| r.relay) == Some(relay("192.0.2.2"))
+    })
+    .await;
+    assert_eq!(relays_of(&set, a), vec![relay("192.0.2.2")]);
+
+    // The flow leaves: it disappears from the set.
+    run.desired.send(desired(&[])).unwrap();
+    wait_for(&mut run.out, "empty set", |s| s.is_empty()).await;
+    drop(run.desired);
+    run.task.await.unwrap();
+}
