@@ -290,10 +290,10 @@ impl Orchestrator {
         };
         flow.relay = Some(relay);
         flow.relay_origin = "static map".into();
-        if !st.tunnels.contains_key(&relay) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = st.tunnels.entry(relay) {
             match self.open_tunnel(relay, !discovery) {
                 Ok(t) => {
-                    st.tunnels.insert(relay, t);
+                    slot.insert(t);
                 }
                 Err(e) => {
                     flow.phase = FlowPhase::Error;
