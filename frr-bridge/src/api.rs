@@ -251,23 +251,51 @@ impl Ingest for ApiService {
         _: Request<ListFlowsRequest>,
     ) -> Result<Response<FlowList>, GrpcStatus> {
         let st = self.shared.read();
-        let flows = st
+        let flows: Vec<Flow> = st
             .flows
             .values()
-            .map(|f| Flow {
-                source: f.sg.source.to_string(),
-                group: f.sg.group.to_string(),
-                population: f.interfaces.len() as u32,
-                state: f.phase.as_str().into(),
-                relay: f.relay.map(|r| r.to_string()).unwrap_or_default(),
-                relay_origin: f.relay_origin.clone(),
-                admission_reason: f.reason.clone(),
-                ..Default::default()
+            .map(|f| {
+                let policy = f.policy.as_ref();
+                Flow {
+                    source: f.sg.source.to_string(),
+                    group: f.sg.group.to_string(),
+                    population: f.interfaces.len() as u32,
+                    bitrate: policy.and_then(|p| p.bitrate).unwrap_or(0),
+                    bitrate_origin: policy.map(|p| p.bitrate_origin.clone()).unwrap_or_default(),
+                    // serve_all_sources has no policy: everything is admitted.
+                    admitted: policy.is_none_or(|p| p.admitted),
+                    // What people need: why it is (not) forwarding.
+                    admission_reason: f.reason.clone(),
+                    state: f.phase.as_str().into(),
+                    relay: f.relay.map(|r| r.to_string()).unwrap_or_default(),
+                    relay_origin: f.relay_origin.clone(),
+                    candidates: policy
+                        .map(|p| {
+                            p.candidates
+                                .iter()
+                                .map(|c| RelayAttempt {
+                                    relay: c.relay.clone(),
+                                    precedence: c.precedence.into(),
+                                    discovery_optional: c.discovery_optional,
+                                    outcome: c.outcome.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
             })
             .collect();
+        let admitted_bps = st
+            .flows
+            .values()
+            .filter_map(|f| f.policy.as_ref())
+            .filter(|p| p.admitted)
+            .filter_map(|p| p.bitrate)
+            .sum();
         Ok(Response::new(FlowList {
             flows,
-            ..Default::default()
+            limit_bps: st.limit_bps.unwrap_or(0),
+            admitted_bps,
         }))
     }
 

@@ -39,6 +39,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub ingest: IngestConfig,
     pub amt: AmtConfig,
+    pub policy: crate::policy_engine::PolicyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,13 +94,37 @@ pub struct ApiConfig {
     pub tcp: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Lab and troubleshooting mode: route every joined source to the TUN
     /// at once, without a tunnel (traffic then comes from `ingestctl
     /// inject`). Never set this on a production ingest router.
     pub serve_all_sources: bool,
+    /// Where the wanted (S,G)s come from: "pimd" (pimd's join state, the
+    /// normal case) or "file:PATH" (a joinfile of the old platform,
+    /// `source,group[,population]` per line, re-read when it changes).
+    pub join_source: String,
+    /// Also write the admitted flows to this joinfile
+    /// (`source,group,population`), for tools of the old platform.
+    pub write_joinfile: Option<PathBuf>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            serve_all_sources: false,
+            join_source: "pimd".into(),
+            write_joinfile: None,
+        }
+    }
+}
+
+/// Where the desired set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinSource {
+    Pimd,
+    File(PathBuf),
 }
 
 /// AMT gateway settings.
@@ -350,6 +375,18 @@ impl Config {
         }
         self.socket_mode()?;
         self.relay_map()?;
+        self.join_source()?;
+        if let Some(p) = &self.ingest.write_joinfile
+            && (p.as_os_str().is_empty() || p.is_dir())
+        {
+            return Err(invalid(
+                "ingest.write_joinfile",
+                format!("{:?} is not a file path", p.display().to_string()),
+            ));
+        }
+        self.policy
+            .validate()
+            .map_err(|(key, problem)| invalid(key, problem))?;
         if self.amt.linger_s > 86_400 {
             return Err(invalid("amt.linger_s", "must be at most 86400 seconds"));
         }
@@ -362,6 +399,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `ingest.join_source` parsed.
+    pub fn join_source(&self) -> Result<JoinSource, ConfigError> {
+        let text = self.ingest.join_source.trim();
+        if text == "pimd" {
+            return Ok(JoinSource::Pimd);
+        }
+        match text.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(JoinSource::File(PathBuf::from(path))),
+            _ => Err(invalid(
+                "ingest.join_source",
+                format!("{text:?}: expected \"pimd\" or \"file:PATH\""),
+            )),
+        }
     }
 
     pub fn relay_map(&self) -> Result<RelayMap, ConfigError> {

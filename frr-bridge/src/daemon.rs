@@ -1,8 +1,12 @@
-//! Orchestration: the desired set from the watcher becomes flows; each flow
-//! gets a relay (static map; DNS discovery plugs in here), its relay's AMT
-//! tunnel subscribes the (S,G), and once the tunnel is up the source is
-//! routed into the TUN so pimd forwards it. One state struct per flow and
-//! per tunnel; the whole state is shared read-only with the API.
+//! Orchestration: the desired set from the watcher becomes flows; the
+//! policy engine's decision for each flow (relay from the static map or
+//! DRIAD, admission under the bandwidth limit) says whether and where it is
+//! served; its relay's AMT tunnel subscribes the (S,G), and once the tunnel
+//! is up the source is routed into the TUN so pimd forwards it. When the
+//! decision moves a flow to another relay (failover) or blocks it, the flow
+//! leaves its old tunnel. Tunnel failures go back to the policy engine as
+//! [`RelayFailure`]s. One state struct per flow and per tunnel; the whole
+//! state is shared read-only with the API.
 //!
 //! Locking: decisions are taken under the state lock and produce
 //! [`TunnelAction`]s, which are carried out (awaited, in order) after the
@@ -20,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, info_span, warn};
 
 use crate::Sg;
-use crate::config::RelayMap;
+use crate::policy_engine::{FlowPolicy, PolicySet, RelayChoice, RelayFailure, RelayVerdict};
 use crate::southbound::tun::IngestTun;
 use crate::watcher::{DesiredSet, WatchStatus};
 
@@ -64,6 +68,9 @@ pub struct FlowState {
     pub routed: bool,
     /// Kept only through pimd's restart grace period.
     pub held: bool,
+    /// The policy engine's latest decision (None before the first one, and
+    /// in serve_all_sources mode).
+    pub policy: Option<FlowPolicy>,
 }
 
 /// A change to one join, for `WatchJoins`.
@@ -96,6 +103,8 @@ pub struct DaemonState {
     pub routed_sources: BTreeMap<IpAddr, usize>,
     pub route_errors: u64,
     pub tunnels: BTreeMap<SocketAddr, RelayTunnel>,
+    /// `policy.bandwidth_limit` in bit/s (None: no admission control).
+    pub limit_bps: Option<u64>,
 }
 
 /// Everything the API reads. Cheap to clone (all shared).
@@ -119,6 +128,8 @@ pub struct Counters {
     pub injected: std::sync::atomic::AtomicU64,
     pub tunnels_opened: std::sync::atomic::AtomicU64,
     pub tunnels_closed: std::sync::atomic::AtomicU64,
+    pub relay_failures_reported: std::sync::atomic::AtomicU64,
+    pub flows_moved: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -127,6 +138,10 @@ impl Shared {
     }
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, DaemonState> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Record the bandwidth limit (for `show flows`).
+    pub fn write_limit(&self, limit_bps: Option<u64>) {
+        self.write().limit_bps = limit_bps;
     }
 }
 
@@ -166,23 +181,79 @@ impl PacketSink for IngestTun {
 pub struct Orchestrator {
     shared: Shared,
     serve_all: bool,
-    relay_map: RelayMap,
     amt: AmtSettings,
     relay_events_tx: mpsc::UnboundedSender<RelayEvent>,
     relay_events_rx: Option<mpsc::UnboundedReceiver<RelayEvent>>,
+    /// The last desired set (re-applied when the policy changes).
+    desired: Arc<DesiredSet>,
+    /// The policy engine's latest decisions.
+    policy: Arc<PolicySet>,
+    /// Relay failures for the policy engine (None: no engine).
+    failures: Option<mpsc::UnboundedSender<RelayFailure>>,
+}
+
+/// Why a flow the policy does not serve is not served, for people.
+fn not_served_reason(policy: &FlowPolicy) -> String {
+    match (&policy.relays, policy.admitted) {
+        (RelayVerdict::NoRelay(reason), _) => reason.clone(),
+        (_, false) => policy.admission_reason.clone(),
+        (RelayVerdict::Pending, true) => "looking up the source's AMT relay (DRIAD)".into(),
+        (RelayVerdict::Relays(_), true) => "no usable relay".into(),
+    }
 }
 
 impl Orchestrator {
-    pub fn new(shared: Shared, serve_all: bool, relay_map: RelayMap, amt: AmtSettings) -> Self {
+    /// `failures` goes to the policy engine; `None` when there is none
+    /// (serve_all_sources mode).
+    pub fn new(
+        shared: Shared,
+        serve_all: bool,
+        amt: AmtSettings,
+        failures: Option<mpsc::UnboundedSender<RelayFailure>>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             shared,
             serve_all,
-            relay_map,
             amt,
             relay_events_tx: tx,
             relay_events_rx: Some(rx),
+            desired: Arc::new(DesiredSet::default()),
+            policy: Arc::new(PolicySet::new()),
+            failures,
         }
+    }
+
+    /// The relay the policy wants `sg` served through now (None: not served).
+    fn wanted_relay(&self, sg: &Sg) -> Option<RelayChoice> {
+        self.policy.get(sg).and_then(|p| p.serve()).copied()
+    }
+
+    /// Tell the policy engine that `relay` failed (it holds the relay down
+    /// and moves flows with other candidates to them). Only when some flow
+    /// on it has another candidate: a relay that is a flow's only choice
+    /// keeps being retried by its tunnel (with backoff) instead of leaving
+    /// the flow with nothing for minutes.
+    fn report_failure(&self, relay: SocketAddr, flows: &[Sg], reason: &str) {
+        let Some(tx) = &self.failures else { return };
+        let with_fallback = flows.iter().find(|sg| {
+            self.policy
+                .get(sg)
+                .is_some_and(|p| matches!(&p.relays, RelayVerdict::Relays(r) if r.len() > 1))
+        });
+        let Some(sg) = with_fallback else {
+            debug!(%relay, "relay failed, but no flow on it has another relay: the tunnel keeps retrying");
+            return;
+        };
+        self.shared
+            .counters
+            .relay_failures_reported
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = tx.send(RelayFailure {
+            relay,
+            sg: Some(*sg),
+            reason: reason.into(),
+        });
     }
 
     /// Route `source` if it is not yet; returns the error text on failure.
@@ -283,15 +354,22 @@ impl Orchestrator {
             );
             return;
         }
-        let Some((relay, discovery)) = self.relay_map.lookup(flow.sg.source) else {
+        flow.policy = self.policy.get(&flow.sg).cloned();
+        let Some(policy) = &flow.policy else {
             flow.phase = FlowPhase::NotServed;
-            flow.reason = "no relay for this source (not in amt.static_relays)".into();
+            flow.reason = "waiting for the policy decision".into();
             return;
         };
+        let Some(choice) = policy.serve().copied() else {
+            flow.phase = FlowPhase::NotServed;
+            flow.reason = not_served_reason(policy);
+            return;
+        };
+        let relay = choice.relay;
         flow.relay = Some(relay);
-        flow.relay_origin = "static map".into();
+        flow.relay_origin = choice.origin.to_string();
         if let std::collections::btree_map::Entry::Vacant(slot) = st.tunnels.entry(relay) {
-            match self.open_tunnel(relay, !discovery) {
+            match self.open_tunnel(relay, choice.skip_discovery) {
                 Ok(t) => {
                     slot.insert(t);
                 }
@@ -323,12 +401,17 @@ impl Orchestrator {
         }
     }
 
-    /// A flow is gone: release its route and its subscription.
-    fn unserve(&self, st: &mut DaemonState, flow: &FlowState, actions: &mut Vec<TunnelAction>) {
+    /// A flow is gone or no longer served here: release its route and its
+    /// subscription.
+    fn unserve(&self, st: &mut DaemonState, flow: &mut FlowState, actions: &mut Vec<TunnelAction>) {
         if flow.routed {
             self.release_route(st, flow.sg.source);
+            flow.routed = false;
         }
-        let Some(relay) = flow.relay else { return };
+        let Some(relay) = flow.relay.take() else {
+            return;
+        };
+        flow.relay_origin.clear();
         let Some(tunnel) = st.tunnels.get_mut(&relay) else {
             return;
         };
@@ -340,6 +423,50 @@ impl Orchestrator {
             tunnel.status = "lingering".into();
             info!(%relay, linger_s = self.amt.linger.as_secs(), "last channel left the tunnel; closing after linger");
         }
+    }
+
+    /// Bring an existing flow in line with the current policy decision:
+    /// serve it, move it to another relay, or stop serving it. Returns
+    /// whether anything people see changed.
+    fn reconcile(
+        &self,
+        st: &mut DaemonState,
+        flow: &mut FlowState,
+        actions: &mut Vec<TunnelAction>,
+    ) -> bool {
+        let before = (flow.phase, flow.reason.clone(), flow.relay);
+        let policy_changed = flow.policy.as_ref() != self.policy.get(&flow.sg);
+        if self.serve_all {
+            return false;
+        }
+        let wanted = self.wanted_relay(&flow.sg).map(|c| c.relay);
+        if flow.relay != wanted {
+            if let Some(old) = flow.relay {
+                match wanted {
+                    Some(new) => {
+                        info!(from = %old, to = %new, "policy moves the flow to another relay");
+                        self.shared
+                            .counters
+                            .flows_moved
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None => info!(relay = %old, "policy stops serving the flow"),
+                }
+            }
+            self.unserve(st, flow, actions);
+            self.serve(st, flow, actions);
+            if flow.phase == FlowPhase::NotServed {
+                info!("not served: {}", flow.reason);
+            }
+        } else if policy_changed {
+            flow.policy = self.policy.get(&flow.sg).cloned();
+            if flow.phase == FlowPhase::NotServed
+                && let Some(p) = &flow.policy
+            {
+                flow.reason = not_served_reason(p);
+            }
+        }
+        policy_changed || (flow.phase, flow.reason.clone(), flow.relay) != before
     }
 
     fn emit(&self, change: JoinChange) {
@@ -360,25 +487,31 @@ impl Orchestrator {
             .copied()
             .collect();
         for sg in gone {
-            if let Some(flow) = st.flows.remove(&sg) {
+            if let Some(mut flow) = st.flows.remove(&sg) {
                 let _span = info_span!("flow", %sg).entered();
-                self.unserve(st, &flow, &mut actions);
+                self.unserve(st, &mut flow, &mut actions);
                 info!("join gone: flow removed");
                 self.emit(JoinChange::Removed(flow));
             }
         }
         for (sg, ifaces) in &desired.joins {
             let _span = info_span!("flow", %sg).entered();
-            match st.flows.get_mut(sg) {
-                Some(flow) => {
+            match st.flows.remove(sg) {
+                Some(mut flow) => {
+                    let mut changed = false;
                     if &flow.interfaces != ifaces {
                         flow.interfaces = ifaces.clone();
                         info!(
                             population = ifaces.len(),
                             "downstream interfaces changed: {ifaces:?}"
                         );
+                        changed = true;
+                    }
+                    changed |= self.reconcile(st, &mut flow, &mut actions);
+                    if changed {
                         self.emit(JoinChange::Changed(flow.clone()));
                     }
+                    st.flows.insert(*sg, flow);
                 }
                 None => {
                     let mut flow = FlowState {
@@ -391,6 +524,7 @@ impl Orchestrator {
                         relay_origin: String::new(),
                         routed: false,
                         held: false,
+                        policy: None,
                     };
                     self.serve(st, &mut flow, &mut actions);
                     info!(
@@ -418,42 +552,46 @@ impl Orchestrator {
             debug!("event for a tunnel no longer tracked: {:?}", ev.event);
             return Vec::new();
         };
-        let (up, status, flow_reason): (Option<bool>, Option<String>, Option<String>) = match &ev
-            .event
-        {
-            TunnelEvent::RelayDiscovered { relay: advertised } => {
-                info!(%advertised, "relay discovered");
-                (None, Some(format!("requesting (relay {advertised})")), None)
-            }
-            TunnelEvent::Up { relay: r, family } => {
-                info!(relay_address = %r, ?family, "tunnel up");
-                (Some(true), Some("up".into()), None)
-            }
-            TunnelEvent::RelayLost { reason } => {
-                warn!(?reason, "relay lost; the tunnel retries with backoff");
-                let s = format!("relay lost ({reason:?}); retrying");
-                (Some(false), Some(s.clone()), Some(s))
-            }
-            TunnelEvent::RelayRefused { relay: r } => {
-                warn!(refusing = %r, "relay refused new gateways (L flag); held down");
-                let s = format!("refused by relay {r} (L flag)");
-                (Some(false), Some(s.clone()), Some(s))
-            }
-            TunnelEvent::GatewayAddressChanged { old, new } => {
-                info!(%old, %new, "relay sees us at a new address (NAT rebinding)");
-                (None, None, None)
-            }
-            TunnelEvent::NoData { source, group } => {
-                warn!(sg = %Sg { source: *source, group: *group }, "no data from the relay since subscribing");
-                (None, None, None)
-            }
-            TunnelEvent::Closed => {
-                if tunnel.channels.is_empty() {
-                    st.tunnels.remove(&relay);
+        let (up, status, flow_reason): (Option<bool>, Option<String>, Option<String>) =
+            match &ev.event {
+                TunnelEvent::RelayDiscovered { relay: advertised } => {
+                    info!(%advertised, "relay discovered");
+                    (None, Some(format!("requesting (relay {advertised})")), None)
                 }
-                return Vec::new();
-            }
-        };
+                TunnelEvent::Up { relay: r, family } => {
+                    info!(relay_address = %r, ?family, "tunnel up");
+                    (Some(true), Some("up".into()), None)
+                }
+                TunnelEvent::RelayLost { reason } => {
+                    warn!(?reason, "relay lost; the tunnel retries with backoff");
+                    let s = format!("relay lost ({reason:?}); retrying");
+                    (Some(false), Some(s.clone()), Some(s))
+                }
+                TunnelEvent::RelayRefused { relay: r } => {
+                    warn!(refusing = %r, "relay refused new gateways (L flag); held down");
+                    let s = format!("refused by relay {r} (L flag)");
+                    (Some(false), Some(s.clone()), Some(s))
+                }
+                TunnelEvent::GatewayAddressChanged { old, new } => {
+                    info!(%old, %new, "relay sees us at a new address (NAT rebinding)");
+                    (None, None, None)
+                }
+                TunnelEvent::NoData { source, group } => {
+                    let sg = Sg {
+                        source: *source,
+                        group: *group,
+                    };
+                    warn!(%sg, "no data from the relay since subscribing");
+                    self.report_failure(relay, &[sg], "no data (RFC 8777 3.3.3)");
+                    (None, None, None)
+                }
+                TunnelEvent::Closed => {
+                    if tunnel.channels.is_empty() {
+                        st.tunnels.remove(&relay);
+                    }
+                    return Vec::new();
+                }
+            };
         if let Some(s) = status
             && tunnel.linger_until.is_none()
         {
@@ -462,6 +600,9 @@ impl Orchestrator {
         let Some(up) = up else { return Vec::new() };
         tunnel.up = up;
         let channels: Vec<Sg> = tunnel.channels.iter().copied().collect();
+        if let Some(reason) = &flow_reason {
+            self.report_failure(relay, &channels, reason);
+        }
         for sg in channels {
             let Some(mut flow) = st.flows.remove(&sg) else {
                 continue;
@@ -595,9 +736,19 @@ impl Orchestrator {
         futures::future::join_all(closes).await;
     }
 
+    /// Take a new policy decision set and apply it to the current flows.
+    pub fn set_policy(&mut self, policy: Arc<PolicySet>) -> Vec<TunnelAction> {
+        self.policy = policy;
+        let desired = self.desired.clone();
+        self.apply(&desired)
+    }
+
+    /// Runs until `stop` (or the desired set's sender is gone). `policy`
+    /// is the policy engine's output; None in serve_all_sources mode.
     pub async fn run(
         mut self,
         mut rx: watch::Receiver<Arc<DesiredSet>>,
+        mut policy: Option<watch::Receiver<Arc<PolicySet>>>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -606,12 +757,27 @@ impl Orchestrator {
             return;
         };
         loop {
+            let policy_changed = async {
+                match policy.as_mut() {
+                    Some(p) => p.changed().await.map(|()| p.borrow_and_update().clone()),
+                    None => std::future::pending().await,
+                }
+            };
             let actions = tokio::select! {
                 r = rx.changed() => {
                     if r.is_err() { break; }
                     let set = rx.borrow_and_update().clone();
+                    self.desired = set.clone();
                     self.apply(&set)
                 }
+                p = policy_changed => match p {
+                    Ok(set) => self.set_policy(set),
+                    Err(_) => {
+                        warn!("the policy engine stopped; keeping its last decisions");
+                        policy = None;
+                        Vec::new()
+                    }
+                },
                 Some(ev) = relay_events.recv() => self.on_relay_event(ev),
                 _ = tick.tick() => self.tick(),
                 _ = stop.changed() => break,

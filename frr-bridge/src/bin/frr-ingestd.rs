@@ -8,8 +8,10 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use frr_bridge::api::{ApiInfo, ApiService, bind_unix, serve};
-use frr_bridge::config::{Config, ConfigError};
+use frr_bridge::config::{Config, ConfigError, JoinSource};
 use frr_bridge::daemon::{AmtSettings, Counters, DaemonState, Orchestrator, Shared};
+use frr_bridge::joinsource::{JoinfileWriter, run_joinfile_source};
+use frr_bridge::policy_engine::{PolicyEngine, PolicySet};
 use frr_bridge::southbound::tun::{IngestTun, TunConfig};
 use frr_bridge::tasks::{run_mroute_monitor, run_pim};
 use frr_bridge::watcher::{DesiredSet, JoinWatcher, WatchStatus, WatcherConfig};
@@ -25,12 +27,18 @@ use tracing::{error, info, warn};
 /// the TUN (from AMT tunnels, or `ingestctl inject`) are then forwarded by
 /// FRR to the receivers.
 ///
+/// For each channel, the policy stage picks the AMT relay (the static map
+/// [amt.static_relays], else the source's AMTRELAY DNS record, RFC 8777)
+/// and, with a bandwidth limit, admits flows by their DORMS bitrate
+/// (CBACC). `ingestctl show flows` tells why each flow is (not) served.
+///
 /// Configuration comes from a TOML file (--config; see
 /// --print-default-config for every key with its default), and the flags
 /// below override it. Typical lab start:
 ///
 ///   frr-ingestd --frr-vty-dir /run/frr-ingest-lab/fi/ingest \
-///       --frr-netns /var/run/netns/fi-ingest --serve-all-sources
+///       --frr-netns /var/run/netns/fi-ingest \
+///       --dns-server 192.0.2.53 --bandwidth-limit 10M
 ///
 /// Needs CAP_NET_ADMIN (TUN, routes) and CAP_SYS_ADMIN when --frr-netns is
 /// given (to enter FRR's namespace), plus access to pimd's vty socket (root
@@ -70,6 +78,24 @@ struct Args {
     /// [ingest.serve_all_sources]
     #[arg(long)]
     serve_all_sources: bool,
+    /// Where wanted channels come from: "pimd" or "file:PATH" (a joinfile,
+    /// `source,group[,population]` per line). [ingest.join_source]
+    #[arg(long, value_name = "pimd|file:PATH")]
+    join_source: Option<String>,
+    /// Write the admitted flows to this joinfile. [ingest.write_joinfile]
+    #[arg(long, value_name = "PATH")]
+    write_joinfile: Option<PathBuf>,
+    /// DNS server for DRIAD and DORMS lookups (repeatable; default: those
+    /// of /etc/resolv.conf). [policy.dns_servers]
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    dns_server: Vec<String>,
+    /// Bandwidth limit of all ingested flows together, e.g. "50M" (bit/s,
+    /// decimal SI). Turns on DORMS bitrate lookups. [policy.bandwidth_limit]
+    #[arg(long, value_name = "RATE")]
+    bandwidth_limit: Option<String>,
+    /// CA certificates (PEM) trusted for DORMS servers. [policy.dorms_ca_bundle]
+    #[arg(long, value_name = "PEM")]
+    dorms_ca: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or
     /// "frr_bridge=debug". RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
@@ -119,6 +145,21 @@ fn build_config(a: &Args) -> Result<Config, ConfigError> {
     }
     if a.serve_all_sources {
         c.ingest.serve_all_sources = true;
+    }
+    if let Some(v) = &a.join_source {
+        c.ingest.join_source = v.clone();
+    }
+    if let Some(v) = &a.write_joinfile {
+        c.ingest.write_joinfile = Some(v.clone());
+    }
+    if !a.dns_server.is_empty() {
+        c.policy.dns_servers = a.dns_server.clone();
+    }
+    if let Some(v) = &a.bandwidth_limit {
+        c.policy.bandwidth_limit = Some(v.clone());
+    }
+    if let Some(v) = &a.dorms_ca {
+        c.policy.dorms_ca_bundle = Some(v.clone());
     }
     c.validate()?;
     Ok(c)
@@ -228,25 +269,39 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         started: Instant::now(),
     };
 
-    let pim6 = match cfg.frr.pim6.as_str() {
-        "no" => None,
-        _ => Some(cfg.pim6d_socket()),
+    let join_source = cfg.join_source()?;
+    let watcher_task = match &join_source {
+        JoinSource::Pimd => {
+            let pim6 = match cfg.frr.pim6.as_str() {
+                "no" => None,
+                _ => Some(cfg.pim6d_socket()),
+            };
+            let watcher = JoinWatcher::new(
+                WatcherConfig {
+                    pimd_socket: cfg.pimd_socket(),
+                    pim6d_socket: pim6,
+                    pim6_auto: cfg.frr.pim6 == "auto",
+                    poll_interval: cfg.poll_interval(),
+                    command_timeout: cfg.command_timeout(),
+                    restart_grace: std::time::Duration::from_secs(cfg.watch.pimd_restart_grace_s),
+                    ignore_interfaces: vec![cfg.tun.name.clone()],
+                },
+                trigger.clone(),
+                set_tx,
+                watch_status,
+            );
+            tokio::spawn(watcher.run())
+        }
+        JoinSource::File(path) => {
+            info!(path = %path.display(), "wanted channels come from a joinfile, not pimd");
+            tokio::spawn(run_joinfile_source(
+                path.clone(),
+                cfg.poll_interval(),
+                set_tx,
+                watch_status,
+            ))
+        }
     };
-    let watcher = JoinWatcher::new(
-        WatcherConfig {
-            pimd_socket: cfg.pimd_socket(),
-            pim6d_socket: pim6,
-            pim6_auto: cfg.frr.pim6 == "auto",
-            poll_interval: cfg.poll_interval(),
-            command_timeout: cfg.command_timeout(),
-            restart_grace: std::time::Duration::from_secs(cfg.watch.pimd_restart_grace_s),
-            ignore_interfaces: vec![cfg.tun.name.clone()],
-        },
-        trigger.clone(),
-        set_tx,
-        watch_status,
-    );
-    let watcher_task = tokio::spawn(watcher.run());
     let relay_map = cfg.relay_map()?;
     let amt = AmtSettings {
         linger: std::time::Duration::from_secs(cfg.amt.linger_s),
@@ -254,8 +309,48 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         no_data_timeout: (cfg.amt.no_data_timeout_s > 0)
             .then(|| std::time::Duration::from_secs(cfg.amt.no_data_timeout_s)),
     };
-    let orch = Orchestrator::new(shared.clone(), cfg.ingest.serve_all_sources, relay_map, amt);
-    let orch_task = tokio::spawn(orch.run(set_rx, stop_rx.clone()));
+    // The policy stage sits between the join source and the orchestrator
+    // (not in serve_all_sources mode, which routes everything unasked).
+    let (policy_rx, failures_tx) = if cfg.ingest.serve_all_sources {
+        warn!(
+            "serve_all_sources: every joined source is routed into the TUN without a tunnel or policy (lab mode)"
+        );
+        (None, None)
+    } else {
+        let engine = PolicyEngine::new(
+            &cfg.policy,
+            Box::new(move |source| relay_map.lookup(source)),
+        )
+        .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+        let (policy_tx, policy_rx) = watch::channel(Arc::new(PolicySet::new()));
+        let (failures_tx, failures_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(engine.run(set_rx.clone(), failures_rx, policy_tx));
+        if let Some(path) = &cfg.ingest.write_joinfile {
+            info!(path = %path.display(), "writing the admitted flows as a joinfile");
+            tokio::spawn(JoinfileWriter::new(path.clone()).run(policy_rx.clone()));
+        }
+        (Some(policy_rx), Some(failures_tx))
+    };
+    info!(
+        driad = cfg.policy.driad,
+        static_relays = cfg.amt.static_relays.len(),
+        bandwidth_limit = cfg.policy.bandwidth_limit.as_deref().unwrap_or("none"),
+        dorms = cfg.policy.dorms_enabled(),
+        "policy"
+    );
+    shared.write_limit(
+        cfg.policy
+            .bandwidth_limit
+            .as_deref()
+            .and_then(|t| ingest_policy::admission::parse_bandwidth(t).ok()),
+    );
+    let orch = Orchestrator::new(
+        shared.clone(),
+        cfg.ingest.serve_all_sources,
+        amt,
+        failures_tx,
+    );
+    let orch_task = tokio::spawn(orch.run(set_rx, policy_rx, stop_rx.clone()));
     let pim_task = tokio::spawn(run_pim(
         shared.clone(),
         cfg.tun.neighbor,
@@ -279,7 +374,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or_default(),
         tun_local: cfg.tun.local.to_string(),
         tun_neighbor: cfg.tun.neighbor.to_string(),
-        join_source: format!("pimd:{}", cfg.pimd_socket().display()),
+        join_source: match &join_source {
+            JoinSource::Pimd => format!("pimd:{}", cfg.pimd_socket().display()),
+            JoinSource::File(p) => format!("file:{}", p.display()),
+        },
     };
     let api_task = tokio::spawn(serve(
         ApiService::new(shared.clone(), info),

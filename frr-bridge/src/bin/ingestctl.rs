@@ -18,6 +18,14 @@ use serde_json::json;
 ///   ingestctl show joins
 ///   ingestctl --api unix:/run/frr-ingest/api.sock show status --json
 ///   ingestctl inject --source 198.51.100.4 --group 232.1.1.1 --count 1000 --rate 500
+///
+/// `driad` and `dorms` need no daemon: they make the daemon's DNS and HTTPS
+/// lookups themselves (uncached) and explain every step:
+///
+///   ingestctl driad 198.51.100.4 --server 192.0.2.53
+///   ingestctl dorms 198.51.100.4 232.1.1.1 --server 192.0.2.53 --ca ca.pem --json
+///
+/// Exit codes: 0 success, 1 failure (daemon unreachable, lookup failed).
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -74,6 +82,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Which AMT relays the AMTRELAY records (RFC 8777) of SOURCE name, in
+    /// the order the daemon would try them, and why any is skipped.
+    Driad {
+        source: std::net::IpAddr,
+        /// DNS server (repeatable; default: /etc/resolv.conf).
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        server: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The bitrate the DORMS server of SOURCE declares for (SOURCE,GROUP):
+    /// SRV lookup, host-meta, metadata fetch, each step explained.
+    Dorms {
+        source: std::net::IpAddr,
+        group: std::net::IpAddr,
+        /// DNS server (repeatable; default: /etc/resolv.conf).
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        server: Vec<String>,
+        /// CA certificates (PEM) to trust instead of the system roots.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Prints a troubleshooting report; fails when the lookup did.
+fn print_report((text, value): (String, serde_json::Value), json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{text}");
+    }
+    if value.get("ok").and_then(|v| v.as_bool()) == Some(false) {
+        anyhow::bail!("lookup failed");
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +175,31 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Driad {
+            source,
+            server,
+            json,
+        } => {
+            return print_report(
+                frr_bridge::policy_cli::driad_report(source, server).await,
+                json,
+            );
+        }
+        Command::Dorms {
+            source,
+            group,
+            server,
+            ca,
+            json,
+        } => {
+            return print_report(
+                frr_bridge::policy_cli::dorms_report(source, group, server, ca).await,
+                json,
+            );
+        }
+        _ => {}
+    }
     let mut c = connect(&cli.api).await?;
     match cli.command {
         Command::Show {
@@ -302,22 +372,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
+                let rate = |bps: u64| {
+                    if bps == 0 {
+                        "-".to_string()
+                    } else {
+                        frr_bridge::policy_engine::rate_text(bps)
+                    }
+                };
                 println!(
-                    "{:<18} {:<16} {:>4} {:>12} {:<9} {:<18} Reason",
-                    "Source", "Group", "Pop", "Bitrate", "Admitted", "Relay"
+                    "{:<18} {:<16} {:>4} {:>9} {:<8} {:<14} {:<20} Reason",
+                    "Source", "Group", "Pop", "Bitrate", "Admitted", "State", "Relay"
                 );
                 for x in &f.flows {
                     println!(
-                        "{:<18} {:<16} {:>4} {:>12} {:<9} {:<18} {}",
+                        "{:<18} {:<16} {:>4} {:>9} {:<8} {:<14} {:<20} {}",
                         x.source,
                         x.group,
                         x.population,
-                        x.bitrate,
+                        rate(x.bitrate),
                         if x.admitted { "yes" } else { "no" },
+                        x.state,
                         if x.relay.is_empty() { "-" } else { &x.relay },
                         x.admission_reason
                     );
                 }
+                let limit = if f.limit_bps == 0 {
+                    "no limit".to_string()
+                } else {
+                    format!("limit {}", rate(f.limit_bps))
+                };
+                println!(
+                    "{} flows; admitted {} ({limit})",
+                    f.flows.len(),
+                    rate(f.admitted_bps)
+                );
             }
         }
         Command::Watch { json } => {
@@ -351,6 +439,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        // Answered above without the daemon.
+        Command::Driad { .. } | Command::Dorms { .. } => {}
         Command::Inject {
             source,
             group,
