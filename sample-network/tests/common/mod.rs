@@ -304,10 +304,22 @@ impl Lab {
 
     /// Start the receiver in `rcv` for the given channels.
     pub fn mcrx(&self, channels: &[(&str, &str)], extra: &[&str]) -> Mcrx {
+        self.mcrx_on("rcv", "rcv0", channels, extra)
+    }
+
+    /// Start the receiver in `node` joined on `iface` (rcv2/rcv3 for
+    /// population 2 and 3, or `ingest`/`amt0` in joinfile mode).
+    pub fn mcrx_on(
+        &self,
+        node: &str,
+        iface: &str,
+        channels: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Mcrx {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns("rcv")])
+        cmd.args(["netns", "exec", &self.ns(node)])
             .arg(bin("mcrx"))
-            .args(["--iface", "rcv0"]);
+            .args(["--iface", iface]);
         for (s, g) in channels {
             cmd.args(["--channel", &format!("{s},{g}")]);
         }
@@ -319,6 +331,105 @@ impl Lab {
             child: Some(child),
             started: Instant::now(),
         }
+    }
+}
+
+impl Lab {
+    /// Start the sender on the `source` host (src0 on the relays' LAN):
+    /// `rate` packets/s per channel, stopping after `extra` (e.g.
+    /// `--duration 30`) or at `stop()`. Its summary has the same shape.
+    pub fn mcsend(&self, channels: &[(&str, &str)], rate: u32, extra: &[&str]) -> Mcrx {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns("source")])
+            .arg(bin("mcsend"))
+            .args(["--iface", "src0", "--rate", &rate.to_string()]);
+        for (s, g) in channels {
+            cmd.args(["--channel", &format!("{s},{g}")]);
+        }
+        cmd.args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Mcrx {
+            child: Some(cmd.spawn().expect("spawn mcsend")),
+            started: Instant::now(),
+        }
+    }
+
+    /// The daemon flags that point the policy stage at the lab's DNS and
+    /// DORMS servers (the lab CA is the only one trusted).
+    pub fn policy_args(&self) -> Vec<String> {
+        vec![
+            "--dns-server".into(),
+            "192.0.2.53".into(),
+            "--dorms-ca".into(),
+            self.node_dir("dorms").join("ca.pem").display().to_string(),
+        ]
+    }
+
+    /// Start the daemon with `policy_args()` plus `extra`.
+    pub fn start_daemon_with_policy(&mut self, extra: &[&str]) -> usize {
+        let mut args = self.policy_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.start_daemon(&refs)
+    }
+
+    /// A lab relay's status file (`relay` or `relay2`); Null while absent.
+    pub fn relay_status(&self, relay: &str) -> Value {
+        std::fs::read_to_string(self.node_dir(relay).join("amt-relay.status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// (source, group) channels a lab relay holds for our gateway
+    /// (192.0.2.1, the border's address), with their packet counts.
+    pub fn relay_channels(&self, relay: &str) -> Vec<(String, String, u64)> {
+        let v = self.relay_status(relay);
+        let mut out = Vec::new();
+        for gw in v["gateways"].as_array().into_iter().flatten() {
+            if !gw["gateway"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("192.0.2.1:")
+            {
+                continue;
+            }
+            for ch in gw["channels"].as_array().into_iter().flatten() {
+                out.push((
+                    ch["source"].as_str().unwrap_or("").to_string(),
+                    ch["group"].as_str().unwrap_or("").to_string(),
+                    ch["packets"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// `ingestctl show flows --json`'s flows, keyed "S,G".
+    pub fn flows(&self) -> std::collections::BTreeMap<String, Value> {
+        let v = self.ingestctl_json(&["show", "flows", "--json"]);
+        v["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                (
+                    format!(
+                        "{},{}",
+                        f["source"].as_str().unwrap_or(""),
+                        f["group"].as_str().unwrap_or("")
+                    ),
+                    f.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// `ingestctl show tunnels --json`.
+    pub fn tunnels(&self) -> Value {
+        self.ingestctl_json(&["show", "tunnels", "--json"])
     }
 }
 
