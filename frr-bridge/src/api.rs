@@ -234,6 +234,7 @@ impl Ingest for ApiService {
                 msg.updates_sent = s.stats.updates_sent;
                 msg.teardowns_sent = s.stats.teardowns_sent;
                 msg.relay_losses = s.stats.relay_losses;
+                msg.stall_requests = s.stats.stall_requests;
                 msg.protocol_state = format!("{:?}", s.state).to_lowercase();
                 if let Some(r) = s.stats.relay_address {
                     msg.relay_address = r.to_string();

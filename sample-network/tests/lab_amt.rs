@@ -341,9 +341,9 @@ fn relay_restart_and_relay_gone() {
     );
     let restarted = Instant::now();
     let before = packets(&lab);
-    // The new relay process knows nothing of us: traffic resumes once the
-    // gateway's next Request (at the query interval the relay asked for,
-    // 10 s in the lab) gets a Query and the report re-subscribes.
+    // The new relay process knows nothing of us: 3 s after data stopped the
+    // gateway sends an early Request (stall probe); the new relay's Query
+    // makes it send its full state again, which re-subscribes.
     let resumed = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
         let ch = lab.relay_channels("relay");
         (packets(&lab) > before + 50 && ch.iter().any(|c| c.2 > 0)).then(|| restarted.elapsed())
@@ -354,9 +354,18 @@ fn relay_restart_and_relay_gone() {
             lab.daemon_log()
         )
     });
+    let probes = tunnel(&lab, "192.0.2.10:2268")
+        .and_then(|t| t["stall_requests"].as_u64())
+        .unwrap_or(0);
     println!(
-        "relay restarted: traffic resumed after {:.1} s (no action on the sidecar; bounded by the relay's 10 s query interval)",
+        "relay restarted: traffic resumed after {:.1} s with no action on the sidecar \
+         ({probes} stall probe(s): an early Request 3 s after data stopped)",
         resumed.as_secs_f64()
+    );
+    assert!(probes >= 1, "no stall probe was sent");
+    assert!(
+        resumed < Duration::from_secs(10),
+        "recovery took {resumed:?}: the stall probe should beat the 10 s query interval"
     );
 
     // Gone for good (the receiver stays joined): the tunnel reports the loss and backs off.

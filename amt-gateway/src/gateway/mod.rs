@@ -36,6 +36,12 @@
 //! * Teardown needs the gateway address as the relay sees it: the Query G
 //!   trailer when present, else the local socket address when it is a
 //!   specific address; otherwise no Teardown is sent.
+//! * Data stall probe: when every subscription of a family that had data
+//!   has been silent for `stall_request_after`, one early Request (new
+//!   nonce) goes out. A relay that restarted has forgotten us; its Query
+//!   makes us send the full state again, so traffic resumes in seconds
+//!   instead of waiting up to QQI (125 s by default) for the next refresh.
+//!   One probe per silence: a source that merely paused costs one Request.
 
 mod backoff;
 mod report;
@@ -121,6 +127,9 @@ pub struct TunnelConfig {
     /// no packet this long (RFC 8777 §3.3.3 "absence of traffic"). `None`
     /// disables the check.
     pub no_data_timeout: Option<Duration>,
+    /// Send one early Request when a family's data stops this long (see
+    /// the module documentation); `None` disables the probe.
+    pub stall_request_after: Option<Duration>,
     /// Maximum bytes of group records per report (keeps an Update within
     /// the IPv6 minimum MTU with all headers).
     pub max_report_records_len: usize,
@@ -147,6 +156,7 @@ impl TunnelConfig {
             unsolicited_report_interval: Duration::from_secs(1),
             refused_holddown: Duration::from_secs(600),
             no_data_timeout: Some(Duration::from_secs(10)),
+            stall_request_after: Some(Duration::from_secs(3)),
             max_report_records_len: 1100,
             report_source_v4: None,
             report_source_v6: None,
@@ -310,6 +320,8 @@ pub struct TunnelStats {
     /// Request cycles of one family that went unanswered while the other
     /// family stayed healthy.
     pub request_timeouts: u64,
+    /// Early Requests sent because data stopped (stall probes).
+    pub stall_requests: u64,
     pub relay_address: Option<SocketAddr>,
     /// Our address as the relay reports it (Query G trailer).
     pub gateway_address: Option<SocketAddr>,
@@ -397,6 +409,8 @@ struct FamilyState {
     /// Pending state-change records: (S,G) → (kind, transmissions left).
     changes: BTreeMap<(IpAddr, IpAddr), (ChangeKind, u8)>,
     next_change_at: Option<Instant>,
+    /// The last-data time a stall probe was sent for (one per silence).
+    stall_probed_for: Option<Instant>,
 }
 
 impl FamilyState {
@@ -409,6 +423,7 @@ impl FamilyState {
             query: None,
             changes: BTreeMap::new(),
             next_change_at: None,
+            stall_probed_for: None,
         }
     }
 
@@ -436,6 +451,9 @@ pub struct Tunnel {
     stats: TunnelStats,
     up: bool,
     next_timeout: Option<Instant>,
+    /// `next_timeout` covers a stall deadline; when not, the next data
+    /// packet re-computes the timer (one bool test per packet).
+    stall_timer_armed: bool,
     reports: ReportBuilder,
 }
 
@@ -472,6 +490,7 @@ impl Tunnel {
             stats: TunnelStats::default(),
             up: false,
             next_timeout: None,
+            stall_timer_armed: false,
             reports,
         };
         if tunnel.cfg.skip_discovery {
@@ -657,6 +676,18 @@ impl Tunnel {
                 }
             }
         }
+        if self.phase == Phase::Active {
+            for family in Family::ALL {
+                if let Some(at) = self.stall_deadline(family)
+                    && at <= now
+                {
+                    let f = family.index();
+                    self.families[f].stall_probed_for = self.last_data(family);
+                    self.stats.stall_requests += 1;
+                    self.start_request(family, now);
+                }
+            }
+        }
         if matches!(self.phase, Phase::Active | Phase::Closing) {
             for family in Family::ALL {
                 if self.families[family.index()]
@@ -696,6 +727,27 @@ impl Tunnel {
         self.events.pop_front()
     }
 
+    /// The newest data packet of any subscription of `family`.
+    fn last_data(&self, family: Family) -> Option<Instant> {
+        self.subs
+            .iter()
+            .filter(|((source, _), _)| Family::of(*source) == family)
+            .filter_map(|(_, sub)| sub.last_data_at)
+            .max()
+    }
+
+    /// When a stall probe is due for `family`: its data stopped, no probe
+    /// was sent for this silence and no handshake is in progress.
+    fn stall_deadline(&self, family: Family) -> Option<Instant> {
+        let after = self.cfg.stall_request_after?;
+        let fs = &self.families[family.index()];
+        if !fs.in_use || fs.request.is_some() {
+            return None;
+        }
+        let last = self.last_data(family)?;
+        (fs.stall_probed_for != Some(last)).then(|| last + after)
+    }
+
     // ---- data path -------------------------------------------------------
 
     fn on_data(&mut self, now: Instant, payload: &[u8]) -> Received {
@@ -719,6 +771,9 @@ impl Tunnel {
         sub.last_data_at = Some(now);
         self.stats.data_packets += 1;
         self.stats.data_bytes += inner.len as u64;
+        if !self.stall_timer_armed && self.cfg.stall_request_after.is_some() {
+            self.refresh_timer();
+        }
         Received::Data {
             inner: amt::DATA_HEADER_LEN..amt::DATA_HEADER_LEN + inner.len,
             source: inner.src,
@@ -1195,6 +1250,15 @@ impl Tunnel {
                 }
             }
         }
+        let mut stall_armed = false;
+        if self.phase == Phase::Active {
+            for family in Family::ALL {
+                let at = self.stall_deadline(family);
+                stall_armed |= at.is_some();
+                consider(at);
+            }
+        }
+        self.stall_timer_armed = stall_armed;
         if let (Some(timeout), Phase::Active) = (self.cfg.no_data_timeout, self.phase) {
             for sub in self.subs.values() {
                 if let Some(reported) = sub.reported_at

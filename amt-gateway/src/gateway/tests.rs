@@ -1176,3 +1176,71 @@ fn six_hours_with_a_responsive_relay_keeps_state_and_never_spins() {
     assert_eq!(t.state(), TunnelState::Up);
     assert_eq!(t.stats().relay_losses, 0);
 }
+
+#[test]
+fn data_stall_sends_one_early_request_per_silence() {
+    let (mut t, _t0, now, rn) = up_tunnel(cfg());
+    // Let the ALLOW repetition go out first.
+    let first = t.poll_timeout().unwrap();
+    t.handle_timeout(first);
+    sent(&mut t);
+    // Data flows for 5 s (one packet per 100 ms): no probe meanwhile.
+    let mut at = first;
+    for _ in 0..50 {
+        at += Duration::from_millis(100);
+        while let Some(d) = t.poll_timeout().filter(|d| *d <= at) {
+            t.handle_timeout(d);
+        }
+        assert!(
+            matches!(
+                t.handle_datagram(at, relay_addr(), &data(ip(S1), ip(G1), 100)),
+                Received::Data { .. }
+            ),
+            "data accepted"
+        );
+        assert!(sent(&mut t).is_empty(), "nothing sent while data flows");
+    }
+    let last = at;
+    // The relay restarts: silence. One Request 3 s after the last packet
+    // (earlier wakeups only re-arm the timer).
+    let mut wakeups = 0;
+    let out = loop {
+        let d = t.poll_timeout().unwrap();
+        assert!(d <= last + secs(3), "stall timer later than 3 s: {d:?}");
+        t.handle_timeout(d);
+        wakeups += 1;
+        let out = sent(&mut t);
+        if !out.is_empty() {
+            assert_eq!(d, last + secs(3));
+            break out;
+        }
+        assert!(wakeups < 5);
+    };
+    let (probe, kind) = only_request(&out);
+    assert_eq!(kind, QueryKind::Igmpv3);
+    assert_ne!(probe, rn, "a probe is a new handshake");
+    assert_eq!(t.stats().stall_requests, 1);
+    // The restarted relay answers: the full state goes out again.
+    t.handle_datagram(last + secs(3), relay_addr(), &QueryOpts::new(probe).bytes());
+    let out = sent(&mut t);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        igmp_records(&out[0].1).2,
+        vec![rec4(RecordType::ModeIsInclude, G1, &[S1])]
+    );
+    // Still silent (a paused source): no further probes, only the QQI refresh.
+    let refresh = last + secs(3) + secs(125);
+    while let Some(d) = t.poll_timeout().filter(|d| *d < refresh) {
+        t.handle_timeout(d);
+        assert!(sent(&mut t).is_empty(), "no probe storm at {d:?}");
+    }
+    assert_eq!(t.stats().stall_requests, 1);
+    // Data resumes, then stops again: one more probe.
+    let again = last + secs(60);
+    t.handle_datagram(again, relay_addr(), &data(ip(S1), ip(G1), 100));
+    assert!(t.poll_timeout().is_some_and(|d| d <= again + secs(3)));
+    t.handle_timeout(again + secs(3));
+    only_request(&sent(&mut t));
+    assert_eq!(t.stats().stall_requests, 2);
+    let _ = now;
+}

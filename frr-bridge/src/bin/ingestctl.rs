@@ -315,7 +315,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                "protocol_state": t.protocol_state, "relay_address": t.relay_address,
                                "discoveries_sent": t.discoveries_sent, "requests_sent": t.requests_sent,
                                "queries_received": t.queries_received, "updates_sent": t.updates_sent,
-                               "teardowns_sent": t.teardowns_sent, "relay_losses": t.relay_losses})
+                               "teardowns_sent": t.teardowns_sent, "relay_losses": t.relay_losses,
+                               "stall_requests": t.stall_requests})
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
