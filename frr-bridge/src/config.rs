@@ -556,6 +556,56 @@ mod tests {
     }
 
     #[test]
+    fn policy_and_join_source() {
+        let c = parse(
+            r#"
+            [ingest]
+            join_source = "file:/run/joins.txt"
+            write_joinfile = "/run/admitted.txt"
+            [policy]
+            dns_servers = ["192.0.2.53", "[2001:db8::53]:5353"]
+            bandwidth_limit = "1.5G"
+            default_bitrate = "2M"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.join_source().unwrap(),
+            JoinSource::File(PathBuf::from("/run/joins.txt"))
+        );
+        assert_eq!(c.policy.bandwidth_limit.as_deref(), Some("1.5G"));
+        assert!(c.policy.dorms_enabled(), "a limit turns DORMS on");
+        assert_eq!(parse("").unwrap().join_source().unwrap(), JoinSource::Pimd);
+        for (text, key) in [
+            ("[ingest]\njoin_source = \"file:\"\n", "ingest.join_source"),
+            ("[ingest]\njoin_source = \"pim\"\n", "ingest.join_source"),
+            (
+                "[policy]\nbandwidth_limit = \"10Q\"\n",
+                "policy.bandwidth_limit",
+            ),
+            (
+                "[policy]\ndns_servers = [\"dns.example\"]\n",
+                "policy.dns_servers",
+            ),
+            (
+                "[policy]\nbandwidth_limit = \"10M\"\ndorms = false\n",
+                "policy.default_bitrate",
+            ),
+            (
+                "[policy]\nrelay_holddown_min_s = 100\nrelay_holddown_max_s = 10\n",
+                "policy.relay_holddown_max_s",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("config key {key}:")), "{text}: {e}");
+        }
+        let e = parse("[policy]\nbandwidth = \"10M\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bandwidth"), "unknown keys are rejected: {e}");
+    }
+
+    #[test]
     fn prefixes() {
         let p: IpPrefix = "0.0.0.0/0".parse().unwrap();
         assert!(p.contains("1.2.3.4".parse().unwrap()));
