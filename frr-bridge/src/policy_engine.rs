@@ -76,7 +76,8 @@ pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// How often a flow's bitrate is asked again after a success. The DORMS
 /// client's cache (HTTP Cache-Control) decides whether that is a request.
 const BITRATE_RECHECK: Duration = Duration::from_secs(30);
-/// ... and after a failure (the client caches failures for a minute).
+/// ... and after a failure. The DORMS client's failure cache is kept
+/// shorter than this (see [`NetLookups::new`]), so each retry really asks.
 const BITRATE_RETRY: Duration = Duration::from_secs(10);
 /// Retry delay after a lookup task died (panicked).
 const LOOKUP_CRASH_RETRY: Duration = Duration::from_secs(30);
@@ -494,6 +495,10 @@ impl NetLookups {
             dc.connect_timeout = dc.request_timeout.min(Duration::from_secs(5));
             dc.max_body_bytes = cfg.dorms_max_body_bytes;
             dc.rng_seed = cfg.seed;
+            // The engine paces retries per flow (BITRATE_RETRY); the
+            // client's default one-minute failure cache would hide DORMS
+            // coming back for up to a minute after that.
+            dc.failure_ttl = BITRATE_RETRY / 2;
             Some(DormsClient::new(dc).map_err(|e| e.to_string())?)
         } else {
             None
