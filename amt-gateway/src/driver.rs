@@ -239,7 +239,9 @@ pub fn spawn_tunnel(
     let now = Instant::now();
     let tunnel = Tunnel::new(cfg.tunnel.clone(), local, now, seed);
     let (tx, rx) = mpsc::unbounded_channel();
-    let span = tracing::info_span!("amt_tunnel", relay = %relay, local = %local);
+    // A root span: the tunnel outlives the flow that opened it and serves
+    // others, so it must not log under that flow's (S,G).
+    let span = tracing::info_span!(parent: None, "amt_tunnel", relay = %relay, local = %local);
     let task = TunnelTask {
         batch: RecvBatch::new(cfg.batch_size.max(1), cfg.max_datagram.max(64)),
         cfg,
