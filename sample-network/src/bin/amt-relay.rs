@@ -58,10 +58,21 @@ SIGUSR1), with per-gateway channels and forwarded packet counts; the same
 object is written atomically to --status-file if given. Events (channel
 added/removed, joins) are JSON lines too.
 
+Synthetic source (benchmarks): --synthetic S,G makes the relay generate
+Multicast Data for (S,G) itself once a gateway has subscribed it (after
+--synthetic-delay): IPv4/IPv6 UDP packets to --synthetic-port with the lab
+probe payload (8-byte sequence from 0, 8-byte send time in ns, zero padding
+to --synthetic-size bytes; valid checksums), paced at --synthetic-rate
+packets/s and sent in sendmmsg batches to every subscribed gateway, until
+--synthetic-count packets or --synthetic-duration seconds. Events
+synthetic_armed / synthetic_started, then one synthetic_summary JSON line
+(sent, achieved_pps, skipped, send errors). Native forwarding is unchanged.
+
 Examples:
   amt-relay --lan-interface eth1
   amt-relay --listen 10.0.0.1:2268 --lan-address 10.1.0.1 --qqi 10 --status-file /run/relay.json
-  amt-relay --listen [::]:2268 --lan-interface eth1 --refuse";
+  amt-relay --listen [::]:2268 --lan-interface eth1 --refuse
+  amt-relay --listen 10.99.0.1:2268 --synthetic 10.99.0.1,232.9.9.9 --synthetic-rate 100000 --synthetic-size 1316 --synthetic-duration 5";
 
 #[derive(Debug, Parser)]
 #[command(name = "amt-relay", version, about = "RFC 7450 AMT relay for the lab", long_about = LONG_ABOUT)]
@@ -108,6 +119,47 @@ struct Args {
     /// Receive buffer for native multicast sockets (bytes).
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     recv_buffer: usize,
+    /// Generate Multicast Data for this channel once a gateway subscribes it.
+    #[arg(long, value_name = "S,G")]
+    synthetic: Option<Channel>,
+    /// Synthetic packets per second (per gateway).
+    #[arg(
+        long,
+        value_name = "PPS",
+        default_value_t = 10_000,
+        requires = "synthetic"
+    )]
+    synthetic_rate: u64,
+    /// Synthetic UDP payload size (at least 16: the probe header).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 1316,
+        requires = "synthetic"
+    )]
+    synthetic_size: usize,
+    /// UDP source and destination port of synthetic packets.
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 5000,
+        requires = "synthetic"
+    )]
+    synthetic_port: u16,
+    /// Stop generating after this many packets.
+    #[arg(long, value_name = "N", requires = "synthetic")]
+    synthetic_count: Option<u64>,
+    /// Stop generating after this many seconds (RATE x SECS packets).
+    #[arg(long, value_name = "SECS", requires = "synthetic")]
+    synthetic_duration: Option<f64>,
+    /// Wait this long after the subscription before sending.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 1.0,
+        requires = "synthetic"
+    )]
+    synthetic_delay: f64,
 }
 
 static STATUS_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -455,6 +507,247 @@ fn write_status_file(path: &PathBuf, value: &serde_json::Value) -> io::Result<()
     std::fs::rename(&tmp, path)
 }
 
+/// Packets per `sendmmsg` call of the synthetic source.
+const SYNTHETIC_BATCH: usize = 64;
+/// Shortest sleep between synthetic send rounds: at high rates a round
+/// sends everything due, so rounds are ~1 ms apart (100 packets at 100k/s).
+const SYNTHETIC_TICK: Duration = Duration::from_millis(1);
+/// Backlog sent at once after a stall; older due packets are skipped.
+const SYNTHETIC_MAX_BACKLOG: Duration = Duration::from_millis(100);
+
+enum SyntheticPhase {
+    /// No gateway has subscribed the channel yet.
+    Waiting,
+    Armed {
+        start_at: Instant,
+    },
+    Sending,
+    Done,
+}
+
+/// The `--synthetic` run: waits for a subscription, then sends at the
+/// fixed rate until the limit (one run per process).
+struct SyntheticRun {
+    channel: Channel,
+    rate: u64,
+    payload_len: usize,
+    port: u16,
+    limit: Option<u64>,
+    delay: Duration,
+    sender: synthetic::BatchSender,
+    phase: SyntheticPhase,
+    pacer: Option<synthetic::Pacer>,
+    subscribed: bool,
+    gateways: Vec<SocketAddr>,
+    max_gateways: usize,
+    datagrams: u64,
+    send_errors: u64,
+    would_block: u64,
+    start: Option<Instant>,
+    last_send: Option<Instant>,
+}
+
+impl SyntheticRun {
+    fn new(args: &Args, channel: Channel) -> anyhow::Result<Self> {
+        if args.synthetic_rate == 0 {
+            bail!("--synthetic-rate must be at least 1");
+        }
+        if !(args.synthetic_delay.is_finite() && args.synthetic_delay >= 0.0) {
+            bail!("--synthetic-delay must be a non-negative number");
+        }
+        let by_duration = match args.synthetic_duration {
+            Some(d) if d.is_finite() && d > 0.0 => {
+                Some((d * args.synthetic_rate as f64).ceil() as u64)
+            }
+            Some(_) => bail!("--synthetic-duration must be a positive number"),
+            None => None,
+        };
+        let limit = match (args.synthetic_count, by_duration) {
+            (Some(c), Some(d)) => Some(c.min(d)),
+            (c, d) => c.or(d),
+        };
+        let template =
+            synthetic::DataTemplate::new(channel, args.synthetic_port, args.synthetic_size)
+                .context("--synthetic-size")?;
+        Ok(Self {
+            channel,
+            rate: args.synthetic_rate,
+            payload_len: args.synthetic_size,
+            port: args.synthetic_port,
+            limit,
+            delay: Duration::from_secs_f64(args.synthetic_delay),
+            sender: synthetic::BatchSender::new(template, SYNTHETIC_BATCH),
+            phase: SyntheticPhase::Waiting,
+            pacer: None,
+            subscribed: false,
+            gateways: Vec::new(),
+            max_gateways: 0,
+            datagrams: 0,
+            send_errors: 0,
+            would_block: 0,
+            start: None,
+            last_send: None,
+        })
+    }
+
+    fn set_subscribed(&mut self, subscribed: bool, now: Instant) {
+        self.subscribed = subscribed;
+        if subscribed && matches!(self.phase, SyntheticPhase::Waiting) {
+            self.phase = SyntheticPhase::Armed {
+                start_at: now + self.delay,
+            };
+            event(
+                "synthetic_armed",
+                json!({
+                    "source": self.channel.source,
+                    "group": self.channel.group,
+                    "starts_in_s": self.delay.as_secs_f64(),
+                }),
+            );
+        }
+    }
+
+    /// When the main loop must wake up for the next send round.
+    fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        match self.phase {
+            SyntheticPhase::Armed { start_at } => Some(start_at),
+            SyntheticPhase::Sending if self.subscribed => self
+                .pacer
+                .as_ref()
+                .and_then(|p| p.next_due())
+                .map(|t| t.max(now + SYNTHETIC_TICK)),
+            _ => None,
+        }
+    }
+
+    /// Sends everything due at `now` (batched); prints the summary when done.
+    fn run(&mut self, now: Instant, relay: &mut Relay, fd: libc::c_int, v6_socket: bool) {
+        if let SyntheticPhase::Armed { start_at } = self.phase {
+            if now < start_at {
+                return;
+            }
+            self.phase = SyntheticPhase::Sending;
+            self.start = Some(start_at);
+            self.pacer = Some(synthetic::Pacer::new(
+                self.rate,
+                start_at,
+                self.limit,
+                SYNTHETIC_MAX_BACKLOG,
+            ));
+            event(
+                "synthetic_started",
+                json!({
+                    "source": self.channel.source,
+                    "group": self.channel.group,
+                    "rate_pps": self.rate,
+                    "payload_bytes": self.payload_len,
+                    "limit": self.limit,
+                }),
+            );
+        }
+        if !matches!(self.phase, SyntheticPhase::Sending) {
+            return;
+        }
+        let Some(pacer) = self.pacer.as_mut() else {
+            return;
+        };
+        let (s, g) = (self.channel.source, self.channel.group);
+        let packet_len = self.sender.packet_len();
+        loop {
+            let due = pacer.due(now);
+            if due == 0 || !self.subscribed {
+                break;
+            }
+            let count = (due as usize).min(self.sender.batch());
+            self.gateways.clear();
+            self.gateways
+                .extend_from_slice(relay.forward(s, g, packet_len));
+            if self.gateways.is_empty() {
+                break;
+            }
+            self.max_gateways = self.max_gateways.max(self.gateways.len());
+            let first = pacer.taken();
+            self.sender.stamp(first, count, unix_ns());
+            // The sequence advances by what reached the first gateway; a
+            // shortfall towards the others is counted as send errors.
+            let mut advanced = 0;
+            for (i, gw) in self.gateways.iter().enumerate() {
+                let sent = match self.sender.send(fd, v6_socket, *gw, count) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(_) => {
+                        self.send_errors += 1;
+                        0
+                    }
+                };
+                self.datagrams += sent as u64;
+                if i == 0 {
+                    advanced = sent;
+                } else {
+                    self.send_errors += count.saturating_sub(sent) as u64;
+                }
+            }
+            // Count the rest of the batch for the relay's per-channel stats.
+            for _ in 1..advanced {
+                relay.forward(s, g, packet_len);
+            }
+            pacer.take(advanced as u64);
+            if advanced > 0 {
+                self.last_send = Some(now);
+            }
+            if advanced < count {
+                // Socket buffer full: the rest stays due for the next round.
+                self.would_block += 1;
+                break;
+            }
+        }
+        if pacer.finished() {
+            self.phase = SyntheticPhase::Done;
+            println!("{}", self.summary("limit"));
+            let _ = io::stdout().flush();
+        }
+    }
+
+    fn summary(&self, stopped_by: &str) -> serde_json::Value {
+        let (sent, skipped) = self
+            .pacer
+            .as_ref()
+            .map_or((0, 0), |p| (p.taken(), p.skipped()));
+        let elapsed = match (self.start, self.last_send) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        json!({
+            "kind": "synthetic_summary",
+            "unix_ms": unix_ms() as u64,
+            "source": self.channel.source,
+            "group": self.channel.group,
+            "port": self.port,
+            "rate_pps": self.rate,
+            "payload_bytes": self.payload_len,
+            "packet_bytes": self.sender.packet_len(),
+            "datagram_bytes": self.sender.datagram_len(),
+            "limit": self.limit,
+            "sent": sent,
+            "skipped": skipped,
+            "datagrams": self.datagrams,
+            "gateways": self.max_gateways,
+            "send_errors": self.send_errors,
+            "would_block_rounds": self.would_block,
+            "elapsed_s": elapsed,
+            "achieved_pps": if elapsed > 0.0 { (sent as f64 / elapsed).round() } else { 0.0 },
+            "stopped_by": stopped_by,
+        })
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("amt-relay: {e:#}");
@@ -504,6 +797,10 @@ fn run() -> anyhow::Result<()> {
     let ctrl_v6 = args.listen.is_ipv6();
     let ctrl: UdpSocket = ctrl.into();
     let mut native = Native::open(iface.clone(), args.recv_buffer)?;
+    let mut synthetic = match args.synthetic {
+        Some(channel) => Some(SyntheticRun::new(&args, channel)?),
+        None => None,
+    };
 
     let started = Instant::now();
     let seed = SystemTime::now()
@@ -536,10 +833,17 @@ fn run() -> anyhow::Result<()> {
         if let Some(ns) = next_status {
             deadline = deadline.min(ns);
         }
-        let wait_ms = deadline
+        if let Some(t) = synthetic.as_ref().and_then(|s| s.next_wakeup(now)) {
+            deadline = deadline.min(t);
+        }
+        // ppoll for sub-millisecond wakeups (the synthetic source's pacing).
+        let wait = deadline
             .saturating_duration_since(now)
-            .as_millis()
-            .clamp(0, 1000) as libc::c_int;
+            .min(Duration::from_secs(1));
+        let wait = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
         let mut fds = [
             libc::pollfd {
                 fd: ctrl.as_raw_fd(),
@@ -557,8 +861,16 @@ fn run() -> anyhow::Result<()> {
                 revents: 0,
             },
         ];
-        // SAFETY: fds is a valid array of pollfd; negative fds are ignored by poll.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        // SAFETY: fds is a valid array of pollfd (negative fds are ignored);
+        // wait is a valid timespec; a null sigmask keeps the current mask.
+        let rc = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &wait,
+                std::ptr::null(),
+            )
+        };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -646,6 +958,15 @@ fn run() -> anyhow::Result<()> {
         if changed {
             let wanted = relay.channels();
             native.sync(&wanted, &mut io_stats);
+            if let Some(syn) = synthetic.as_mut() {
+                syn.set_subscribed(
+                    wanted.contains(&(syn.channel.source, syn.channel.group)),
+                    now,
+                );
+            }
+        }
+        if let Some(syn) = synthetic.as_mut() {
+            syn.run(now, &mut relay, ctrl.as_raw_fd(), ctrl_v6);
         }
 
         // Native IPv4 multicast.
@@ -727,6 +1048,463 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(syn) = synthetic.as_ref()
+        && matches!(syn.phase, SyntheticPhase::Sending)
+    {
+        println!("{}", syn.summary("signal"));
+    }
     event("stopped", json!({ "signal": signal::stop_signal_name() }));
     Ok(())
+}
+
+/// Synthetic source (`--synthetic S,G`): generated Multicast Data for one
+/// channel at a fixed rate, to benchmark a gateway's data path without a
+/// native sender. Pure parts (datagram template, pacing) are sans-IO; the
+/// batched `sendmmsg` is in [`synthetic::BatchSender`].
+mod synthetic {
+    use std::io;
+    use std::mem;
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    use amt_gateway::wire::amt::MULTICAST_DATA_HEADER;
+    use amt_gateway::wire::checksum;
+    use amt_gateway::wire::ipv4::{Ipv4Repr, PROTO_UDP};
+    use amt_gateway::wire::ipv6::{Ipv6Repr, NEXT_UDP};
+    use sample_network::{Channel, PAYLOAD_HEADER_LEN};
+    use socket2::SockAddr;
+
+    pub const UDP_HEADER_LEN: usize = 8;
+    /// TTL / hop limit of generated packets (above the gateway's minimum, so
+    /// the gateway's TTL patch is not exercised).
+    const INNER_TTL: u8 = 64;
+
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum TemplateError {
+        #[error("payload of {0} bytes is shorter than the {PAYLOAD_HEADER_LEN}-byte probe header")]
+        PayloadTooShort(usize),
+        #[error("payload of {0} bytes does not fit in one IP packet")]
+        PayloadTooLong(usize),
+        #[error("source {0} and group {1} are of different address families")]
+        MixedFamilies(IpAddr, IpAddr),
+    }
+
+    /// One AMT Multicast Data datagram: `[AMT header][IP][UDP][probe]`; the
+    /// probe payload is the lab's (sequence, send time, zero padding).
+    #[derive(Debug, Clone)]
+    pub struct DataTemplate {
+        bytes: Vec<u8>,
+        probe_offset: usize,
+        udp_checksum_offset: usize,
+        /// One's-complement sum of everything the UDP checksum covers except
+        /// the 16 probe header bytes (pseudo-header, UDP header, zero padding).
+        fixed_sum: u32,
+    }
+
+    impl DataTemplate {
+        pub fn new(channel: Channel, port: u16, payload_len: usize) -> Result<Self, TemplateError> {
+            if payload_len < PAYLOAD_HEADER_LEN {
+                return Err(TemplateError::PayloadTooShort(payload_len));
+            }
+            let udp_len = UDP_HEADER_LEN + payload_len;
+            let too_long = TemplateError::PayloadTooLong(payload_len);
+            let udp_len16 = u16::try_from(udp_len).map_err(|_| too_long.clone())?;
+            let (ip_header, pseudo_sum) = match (channel.source, channel.group) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                    let repr = Ipv4Repr {
+                        src,
+                        dst,
+                        protocol: PROTO_UDP,
+                        ttl: INNER_TTL,
+                        tos: 0,
+                        router_alert: false,
+                        payload_len: udp_len,
+                    };
+                    let mut header = vec![0u8; repr.header_len()];
+                    repr.emit(&mut header).map_err(|_| too_long.clone())?;
+                    let mut sum = checksum::accumulate(0, &src.octets());
+                    sum = checksum::accumulate(sum, &dst.octets());
+                    sum = checksum::accumulate(sum, &[0, PROTO_UDP]);
+                    sum = checksum::accumulate(sum, &udp_len16.to_be_bytes());
+                    (header, sum)
+                }
+                (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                    let repr = Ipv6Repr {
+                        src,
+                        dst,
+                        next_header: NEXT_UDP,
+                        hop_limit: INNER_TTL,
+                        router_alert: false,
+                        payload_len: udp_len,
+                    };
+                    let mut header = vec![0u8; repr.header_len()];
+                    repr.emit(&mut header).map_err(|_| too_long.clone())?;
+                    let sum =
+                        checksum::ipv6_pseudo_header_sum(&src, &dst, udp_len as u32, NEXT_UDP);
+                    (header, sum)
+                }
+                (s, g) => return Err(TemplateError::MixedFamilies(s, g)),
+            };
+            let mut udp_header = [0u8; UDP_HEADER_LEN];
+            udp_header[0..2].copy_from_slice(&port.to_be_bytes());
+            udp_header[2..4].copy_from_slice(&port.to_be_bytes());
+            udp_header[4..6].copy_from_slice(&udp_len16.to_be_bytes());
+            let mut bytes =
+                Vec::with_capacity(MULTICAST_DATA_HEADER.len() + ip_header.len() + udp_len);
+            bytes.extend_from_slice(&MULTICAST_DATA_HEADER);
+            bytes.extend_from_slice(&ip_header);
+            let udp_offset = bytes.len();
+            bytes.extend_from_slice(&udp_header);
+            bytes.resize(udp_offset + udp_len, 0);
+            Ok(Self {
+                bytes,
+                probe_offset: udp_offset + UDP_HEADER_LEN,
+                udp_checksum_offset: udp_offset + 6,
+                fixed_sum: checksum::accumulate(pseudo_sum, &udp_header),
+            })
+        }
+
+        /// The whole datagram (probe header zero, UDP checksum not yet set).
+        pub fn bytes(&self) -> &[u8] {
+            &self.bytes
+        }
+
+        /// Length of the inner IP packet (what a gateway delivers).
+        pub fn packet_len(&self) -> usize {
+            self.bytes.len() - MULTICAST_DATA_HEADER.len()
+        }
+
+        /// Writes the probe header into `datagram` (a copy of [`Self::bytes`])
+        /// and sets the UDP checksum; only 18 bytes change per packet.
+        pub fn stamp(&self, datagram: &mut [u8], sequence: u64, sent_unix_ns: u64) {
+            let mut probe = [0u8; PAYLOAD_HEADER_LEN];
+            probe[..8].copy_from_slice(&sequence.to_be_bytes());
+            probe[8..].copy_from_slice(&sent_unix_ns.to_be_bytes());
+            let sum = match checksum::finish(checksum::accumulate(self.fixed_sum, &probe)) {
+                // RFC 768: a computed zero is sent as all ones.
+                0 => 0xffff,
+                s => s,
+            };
+            if let Some(p) = datagram.get_mut(self.probe_offset..self.probe_offset + probe.len()) {
+                p.copy_from_slice(&probe);
+            }
+            if let Some(c) =
+                datagram.get_mut(self.udp_checksum_offset..self.udp_checksum_offset + 2)
+            {
+                c.copy_from_slice(&sum.to_be_bytes());
+            }
+        }
+    }
+
+    /// A fixed-rate schedule: packet k is due at `start + k / rate`. A
+    /// backlog beyond `max_backlog` (after a stall) is skipped and counted,
+    /// so a stalled sender never bursts more than that at once.
+    #[derive(Debug, Clone)]
+    pub struct Pacer {
+        rate: u64,
+        start: Instant,
+        limit: Option<u64>,
+        max_backlog: u64,
+        taken: u64,
+        skipped: u64,
+    }
+
+    impl Pacer {
+        pub fn new(rate: u64, start: Instant, limit: Option<u64>, max_backlog: Duration) -> Self {
+            let rate = rate.max(1);
+            let max_backlog =
+                ((u128::from(rate) * max_backlog.as_nanos() / 1_000_000_000) as u64).max(1);
+            Self {
+                rate,
+                start,
+                limit,
+                max_backlog,
+                taken: 0,
+                skipped: 0,
+            }
+        }
+
+        fn scheduled_by(&self, now: Instant) -> u64 {
+            if now < self.start {
+                return 0;
+            }
+            let elapsed = now.duration_since(self.start).as_nanos();
+            let due = (elapsed * u128::from(self.rate) / 1_000_000_000) as u64 + 1;
+            self.limit.map_or(due, |l| due.min(l))
+        }
+
+        /// Packets due at `now` and not yet taken or skipped.
+        pub fn due(&mut self, now: Instant) -> u64 {
+            let due = self
+                .scheduled_by(now)
+                .saturating_sub(self.taken + self.skipped);
+            if due > self.max_backlog {
+                self.skipped += due - self.max_backlog;
+                self.max_backlog
+            } else {
+                due
+            }
+        }
+
+        /// `n` packets were sent.
+        pub fn take(&mut self, n: u64) {
+            self.taken += n;
+        }
+
+        pub fn taken(&self) -> u64 {
+            self.taken
+        }
+
+        pub fn skipped(&self) -> u64 {
+            self.skipped
+        }
+
+        /// Every packet of a limited schedule was sent or skipped.
+        pub fn finished(&self) -> bool {
+            self.limit.is_some_and(|l| self.taken + self.skipped >= l)
+        }
+
+        /// When the next packet is due (None when finished).
+        pub fn next_due(&self) -> Option<Instant> {
+            if self.finished() {
+                return None;
+            }
+            let k = u128::from(self.taken + self.skipped);
+            let ns = k * 1_000_000_000 / u128::from(self.rate);
+            Some(self.start + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
+        }
+    }
+
+    /// Up to `batch` copies of a template, sent with one `sendmmsg(2)`.
+    pub struct BatchSender {
+        template: DataTemplate,
+        slots: Vec<u8>,
+        slot_len: usize,
+        batch: usize,
+    }
+
+    impl BatchSender {
+        pub fn new(template: DataTemplate, batch: usize) -> Self {
+            let batch = batch.max(1);
+            let slot_len = template.bytes().len();
+            let mut slots = Vec::with_capacity(slot_len * batch);
+            for _ in 0..batch {
+                slots.extend_from_slice(template.bytes());
+            }
+            Self {
+                template,
+                slots,
+                slot_len,
+                batch,
+            }
+        }
+
+        pub fn batch(&self) -> usize {
+            self.batch
+        }
+
+        pub fn datagram_len(&self) -> usize {
+            self.slot_len
+        }
+
+        pub fn packet_len(&self) -> usize {
+            self.template.packet_len()
+        }
+
+        /// Stamps slots `0..count` with sequences `first..first + count`.
+        pub fn stamp(&mut self, first: u64, count: usize, sent_unix_ns: u64) {
+            for (i, slot) in self
+                .slots
+                .chunks_exact_mut(self.slot_len)
+                .take(count)
+                .enumerate()
+            {
+                self.template.stamp(slot, first + i as u64, sent_unix_ns);
+            }
+        }
+
+        /// Sends slots `0..count` to `dest`; returns how many the kernel took
+        /// (fewer when the socket buffer is full).
+        pub fn send(
+            &mut self,
+            fd: libc::c_int,
+            v6_socket: bool,
+            dest: SocketAddr,
+            count: usize,
+        ) -> io::Result<usize> {
+            let dest = match (v6_socket, dest) {
+                (true, SocketAddr::V4(v4)) => {
+                    SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+                }
+                (_, d) => d,
+            };
+            let addr = SockAddr::from(dest);
+            let count = count.min(self.batch);
+            let base = self.slots.as_mut_ptr();
+            let mut iovecs: Vec<libc::iovec> = (0..count)
+                .map(|i| libc::iovec {
+                    // SAFETY: i < batch, so the slot lies inside `slots`.
+                    iov_base: unsafe { base.add(i * self.slot_len) }.cast(),
+                    iov_len: self.slot_len,
+                })
+                .collect();
+            let mut msgs: Vec<libc::mmsghdr> = iovecs
+                .iter_mut()
+                .map(|iov| {
+                    // SAFETY: all-zero is a valid mmsghdr.
+                    let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
+                    m.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+                    m.msg_hdr.msg_namelen = addr.len();
+                    m.msg_hdr.msg_iov = iov;
+                    m.msg_hdr.msg_iovlen = 1;
+                    m
+                })
+                .collect();
+            // SAFETY: every mmsghdr points at live buffers (slots, iovecs,
+            // addr) for the duration of the call; the kernel only reads them.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    msgs.as_mut_ptr(),
+                    count as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(rc as usize)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use amt_gateway::wire::ip;
+        use amt_gateway::wire::ipv4::Ipv4Header;
+        use sample_network::Probe;
+
+        fn udp_checksum_ok(datagram: &[u8], channel: Channel) -> bool {
+            let inner = &datagram[MULTICAST_DATA_HEADER.len()..];
+            let (udp, pseudo) = match (channel.source, channel.group) {
+                (IpAddr::V4(s), IpAddr::V4(g)) => {
+                    let h = Ipv4Header::parse(inner).unwrap();
+                    assert!(h.checksum_ok());
+                    let udp = h.payload();
+                    let mut sum = checksum::accumulate(0, &s.octets());
+                    sum = checksum::accumulate(sum, &g.octets());
+                    sum = checksum::accumulate(sum, &[0, PROTO_UDP]);
+                    sum = checksum::accumulate(sum, &(udp.len() as u16).to_be_bytes());
+                    (udp, sum)
+                }
+                (IpAddr::V6(s), IpAddr::V6(g)) => {
+                    let udp = &inner[40..];
+                    let sum = checksum::ipv6_pseudo_header_sum(&s, &g, udp.len() as u32, NEXT_UDP);
+                    (udp, sum)
+                }
+                _ => unreachable!(),
+            };
+            checksum::finish(checksum::accumulate(pseudo, udp)) == 0
+        }
+
+        #[test]
+        fn ipv4_datagram_is_valid_amt_data_with_probe() {
+            let ch: Channel = "10.99.0.1,232.9.9.9".parse().unwrap();
+            let t = DataTemplate::new(ch, 5000, 1316).unwrap();
+            assert_eq!(t.packet_len(), 20 + 8 + 1316);
+            assert_eq!(t.bytes().len(), 2 + 20 + 8 + 1316);
+            for seq in [0u64, 1, 0xffff, u64::MAX - 3] {
+                let mut d = t.bytes().to_vec();
+                t.stamp(&mut d, seq, 1_700_000_000_123_456_789);
+                assert_eq!(&d[..2], &MULTICAST_DATA_HEADER);
+                let info = ip::inspect(&d[2..]).unwrap();
+                assert_eq!((info.src, info.dst, info.len), (ch.source, ch.group, 1344));
+                assert!(udp_checksum_ok(&d, ch), "seq {seq}");
+                let probe = Probe::decode(&d[2 + 28..]).unwrap();
+                assert_eq!(probe.sequence, seq);
+                assert_eq!(probe.sent_unix_ns, Some(1_700_000_000_123_456_789));
+                assert_eq!(u16::from_be_bytes([d[24], d[25]]), 5000);
+            }
+        }
+
+        #[test]
+        fn ipv6_datagram_checksum_and_lengths() {
+            let ch: Channel = "2001:db8:99::1,ff3e::8000:1".parse().unwrap();
+            let t = DataTemplate::new(ch, 5000, 100).unwrap();
+            assert_eq!(t.packet_len(), 40 + 8 + 100);
+            let mut d = t.bytes().to_vec();
+            t.stamp(&mut d, 42, 7);
+            let info = ip::inspect(&d[2..]).unwrap();
+            assert_eq!((info.src, info.dst, info.len), (ch.source, ch.group, 148));
+            assert!(udp_checksum_ok(&d, ch));
+        }
+
+        #[test]
+        fn template_rejects_bad_sizes() {
+            let ch: Channel = "10.99.0.1,232.9.9.9".parse().unwrap();
+            assert_eq!(
+                DataTemplate::new(ch, 1, 15).unwrap_err(),
+                TemplateError::PayloadTooShort(15)
+            );
+            assert_eq!(
+                DataTemplate::new(ch, 1, 70_000).unwrap_err(),
+                TemplateError::PayloadTooLong(70_000)
+            );
+        }
+
+        #[test]
+        fn batch_sender_stamps_consecutive_sequences() {
+            let ch: Channel = "10.99.0.1,232.9.9.9".parse().unwrap();
+            let mut s = BatchSender::new(DataTemplate::new(ch, 5000, 100).unwrap(), 4);
+            s.stamp(10, 3, 1);
+            let seqs: Vec<u64> = s
+                .slots
+                .chunks_exact(s.datagram_len())
+                .map(|d| Probe::decode(&d[30..]).unwrap().sequence)
+                .collect();
+            assert_eq!(seqs, vec![10, 11, 12, 0]);
+        }
+
+        #[test]
+        fn pacer_follows_the_rate_and_limit() {
+            let t0 = Instant::now();
+            let mut p = Pacer::new(1000, t0, Some(2500), Duration::from_millis(50));
+            assert_eq!(p.due(t0), 1);
+            p.take(1);
+            assert_eq!(p.due(t0 + Duration::from_micros(999)), 0);
+            assert_eq!(p.next_due(), Some(t0 + Duration::from_millis(1)));
+            assert_eq!(p.due(t0 + Duration::from_millis(10)), 10);
+            p.take(10);
+            assert_eq!(p.taken(), 11);
+            assert!(!p.finished());
+            // A 1 s stall: only 50 ms worth is sent, the rest skipped.
+            assert_eq!(p.due(t0 + Duration::from_millis(1010)), 50);
+            assert_eq!(p.skipped(), 1011 - 11 - 50);
+            p.take(50);
+            assert!(!p.finished());
+            // The limit caps the schedule (2500 packets, not 10 s worth).
+            assert_eq!(p.due(t0 + Duration::from_secs(10)), 50);
+            p.take(50);
+            assert_eq!(p.taken() + p.skipped(), 2500);
+            assert!(p.finished());
+            assert_eq!(p.due(t0 + Duration::from_secs(10)), 0);
+            assert_eq!(p.next_due(), None);
+        }
+
+        #[test]
+        fn pacer_before_start_has_nothing_due() {
+            let t0 = Instant::now();
+            let mut p = Pacer::new(
+                100_000,
+                t0 + Duration::from_secs(1),
+                None,
+                Duration::from_millis(10),
+            );
+            assert_eq!(p.due(t0), 0);
+            assert_eq!(p.due(t0 + Duration::from_millis(1001)), 101);
+            p.take(101);
+            assert_eq!(p.skipped(), 0);
+        }
+    }
 }
