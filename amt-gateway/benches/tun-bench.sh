@@ -157,7 +157,7 @@ for rate in $RATES; do
         | {kind: "tun_bench", rate_pps: $s.rate_pps, payload_bytes: $s.payload_bytes,
            packet_bytes: $s.packet_bytes, send_s: $t,
            sent: $s.sent, sent_pps: $s.achieved_pps, skipped: $s.skipped,
-           send_errors: $s.send_errors,
+           send_errors: $s.send_errors, injector_would_block_rounds: $s.would_block_rounds,
            delivered: $delivered, delivered_pps: ($dpps | round),
            loss: ($s.sent - $delivered),
            loss_pct: (if $s.sent > 0 then 100 * ($s.sent - $delivered) / $s.sent else 0 end),
