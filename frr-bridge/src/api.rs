@@ -91,6 +91,14 @@ impl Ingest for ApiService {
             "injected_packets".into(),
             c.injected.load(Ordering::Relaxed),
         );
+        for (name, value) in [
+            ("tunnels_opened", &c.tunnels_opened),
+            ("tunnels_closed", &c.tunnels_closed),
+            ("relay_failures_reported", &c.relay_failures_reported),
+            ("flows_moved_to_another_relay", &c.flows_moved),
+        ] {
+            counters.insert(name.into(), value.load(Ordering::Relaxed));
+        }
         counters.insert("route_errors".into(), st.route_errors);
         counters.insert("skipped_join_entries".into(), ws.skipped_entries);
         counters.insert("pimd_reconnects".into(), ws.reconnects);
