@@ -295,3 +295,79 @@ fn lab_up_down_twice_leaves_nothing() {
         );
     }
 }
+
+/// The sidecar does not need root: as `nobody` in group frrvty with
+/// CAP_NET_ADMIN (TUN, routes) and CAP_SYS_ADMIN (entering FRR's namespace)
+/// it learns joins, owns amt0 and carries AMT traffic end to end. These are
+/// the capabilities `frr-config/frr-ingestd.service` grants.
+#[test]
+fn runs_unprivileged_with_two_capabilities() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = serial();
+    let mut lab = Lab::up("t2u");
+    let border = lab.node_dir("border");
+    let owner = std::process::Command::new("chown")
+        .args(["nobody:nogroup"])
+        .arg(&border)
+        .status()
+        .expect("chown");
+    assert!(owner.success());
+    let mut caps = "+net_admin,+sys_admin".to_string();
+    // Debian creates /dev/net/tun 0666; some images have 0600, where only
+    // DAC override lets a non-root user open it.
+    let tun_mode = std::fs::metadata("/dev/net/tun")
+        .expect("/dev/net/tun")
+        .permissions()
+        .mode();
+    if tun_mode & 0o006 != 0o006 {
+        println!(
+            "/dev/net/tun is {:o}: adding CAP_DAC_OVERRIDE for this machine",
+            tun_mode & 0o777
+        );
+        caps.push_str(",+dac_override");
+    }
+    lab.daemon_wrapper = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--groups=frrvty",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let config = border.join("static.toml");
+    std::fs::write(
+        &config,
+        "[amt]\nlinger_s = 5\n[[amt.static_relays]]\nprefix = \"198.51.100.0/24\"\nrelay = \"192.0.2.10\"\n[policy]\ndriad = false\n",
+    )
+    .expect("config");
+    let idx = lab.start_daemon(&["--config", &config.display().to_string()]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lab.daemon_pid(idx)))
+        .expect("daemon status");
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+    let cap_line = status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap_or("");
+    println!("daemon {uid_line}; {cap_line}");
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "daemon is not running as nobody: {uid_line}"
+    );
+
+    let _tx = lab.mcsend(&[(S, G)], 200, &["--duration", "20"]);
+    let rx = lab.mcrx(&[(S, G)], &["--duration", "6"]);
+    let summary = rx.wait();
+    let packets = summary["packets"].as_u64().unwrap_or(0);
+    println!(
+        "unprivileged daemon: {packets} packets through AMT in 6 s at 200 pkt/s, first after {} ms",
+        summary["first_packet_ms"]
+    );
+    assert!(
+        packets >= 1000,
+        "unprivileged daemon delivered {packets} packets; log:\n{}",
+        lab.daemon_log()
+    );
+}

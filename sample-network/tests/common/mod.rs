@@ -92,6 +92,9 @@ pub struct Lab {
     pub prefix: String,
     pub run_dir: PathBuf,
     daemons: Vec<Child>,
+    /// Command (and arguments) the daemon is started through inside the
+    /// border namespace, e.g. `setpriv ...` to drop root; empty: none.
+    pub daemon_wrapper: Vec<String>,
 }
 
 impl Lab {
@@ -103,6 +106,7 @@ impl Lab {
             prefix: prefix.to_string(),
             run_dir,
             daemons: Vec::new(),
+            daemon_wrapper: Vec::new(),
         };
         // A previous crashed run may have left it: start clean.
         let _ = lab.lab_cmd(&["down"]);
@@ -184,6 +188,7 @@ impl Lab {
         let vty = self.node_dir("ingest");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("border")])
+            .args(&self.daemon_wrapper)
             .arg(bin("frr-ingestd"))
             .arg("--frr-vty-dir")
             .arg(&vty)
@@ -223,6 +228,11 @@ impl Lab {
             );
         }
         s
+    }
+
+    /// The pid of a started daemon.
+    pub fn daemon_pid(&self, idx: usize) -> u32 {
+        self.daemons[idx].id()
     }
 
     pub fn kill_daemon(&mut self, idx: usize, signal: i32) {
