@@ -34,35 +34,29 @@ pub struct TunConfig {
     pub mtu: u32,
 }
 
+/// The io::Error is part of each message (not an error `source`), so a
+/// `{:#}` chain does not print it twice.
 #[derive(Debug, Error)]
 pub enum TunError {
-    #[error("cannot open network namespace {path}: {source}")]
-    Netns {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot enter network namespace {path} (needs CAP_SYS_ADMIN): {source}")]
-    Setns {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot open /dev/net/tun: {0}")]
-    DevTun(#[source] io::Error),
-    #[error("cannot create TUN {name}: {source}{hint}")]
+    #[error("cannot open network namespace {path}: {error}")]
+    Netns { path: PathBuf, error: io::Error },
+    #[error("cannot enter network namespace {path} (needs CAP_SYS_ADMIN): {error}")]
+    Setns { path: PathBuf, error: io::Error },
+    #[error(
+        "cannot open /dev/net/tun: {0} (needs CAP_NET_ADMIN and read/write access to the device)"
+    )]
+    DevTun(io::Error),
+    #[error("cannot create TUN {name}: {error}{hint}")]
     Create {
         name: String,
         hint: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot configure {name}: {what}: {source}")]
+    #[error("cannot configure {name}: {what}: {error}")]
     Configure {
         name: String,
         what: String,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     #[error("internal: namespace thread failed")]
     Thread,
@@ -115,7 +109,7 @@ fn create_tun(name: &str) -> Result<OwnedFd, TunError> {
         return Err(TunError::Create {
             name: name.to_string(),
             hint: " (interface names are 1-15 bytes, no '/')",
-            source: io::Error::from_raw_os_error(libc::EINVAL),
+            error: io::Error::from_raw_os_error(libc::EINVAL),
         });
     }
     req.name[..bytes.len()].copy_from_slice(bytes);
@@ -134,7 +128,7 @@ fn create_tun(name: &str) -> Result<OwnedFd, TunError> {
         return Err(TunError::Create {
             name: name.to_string(),
             hint,
-            source: e,
+            error: e,
         });
     }
     Ok(fd)
@@ -153,16 +147,16 @@ fn in_netns<T: Send + 'static>(
     let netns = netns.map(Path::to_path_buf);
     std::thread::spawn(move || {
         if let Some(path) = &netns {
-            let file = File::open(path).map_err(|source| TunError::Netns {
+            let file = File::open(path).map_err(|error| TunError::Netns {
                 path: path.clone(),
-                source,
+                error,
             })?;
             // SAFETY: setns on a namespace fd; affects only this thread.
             let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             if r < 0 {
                 return Err(TunError::Setns {
                     path: path.clone(),
-                    source: io::Error::last_os_error(),
+                    error: io::Error::last_os_error(),
                 });
             }
         }
@@ -177,10 +171,10 @@ impl IngestTun {
         let c = cfg.clone();
         let (fd, netlink, ifindex) = in_netns(cfg.netns.as_deref(), move || {
             let fd = create_tun(&c.name)?;
-            let conf = |what: &str, source| TunError::Configure {
+            let conf = |what: &str, error| TunError::Configure {
                 name: c.name.clone(),
                 what: what.to_string(),
-                source,
+                error,
             };
             let mut nl = Netlink::open().map_err(|e| conf("netlink socket", e))?;
             let idx = nl
@@ -297,10 +291,10 @@ impl IngestTun {
     /// Open a netlink socket in FRR's namespace subscribed to MFC changes.
     pub fn open_mroute_monitor(netns: Option<&Path>) -> Result<OwnedFd, TunError> {
         in_netns(netns, || {
-            netlink::open_mroute_monitor().map_err(|source| TunError::Configure {
+            netlink::open_mroute_monitor().map_err(|error| TunError::Configure {
                 name: "netlink".into(),
                 what: "subscribe to multicast route events".into(),
-                source,
+                error,
             })
         })
     }
