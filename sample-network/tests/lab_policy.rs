@@ -20,6 +20,11 @@ const RELAY2: &str = "192.0.2.11:2268";
 /// Packets per second per channel of every sender here.
 const PPS: u32 = 100;
 
+/// The daemon config of these tests: decisions re-evaluated every second,
+/// a fixed seed for the random relay order, tunnels closed 2 s after
+/// their last channel.
+const BASE_CONFIG: &str = "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n";
+
 /// Write a daemon config file into the border's run directory.
 fn write_config(lab: &Lab, name: &str, toml: &str) -> String {
     let path = lab.node_dir("border").join(name);
@@ -102,11 +107,7 @@ fn text(out: &Output) -> String {
 fn relays_come_from_dns() {
     let _g = serial();
     let mut lab = Lab::up("t4a");
-    let cfg = write_config(
-        &lab,
-        "policy.toml",
-        "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n",
-    );
+    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg]);
     let s4 = "198.51.100.4";
     let s5 = "198.51.100.5";
@@ -198,11 +199,7 @@ fn relays_come_from_dns() {
 fn dead_preferred_relay_fails_over_within_30s() {
     let _g = serial();
     let mut lab = Lab::up("t4b");
-    let cfg = write_config(
-        &lab,
-        "policy.toml",
-        "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n",
-    );
+    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg]);
     let s7 = "198.51.100.7";
     let _tx = lab.mcsend(&[(s7, G)], PPS, &["--duration", "60"]);
@@ -275,11 +272,7 @@ fn dead_preferred_relay_fails_over_within_30s() {
 fn admission_follows_offload() {
     let _g = serial();
     let mut lab = Lab::up("t4c");
-    let cfg = write_config(
-        &lab,
-        "policy.toml",
-        "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n",
-    );
+    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg, "--bandwidth-limit", "10M"]);
     let s8 = "198.51.100.8";
     let (g6, g3, g2) = ("232.10.1.6", "232.10.1.3", "232.10.1.2");
@@ -387,11 +380,7 @@ fn dorms_outage_default_rate_and_recovery() {
         "default.toml",
         "[policy]\nrecheck_interval_s = 1\nseed = 4\ndefault_bitrate = \"2M\"\n[amt]\nlinger_s = 2\n",
     );
-    let without_default = write_config(
-        &lab,
-        "no-default.toml",
-        "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n",
-    );
+    let without_default = write_config(&lab, "no-default.toml", BASE_CONFIG);
     let _tx = lab.mcsend(&[(s4, G)], PPS, &["--duration", "120"]);
     let d0 = lab.start_daemon_with_policy(&["--config", &with_default, "--bandwidth-limit", "10M"]);
     let rx = lab.mcrx(&[(s4, G)], &[]);
@@ -655,11 +644,7 @@ fn joinfile_drives_ingest_and_is_written_back() {
     let s203 = "203.0.113.4";
     let given = format!("{s4},{G},2\n{s203},{G},1\n");
     std::fs::write(&joins, &given).expect("joinfile");
-    let cfg = write_config(
-        &lab,
-        "policy.toml",
-        "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n",
-    );
+    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
     let join_source = format!("file:{}", joins.display());
     let write = written.display().to_string();
     lab.start_daemon_with_policy(&[
