@@ -51,15 +51,32 @@ pub fn require_binary(path: &str) {
 }
 
 /// A loopback port free for both TCP and UDP right now.
-pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+/// A loopback port free for both TCP and UDP, with the probing sockets
+/// still bound so nothing can take it before the caller decides.
+///
+/// Ports come from 20000..32000, below the kernel's ephemeral range
+/// (32768..60999 by default): a port handed out by `bind(:0)` and then
+/// released can be grabbed by any outgoing connection's source port (the
+/// tests' own readiness probes included), which made CI fail with
+/// AddrInUse. Ports in this range are only ever taken by explicit binds.
+fn reserve_port() -> (u16, TcpListener, UdpSocket) {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(20000..32000);
+        let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        if let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) {
+            return (port, tcp, udp);
         }
     }
-    panic!("no free loopback port");
+    panic!("no free loopback port in 20000..32000");
+}
+
+/// A loopback port free for TCP and UDP, for a server the test starts.
+pub fn free_port() -> u16 {
+    reserve_port().0
 }
 
 fn wait_for_tcp(addr: SocketAddr, child: &mut Child, what: &str, log: &Path) {
@@ -205,9 +222,7 @@ pub struct Silent {
 
 impl Silent {
     pub fn start() -> Self {
-        let port = free_port();
-        let udp = UdpSocket::bind(("127.0.0.1", port)).expect("bind udp");
-        let tcp = TcpListener::bind(("127.0.0.1", port)).expect("bind tcp");
+        let (port, tcp, udp) = reserve_port();
         Self {
             addr: ([127, 0, 0, 1], port).into(),
             _udp: udp,
