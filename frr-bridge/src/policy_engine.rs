@@ -49,7 +49,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::future::BoxFuture;
 use ingest_policy::SourceGroup;
 use ingest_policy::admission::{
-    AdmissionState, BitrateOrigin, DecisionReason, FlowDemand, admit, parse_bandwidth,
+    AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, DecisionReason, FlowDemand, admit,
+    parse_bandwidth,
 };
 use ingest_policy::dns::{DnsConfig, DnsFailure};
 use ingest_policy::dorms::{DormsClient, DormsConfig, DormsError, FlowBitrate};
@@ -591,6 +592,8 @@ struct RateView {
     /// Why there is no DORMS rate, for the blocked reason.
     error: Option<String>,
     pending: bool,
+    /// The sender's DORMS `priority` among its own flows.
+    priority: u16,
 }
 
 /// The sans-IO policy core: feed it inputs and the time, take decisions
@@ -840,6 +843,7 @@ impl Core {
                         bitrate: rate.bitrate,
                         bitrate_origin: rate.origin,
                         admitted_now: self.admitted.contains(sg),
+                        priority: rate.priority,
                     });
                     (false, String::new())
                 }
@@ -939,6 +943,7 @@ impl Core {
                 },
                 error: Some("DORMS lookups are off".into()),
                 pending: false,
+                priority: DEFAULT_SENDER_PRIORITY,
             };
         }
         let Some(result) = self.rates.get(&sg).and_then(|e| e.result.as_ref()) else {
@@ -948,6 +953,7 @@ impl Core {
                 text: "pending (DORMS lookup in progress)".into(),
                 error: None,
                 pending: true,
+                priority: DEFAULT_SENDER_PRIORITY,
             };
         };
         match (result.origin, result.bitrate) {
@@ -957,6 +963,9 @@ impl Core {
                 text: format!("dorms:{}", result.url.as_deref().unwrap_or("?")),
                 error: None,
                 pending: false,
+                priority: result
+                    .metadata
+                    .map_or(DEFAULT_SENDER_PRIORITY, |m| m.priority),
             },
             _ => {
                 let error = result
@@ -973,6 +982,7 @@ impl Core {
                     },
                     error: Some(error),
                     pending: false,
+                    priority: DEFAULT_SENDER_PRIORITY,
                 }
             }
         }
@@ -1010,6 +1020,14 @@ impl Core {
             DecisionReason::NoBitrate => format!(
                 "blocked: no bitrate (DORMS: {}) and no default_bitrate",
                 error.unwrap_or("no metadata")
+            ),
+            DecisionReason::SenderPriority {
+                blocked,
+                blocked_priority,
+                priority,
+            } => format!(
+                "blocked: its sender ranks {blocked} higher (DORMS priority \
+                 {blocked_priority} > {priority}) and that flow does not fit{held}"
             ),
         }
     }

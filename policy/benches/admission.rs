@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use ingest_policy::SourceGroup;
-use ingest_policy::admission::{AdmissionState, BitrateOrigin, FlowDemand, admit};
+use ingest_policy::admission::{
+    AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, FlowDemand, admit,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -57,6 +59,7 @@ fn flows(rng: &mut StdRng) -> Vec<FlowDemand> {
                 },
                 bitrate_origin: BitrateOrigin::Dorms,
                 admitted_now: rng.random_bool(0.5),
+                priority: DEFAULT_SENDER_PRIORITY,
             }
         })
         .collect()
@@ -125,4 +128,19 @@ fn main() {
         ),
         samples,
     );
+
+    // Senders ranking their own flows (4 priority levels, 20 flows per
+    // source): the sender-priority rounds run.
+    for f in demand.iter_mut() {
+        f.priority = rng.random_range(1..=4) * 100;
+        f.admitted_now = false;
+    }
+    let mut samples = Vec::with_capacity(ITERATIONS);
+    for _ in 0..ITERATIONS {
+        let mut state = AdmissionState::new(1);
+        let start = Instant::now();
+        black_box(admit(black_box(&demand), limit, t0, &mut state));
+        samples.push(start.elapsed());
+    }
+    report("admit (fresh state, mixed sender priorities)", samples);
 }

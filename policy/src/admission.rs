@@ -40,15 +40,35 @@
 //! competes in the full order again (and, if blocked again, gets a new one).
 //! Hold-downs outlive a flow's absence from the input, so a flow that leaves
 //! and rejoins within its hold-down is still held.
+//!
+//! # Sender priority
+//! A sender ranks its own flows with the DORMS `priority` leaf (higher =
+//! keep; [`DEFAULT_SENDER_PRIORITY`] when not declared). Within one source, a
+//! lower-priority flow is never admitted while a higher-priority flow of that
+//! source is blocked for room (draft-ietf-mboned-cbacc, "Fairness and
+//! Inter-flow Ordering"; the old platform meant to do this and crashed
+//! instead). After the greedy fill, admitted flows that break the rule are set
+//! aside (`SenderPriority`) and the fill is run again without them, until
+//! nothing changes; the room they free goes to the rest in the usual order.
+//! Set-aside flows whose reason went away (the higher-priority flow got in)
+//! then take any spare room, higher priority first; one that does not fit is
+//! blocked for room like any other. Set-aside flows get no hold-down of their
+//! own: they were not beaten for room. When all flows share one priority (the
+//! usual case) none of this runs.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::SourceGroup;
+
+/// Admission hashes every flow each evaluation; foldhash is several times
+/// faster than SipHash on these small keys and still randomly seeded.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Errors from [`parse_bandwidth`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +161,10 @@ pub enum BitrateOrigin {
     Unknown,
 }
 
+/// The DORMS `priority` of a flow whose sender declares none (the YANG
+/// default).
+pub const DEFAULT_SENDER_PRIORITY: u16 = 256;
+
 /// One wanted flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowDemand {
@@ -153,6 +177,9 @@ pub struct FlowDemand {
     pub bitrate_origin: BitrateOrigin,
     /// Whether the flow is admitted (being ingested) right now.
     pub admitted_now: bool,
+    /// The sender's preference among its own flows (DORMS `priority`,
+    /// higher = keep); [`DEFAULT_SENDER_PRIORITY`] when not declared.
+    pub priority: u16,
 }
 
 impl FlowDemand {
@@ -179,6 +206,25 @@ pub enum DecisionReason {
         needed: u64,
         available: u64,
     },
+    /// Blocked: a flow of the same source with a higher sender priority is
+    /// blocked for room (see the module docs).
+    SenderPriority {
+        /// The higher-priority flow that is blocked.
+        blocked: SourceGroup,
+        blocked_priority: u16,
+        priority: u16,
+    },
+}
+
+impl DecisionReason {
+    /// Blocked because the limit had no room for it (the kinds that hold
+    /// back lower-priority flows of the same sender).
+    pub fn is_blocked_for_room(&self) -> bool {
+        matches!(
+            self,
+            DecisionReason::OverLimit { .. } | DecisionReason::HeldDown { .. }
+        )
+    }
 }
 
 impl fmt::Display for DecisionReason {
@@ -199,6 +245,15 @@ impl fmt::Display for DecisionReason {
                 "held down after being blocked: needs {}, {} spare",
                 format_bandwidth(*needed),
                 format_bandwidth(*available)
+            ),
+            DecisionReason::SenderPriority {
+                blocked,
+                blocked_priority,
+                priority,
+            } => write!(
+                f,
+                "sender priority: {blocked} of the same source has priority \
+                 {blocked_priority} > {priority} and is blocked"
             ),
         }
     }
@@ -238,7 +293,7 @@ impl Default for HoldDownConfig {
 /// State carried between evaluations: hold-downs and the seeded RNG.
 #[derive(Debug, Clone)]
 pub struct AdmissionState {
-    holddowns: HashMap<SourceGroup, Instant>,
+    holddowns: FastMap<SourceGroup, Instant>,
     rng: StdRng,
     config: HoldDownConfig,
 }
@@ -250,7 +305,7 @@ impl AdmissionState {
 
     pub fn with_config(seed: u64, config: HoldDownConfig) -> Self {
         Self {
-            holddowns: HashMap::new(),
+            holddowns: FastMap::default(),
             rng: StdRng::seed_from_u64(seed),
             config,
         }
@@ -258,6 +313,9 @@ impl AdmissionState {
 
     /// The running hold-down of `sg` at `now`.
     pub fn held_until(&self, sg: &SourceGroup, now: Instant) -> Option<Instant> {
+        if self.holddowns.is_empty() {
+            return None; // skips hashing on a fresh state
+        }
         self.holddowns.get(sg).copied().filter(|u| *u > now)
     }
 
@@ -290,9 +348,10 @@ pub fn admit(
         .reserve(flows.len().saturating_sub(state.holddowns.len()));
 
     let offloads: Vec<u128> = flows.iter().map(FlowDemand::offload).collect();
-    // Sort keys with the index attached: the key is total (the (S,G) makes
-    // it unique), so an unstable sort is deterministic.
-    type RankKey = (std::cmp::Reverse<u128>, u64, bool, SourceGroup, usize);
+    // Compact sort keys (32 bytes) with the index attached; the (S,G) breaks
+    // ties through the index, then the index itself (duplicate input), so
+    // the order is total and an unstable sort is deterministic.
+    type RankKey = (std::cmp::Reverse<u128>, u64, bool, usize);
     let mut ranked: Vec<RankKey> = flows
         .iter()
         .enumerate()
@@ -301,74 +360,77 @@ pub fn admit(
                 std::cmp::Reverse(offloads[i]),
                 f.bitrate.unwrap_or(u64::MAX),
                 !f.admitted_now,
-                f.sg,
                 i,
             )
         })
         .collect();
-    ranked.sort_unstable();
-    let order: Vec<usize> = ranked.iter().map(|k| k.4).collect();
-
-    // reserved_after[i]: bitrate of admitted flows ranked after position i
-    // with the same offload (those a held flow at i may not displace; flows
-    // with higher offload rank before it anyway).
-    let mut reserved_after = vec![0u64; order.len()];
-    let mut running = 0u64;
-    for pos in (0..order.len()).rev() {
-        reserved_after[pos] = running;
-        let index = order[pos];
-        let flow = &flows[index];
-        let next_same_offload = pos
-            .checked_sub(1)
-            .is_some_and(|prev| offloads[order[prev]] == offloads[index]);
-        if flow.admitted_now {
-            running = running.saturating_add(flow.bitrate.unwrap_or(0));
-        }
-        if !next_same_offload {
-            running = 0;
-        }
-    }
-
-    let mut used = 0u64;
-    let mut decisions = Vec::with_capacity(flows.len());
-    for (rank, &index) in order.iter().enumerate() {
-        let flow = &flows[index];
-        let available = limit.saturating_sub(used);
-        let held = if flow.admitted_now {
-            None
-        } else {
-            state.held_until(&flow.sg, now)
-        };
-        let reason = match (flow.bitrate, held) {
-            (None, _) => DecisionReason::NoBitrate,
-            (Some(bitrate), None) if bitrate <= available => DecisionReason::Fits,
-            (Some(bitrate), None) => DecisionReason::OverLimit {
-                needed: bitrate,
-                available,
-            },
-            (Some(bitrate), Some(until)) => {
-                let spare = available.saturating_sub(reserved_after[rank]);
-                if bitrate <= spare {
-                    DecisionReason::Fits
+    ranked.sort_unstable_by(|a, b| {
+        (a.0, a.1, a.2)
+            .cmp(&(b.0, b.1, b.2))
+            .then_with(|| flows[a.3].sg.cmp(&flows[b.3].sg))
+            .then(a.3.cmp(&b.3))
+    });
+    let ranking = Ranking {
+        flows,
+        order: ranked.iter().map(|k| k.3).collect(),
+        offloads,
+        held: ranked
+            .iter()
+            .map(|k| {
+                let flow = &flows[k.3];
+                if flow.admitted_now {
+                    None
                 } else {
-                    DecisionReason::HeldDown {
-                        until,
-                        needed: bitrate,
-                        available: spare,
-                    }
+                    state.held_until(&flow.sg, now)
+                }
+            })
+            .collect(),
+        limit,
+    };
+
+    // Per rank: set aside by the sender-priority rule (see the module docs).
+    let mut set_aside = vec![false; flows.len()];
+    let (mut reasons, mut used) = ranking.fill(&set_aside);
+    if flows.windows(2).any(|w| w[0].priority != w[1].priority) {
+        let sources = SourceIds::new(&ranking);
+        // Each round sets aside at least one more flow, or ends: at most
+        // one round per flow, and the rule holds when it ends.
+        loop {
+            used = ranking.readmit_set_aside(&sources, &mut reasons, used);
+            let top = ranking.top_blocked_priority(&sources, &reasons);
+            let mut changed = false;
+            for (rank, &index) in ranking.order.iter().enumerate() {
+                if reasons[rank] == DecisionReason::Fits
+                    && top[sources.per_rank[rank]]
+                        .is_some_and(|(priority, _)| priority > flows[index].priority)
+                {
+                    set_aside[rank] = true;
+                    changed = true;
                 }
             }
-        };
+            if !changed {
+                break;
+            }
+            (reasons, used) = ranking.fill(&set_aside);
+        }
+    }
+    debug_assert!(used <= limit);
+
+    let mut decisions = Vec::with_capacity(flows.len());
+    for (rank, (&index, reason)) in ranking.order.iter().zip(reasons).enumerate() {
+        let flow = &flows[index];
         let admitted = reason == DecisionReason::Fits;
         let held_until = if admitted {
-            used = used.saturating_add(flow.bitrate.unwrap_or(0));
-            state.holddowns.remove(&flow.sg);
+            if !state.holddowns.is_empty() {
+                state.holddowns.remove(&flow.sg);
+            }
             None
         } else {
             match &reason {
                 DecisionReason::OverLimit { .. } => Some(state.start_hold_down(flow.sg, now)),
                 DecisionReason::HeldDown { until, .. } => Some(*until),
-                _ => None,
+                DecisionReason::SenderPriority { .. } => ranking.held[rank],
+                DecisionReason::NoBitrate | DecisionReason::Fits => None,
             }
         };
         decisions.push(AdmissionDecision {
@@ -376,12 +438,204 @@ pub fn admit(
             admitted,
             reason,
             bitrate: flow.bitrate,
-            offload: offloads[index],
+            offload: ranking.offloads[index],
             rank,
             held_until,
         });
     }
     decisions
+}
+
+/// The ranked input of one evaluation; the passes below read it.
+struct Ranking<'a> {
+    flows: &'a [FlowDemand],
+    /// Flow indexes, best first.
+    order: Vec<usize>,
+    /// Per flow index.
+    offloads: Vec<u128>,
+    /// Per rank: the running hold-down of a flow that is not admitted now.
+    held: Vec<Option<Instant>>,
+    limit: u64,
+}
+
+impl Ranking<'_> {
+    /// One greedy pass over the flows not set aside. Returns the reason per
+    /// rank and the bits/s admitted.
+    /// Set-aside flows get a placeholder `SenderPriority` reason that
+    /// [`Self::readmit_set_aside`] replaces.
+    fn fill(&self, set_aside: &[bool]) -> (Vec<DecisionReason>, u64) {
+        let flows = self.flows;
+        let order = &self.order;
+        // reserved_after[rank]: bitrate of admitted flows ranked after it
+        // with the same offload (those a held flow may not displace; flows
+        // with higher offload rank before it anyway). Set-aside flows hold
+        // nothing.
+        let mut reserved_after = vec![0u64; order.len()];
+        let mut running = 0u64;
+        for pos in (0..order.len()).rev() {
+            reserved_after[pos] = running;
+            let index = order[pos];
+            let flow = &flows[index];
+            let next_same_offload = pos
+                .checked_sub(1)
+                .is_some_and(|prev| self.offloads[order[prev]] == self.offloads[index]);
+            if flow.admitted_now && !set_aside[pos] {
+                running = running.saturating_add(flow.bitrate.unwrap_or(0));
+            }
+            if !next_same_offload {
+                running = 0;
+            }
+        }
+
+        let mut used = 0u64;
+        let mut reasons = Vec::with_capacity(order.len());
+        for (rank, &index) in order.iter().enumerate() {
+            let flow = &flows[index];
+            if set_aside[rank] {
+                reasons.push(DecisionReason::SenderPriority {
+                    blocked: flow.sg,
+                    blocked_priority: flow.priority,
+                    priority: flow.priority,
+                });
+                continue;
+            }
+            let available = self.limit.saturating_sub(used);
+            let reason = match (flow.bitrate, self.held[rank]) {
+                (None, _) => DecisionReason::NoBitrate,
+                (Some(bitrate), None) if bitrate <= available => DecisionReason::Fits,
+                (Some(bitrate), None) => DecisionReason::OverLimit {
+                    needed: bitrate,
+                    available,
+                },
+                (Some(bitrate), Some(until)) => {
+                    let spare = available.saturating_sub(reserved_after[rank]);
+                    if bitrate <= spare {
+                        DecisionReason::Fits
+                    } else {
+                        DecisionReason::HeldDown {
+                            until,
+                            needed: bitrate,
+                            available: spare,
+                        }
+                    }
+                }
+            };
+            if reason == DecisionReason::Fits {
+                used = used.saturating_add(flow.bitrate.unwrap_or(0));
+            }
+            reasons.push(reason);
+        }
+        (reasons, used)
+    }
+
+    /// Per source id: the highest priority among its flows blocked for
+    /// room, and that flow (the best-ranked one on ties).
+    fn top_blocked_priority(
+        &self,
+        sources: &SourceIds,
+        reasons: &[DecisionReason],
+    ) -> Vec<Option<(u16, SourceGroup)>> {
+        let mut top: Vec<Option<(u16, SourceGroup)>> = vec![None; sources.count];
+        for (rank, &index) in self.order.iter().enumerate() {
+            if reasons[rank].is_blocked_for_room() {
+                raise(&mut top[sources.per_rank[rank]], &self.flows[index]);
+            }
+        }
+        top
+    }
+
+    /// Decides the set-aside flows: one whose source still has a
+    /// higher-priority flow blocked for room stays set aside (naming it);
+    /// the others take spare room, higher priority first (so a sender's
+    /// flows are decided in its order), or are blocked for room when they do
+    /// not fit, which in turn holds back lower-priority flows of their
+    /// source. Returns bits/s used.
+    fn readmit_set_aside(
+        &self,
+        sources: &SourceIds,
+        reasons: &mut [DecisionReason],
+        mut used: u64,
+    ) -> u64 {
+        let mut top = self.top_blocked_priority(sources, reasons);
+        let mut waiting: Vec<usize> = (0..reasons.len())
+            .filter(|&rank| matches!(reasons[rank], DecisionReason::SenderPriority { .. }))
+            .collect();
+        waiting.sort_by_key(|&rank| {
+            (
+                std::cmp::Reverse(self.flows[self.order[rank]].priority),
+                rank,
+            )
+        });
+        for rank in waiting {
+            let flow = &self.flows[self.order[rank]];
+            let top = &mut top[sources.per_rank[rank]];
+            if let Some((priority, blocked)) = *top
+                && priority > flow.priority
+            {
+                reasons[rank] = DecisionReason::SenderPriority {
+                    blocked,
+                    blocked_priority: priority,
+                    priority: flow.priority,
+                };
+                continue;
+            }
+            // Only flows that fitted (so have a bitrate) are set aside.
+            let bitrate = flow.bitrate.unwrap_or(0);
+            let spare = self.limit.saturating_sub(used);
+            reasons[rank] = if bitrate <= spare {
+                used = used.saturating_add(bitrate);
+                DecisionReason::Fits
+            } else {
+                raise(top, flow);
+                match self.held[rank] {
+                    Some(until) => DecisionReason::HeldDown {
+                        until,
+                        needed: bitrate,
+                        available: spare,
+                    },
+                    None => DecisionReason::OverLimit {
+                        needed: bitrate,
+                        available: spare,
+                    },
+                }
+            };
+        }
+        used
+    }
+}
+
+/// Keeps the highest-priority blocked flow of a source (the first seen on
+/// ties, i.e. the best-ranked when walked in rank order).
+fn raise(top: &mut Option<(u16, SourceGroup)>, flow: &FlowDemand) {
+    if top.is_none_or(|(priority, _)| flow.priority > priority) {
+        *top = Some((flow.priority, flow.sg));
+    }
+}
+
+/// Dense per-source ids, so the sender-priority rounds index a `Vec`
+/// instead of hashing addresses every round.
+struct SourceIds {
+    /// Per rank.
+    per_rank: Vec<usize>,
+    count: usize,
+}
+
+impl SourceIds {
+    fn new(ranking: &Ranking<'_>) -> Self {
+        let mut ids: FastMap<IpAddr, usize> = FastMap::default();
+        let per_rank = ranking
+            .order
+            .iter()
+            .map(|&index| {
+                let next = ids.len();
+                *ids.entry(ranking.flows[index].sg.source).or_insert(next)
+            })
+            .collect();
+        Self {
+            per_rank,
+            count: ids.len(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +658,7 @@ mod tests {
             bitrate: Some(bitrate),
             bitrate_origin: BitrateOrigin::Dorms,
             admitted_now,
+            priority: DEFAULT_SENDER_PRIORITY,
         }
     }
 
@@ -602,6 +857,7 @@ mod tests {
             bitrate: Some(12_582_912),
             bitrate_origin: BitrateOrigin::Default,
             admitted_now: false,
+            priority: DEFAULT_SENDER_PRIORITY,
         });
         let d = admit(&with_d, cap, Instant::now(), &mut AdmissionState::new(0));
         assert!(!decision(&d, 4).admitted);
@@ -694,5 +950,122 @@ mod tests {
             state.held_until(&sg(2), t0 + Duration::from_secs(150)),
             None
         );
+    }
+
+    /// Flows 1 and 2 share source 10.0.0.99; flow 3 has its own.
+    fn same_sender(n: u8, bitrate: u64, priority: u16) -> FlowDemand {
+        let mut f = flow(n, bitrate, 1, false);
+        f.sg.source = "10.0.0.99".parse().unwrap();
+        f.priority = priority;
+        f
+    }
+
+    fn sender_sg(n: u8) -> SourceGroup {
+        same_sender(n, 0, 0).sg
+    }
+
+    #[test]
+    fn sender_priority_frees_room_for_the_preferred_flow() {
+        // Plain order: 2M and 3M fit, the 6M one (which its sender prefers)
+        // does not. The rule sets the 3M one aside; then 6M fits and 3M has
+        // no room left, so it is blocked for room like any other.
+        let flows = vec![
+            same_sender(1, 6 * M, 300),
+            same_sender(2, 3 * M, 100),
+            flow(3, 2 * M, 1, false),
+        ];
+        let mut state = AdmissionState::new(0);
+        let d = admit(&flows, 10 * M, Instant::now(), &mut state);
+        let by = |sg: SourceGroup| d.iter().find(|d| d.sg == sg).unwrap();
+        assert!(by(sender_sg(1)).admitted, "{d:?}");
+        assert!(by(sg(3)).admitted);
+        assert_eq!(
+            by(sender_sg(2)).reason,
+            DecisionReason::OverLimit {
+                needed: 3 * M,
+                available: 2 * M
+            }
+        );
+        assert!(by(sender_sg(2)).held_until.is_some());
+    }
+
+    #[test]
+    fn sender_priority_holds_back_lower_flow_while_preferred_is_blocked() {
+        // The 9M flow cannot fit even alone beside the 2M one; its sender's
+        // 3M flow (lower priority) is held back although it would fit.
+        let flows = vec![
+            same_sender(1, 9 * M, 300),
+            same_sender(2, 3 * M, 100),
+            flow(3, 2 * M, 1, false),
+        ];
+        let mut state = AdmissionState::new(0);
+        let now = Instant::now();
+        let d = admit(&flows, 10 * M, now, &mut state);
+        let by = |sg: SourceGroup| d.iter().find(|d| d.sg == sg).unwrap();
+        assert!(by(sg(3)).admitted);
+        assert!(by(sender_sg(1)).reason.is_blocked_for_room());
+        let held_back = by(sender_sg(2));
+        assert!(!held_back.admitted);
+        assert_eq!(
+            held_back.reason,
+            DecisionReason::SenderPriority {
+                blocked: sender_sg(1),
+                blocked_priority: 300,
+                priority: 100
+            }
+        );
+        assert_eq!(held_back.held_until, None, "not beaten for room");
+        assert_eq!(state.held_until(&sender_sg(2), now), None);
+        assert_eq!(
+            held_back.reason.to_string(),
+            "sender priority: (10.0.0.99,232.1.1.1) of the same source has priority 300 > 100 and is blocked"
+        );
+
+        // Equal priorities: the plain order again.
+        let flows: Vec<FlowDemand> = flows
+            .into_iter()
+            .map(|mut f| {
+                f.priority = DEFAULT_SENDER_PRIORITY;
+                f
+            })
+            .collect();
+        let d = admit(&flows, 10 * M, now, &mut AdmissionState::new(0));
+        let by = |sg: SourceGroup| d.iter().find(|d| d.sg == sg).unwrap();
+        assert!(by(sender_sg(2)).admitted && by(sg(3)).admitted);
+        assert!(!by(sender_sg(1)).admitted);
+    }
+
+    #[test]
+    fn sender_priority_does_not_cross_sources() {
+        // Flow 3's source prefers nothing over flow 1's: a blocked
+        // high-priority flow of another source holds nothing back.
+        let mut other = flow(3, 2 * M, 1, false);
+        other.priority = 1;
+        let flows = vec![same_sender(1, 9 * M, 300), other];
+        let d = admit(&flows, 10 * M, Instant::now(), &mut AdmissionState::new(0));
+        assert!(decision(&d, 3).admitted, "{d:?}");
+    }
+
+    #[test]
+    fn sender_priority_is_stable_when_fed_back() {
+        let mut flows = vec![
+            same_sender(1, 6 * M, 300),
+            same_sender(2, 3 * M, 100),
+            flow(3, 2 * M, 1, false),
+        ];
+        let mut state = AdmissionState::new(4);
+        let t0 = Instant::now();
+        let first = admit(&flows, 10 * M, t0, &mut state);
+        for step in 1..5u64 {
+            apply(&mut flows, &first);
+            let again = admit(&flows, 10 * M, t0 + Duration::from_secs(step), &mut state);
+            let admitted = |d: &[AdmissionDecision]| {
+                let mut v: Vec<SourceGroup> =
+                    d.iter().filter(|d| d.admitted).map(|d| d.sg).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(admitted(&again), admitted(&first), "step {step}");
+        }
     }
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use ingest_policy::SourceGroup;
 use ingest_policy::admission::{
-    AdmissionState, BitrateOrigin, FlowDemand, admit, format_bandwidth, parse_bandwidth,
+    AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, DecisionReason, FlowDemand, admit,
+    format_bandwidth, parse_bandwidth,
 };
 use ingest_policy::dorms::{parse_host_meta_json, parse_host_meta_xml, parse_metadata};
 use ingest_policy::driad::{AmtRelayRecord, RelayName};
@@ -186,6 +187,7 @@ proptest! {
                 bitrate,
                 bitrate_origin: BitrateOrigin::Configured,
                 admitted_now,
+                priority: DEFAULT_SENDER_PRIORITY,
             })
             .collect();
         demand.sort_by_key(|f| f.sg);
@@ -197,6 +199,64 @@ proptest! {
             prop_assert_eq!(decisions.len(), demand.len());
             let used: u64 = decisions.iter().filter(|d| d.admitted).filter_map(|d| d.bitrate).sum();
             prop_assert!(used <= limit);
+            for f in demand.iter_mut() {
+                f.admitted_now = decisions.iter().any(|d| d.sg == f.sg && d.admitted);
+            }
+        }
+    }
+
+    /// Few sources, few priority levels: the sender-priority rule holds
+    /// after every evaluation, the limit is kept, and set-aside flows name a
+    /// blocked higher-priority flow of their own source.
+    #[test]
+    fn admission_keeps_sender_priority(
+        flows in proptest::collection::vec(
+            (0u8..4, any::<u8>(), 1u32..5, proptest::option::of(1u64..10_000_000), any::<bool>(), 0u16..4),
+            0..60,
+        ),
+        limit in 0u64..40_000_000,
+        seed in any::<u64>(),
+        steps in 1usize..4,
+    ) {
+        let mut demand: Vec<FlowDemand> = flows
+            .into_iter()
+            .map(|(s, g, population, bitrate, admitted_now, priority)| FlowDemand {
+                sg: SourceGroup::new(IpAddr::from([10, 0, 0, s]), IpAddr::from([232, 1, 1, g])),
+                population,
+                bitrate,
+                bitrate_origin: BitrateOrigin::Configured,
+                admitted_now,
+                priority: priority * 100,
+            })
+            .collect();
+        demand.sort_by_key(|f| f.sg);
+        demand.dedup_by_key(|f| f.sg);
+        let mut state = AdmissionState::new(seed);
+        let t0 = Instant::now();
+        for step in 0..steps {
+            let decisions = admit(&demand, limit, t0 + Duration::from_secs(step as u64 * 60), &mut state);
+            prop_assert_eq!(decisions.len(), demand.len());
+            let used: u64 = decisions.iter().filter(|d| d.admitted).filter_map(|d| d.bitrate).sum();
+            prop_assert!(used <= limit);
+            let priority = |sg: SourceGroup| demand.iter().find(|f| f.sg == sg).map(|f| f.priority);
+            for d in &decisions {
+                if let DecisionReason::SenderPriority { blocked, blocked_priority, priority: own } = &d.reason {
+                    prop_assert_eq!(blocked.source, d.sg.source);
+                    prop_assert!(blocked_priority > own);
+                    let b = decisions.iter().find(|x| x.sg == *blocked);
+                    prop_assert!(b.is_some_and(|b| b.reason.is_blocked_for_room()), "{:?}", d);
+                    prop_assert_eq!(priority(*blocked), Some(*blocked_priority));
+                }
+                if !d.admitted {
+                    continue;
+                }
+                let own = priority(d.sg);
+                for other in &decisions {
+                    if other.sg.source == d.sg.source && other.reason.is_blocked_for_room() {
+                        prop_assert!(priority(other.sg) <= own, "{:?} admitted while {:?} blocked", d, other);
+                    }
+                }
+            }
             for f in demand.iter_mut() {
                 f.admitted_now = decisions.iter().any(|d| d.sg == f.sg && d.admitted);
             }

@@ -842,3 +842,59 @@ async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
     drop(run.desired);
     run.task.await.unwrap();
 }
+
+fn dorms_with_priority(bits: u64, priority: u16) -> FlowBitrate {
+    FlowBitrate {
+        metadata: Some(ingest_policy::dorms::FlowMetadata {
+            max_bitrate: bits,
+            rate_field: ingest_policy::dorms::RateField::MaxBitsPerSecond,
+            priority,
+            max_packet_size: 1400,
+            data_rate_window_ms: 2000,
+        }),
+        ..dorms_ok(bits)
+    }
+}
+
+/// The sender's DORMS priority reaches admission: its preferred 9M flow
+/// does not fit, so its 3M flow is held back although there is room, and
+/// the operator sees which flow the sender ranks higher.
+#[test]
+fn sender_priority_from_dorms_holds_back_lower_flow() {
+    let t0 = Instant::now();
+    let mut core = Core::new(
+        &config(Some("10M")),
+        Box::new(|_| Some((relay("192.0.2.10"), true))),
+        t0,
+    )
+    .unwrap();
+    let preferred = sg("198.51.100.1", "232.1.1.1");
+    let lower = sg("198.51.100.1", "232.1.1.2");
+    let other = sg("203.0.113.7", "232.1.1.3");
+    core.set_desired(desired(&[(preferred, 1), (lower, 1), (other, 1)]));
+    core.take_lookups(t0);
+    for (flow, result) in [
+        (preferred, dorms_with_priority(9 * M, 300)),
+        (lower, dorms_with_priority(3 * M, 100)),
+        (other, dorms_ok(2 * M)),
+    ] {
+        core.on_lookup(LookupDone::Bitrate(flow, result), t0);
+    }
+    let set = core.evaluate(t0);
+    assert!(set[&other].admitted);
+    assert!(!set[&preferred].admitted);
+    assert!(!set[&lower].admitted);
+    assert_eq!(
+        set[&lower].admission_reason,
+        "blocked: its sender ranks (198.51.100.1,232.1.1.1) higher (DORMS priority 300 > 100) \
+         and that flow does not fit"
+    );
+
+    // Equal priorities: the 3M flow fits beside the 2M one as usual.
+    core.on_lookup(
+        LookupDone::Bitrate(preferred, dorms_with_priority(9 * M, 100)),
+        t0,
+    );
+    let set = core.evaluate(t0 + Duration::from_secs(1));
+    assert!(set[&lower].admitted, "{}", set[&lower].admission_reason);
+}
