@@ -82,6 +82,10 @@ const BITRATE_RECHECK: Duration = Duration::from_secs(30);
 const BITRATE_RETRY: Duration = Duration::from_secs(10);
 /// Retry delay after a lookup task died (panicked).
 const LOOKUP_CRASH_RETRY: Duration = Duration::from_secs(30);
+/// When every relay of a source is held down, the cached AMTRELAY answer
+/// has nothing left to try, so DNS is asked again before its TTL runs out
+/// (the source's owner may have moved to a new relay), at most this often.
+const REQUERY_WHEN_ALL_HELD: Duration = Duration::from_secs(30);
 
 /// `[policy]` section of the daemon config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -512,7 +516,9 @@ impl PolicyLookups for NetLookups {
     fn relays(&self, source: IpAddr) -> BoxFuture<'_, DriadOutcome> {
         Box::pin(async move {
             match &self.driad {
-                Some(driad) => driad.lookup_relays(source).await,
+                // Uncached: the engine keeps outcomes and decides when to
+                // ask again (TTL, or early when every relay failed).
+                Some(driad) => driad.query_relays(source).await,
                 None => DriadOutcome::Failed {
                     source,
                     query_name: ingest_policy::driad::reverse_name(source),
@@ -564,6 +570,8 @@ struct SourceEntry {
     outcome: Option<DriadOutcome>,
     in_flight: bool,
     refresh_at: Option<Instant>,
+    /// When the last lookup finished.
+    answered_at: Option<Instant>,
     /// The relay first in the last verdict (kept first while usable).
     sticky: Option<SocketAddr>,
 }
@@ -717,6 +725,7 @@ impl Core {
             return;
         };
         entry.in_flight = false;
+        entry.answered_at = Some(now);
         match &outcome {
             DriadOutcome::Answer(answer) => {
                 entry.refresh_at = Some(now + answer.ttl.max(Duration::from_secs(1)));
@@ -770,6 +779,49 @@ impl Core {
             "relay failed: held down until {}",
             self.wall(until)
         );
+        self.requery_sources_with_all_relays_held(failure.relay.ip(), now);
+    }
+
+    /// Sources whose every relay is now held down (one of them `failed`)
+    /// get a fresh AMTRELAY query, at most every [`REQUERY_WHEN_ALL_HELD`].
+    fn requery_sources_with_all_relays_held(&mut self, failed: IpAddr, now: Instant) {
+        let mut requeried = Vec::new();
+        for (source, entry) in &mut self.sources {
+            let Some(DriadOutcome::Answer(answer)) = &entry.outcome else {
+                continue;
+            };
+            let mut relays = answer.candidates.iter().filter_map(|c| match &c.relay {
+                RelayAddress::Ip(ip) => Some(RelayAddress::Ip(*ip)),
+                _ => None,
+            });
+            let mut involved = false;
+            let all_held = relays.all(|relay| {
+                involved |= relay == RelayAddress::Ip(failed);
+                self.holddowns.get(&relay, now).is_some()
+            });
+            if !involved || !all_held || entry.in_flight {
+                continue;
+            }
+            let earliest = entry
+                .answered_at
+                .map_or(now, |t| t + REQUERY_WHEN_ALL_HELD)
+                .max(now);
+            if entry.refresh_at.is_none_or(|t| t > earliest) {
+                entry.refresh_at = Some(earliest);
+                requeried.push((*source, answer.query_name.clone(), earliest));
+            }
+        }
+        for (source, query_name, at) in requeried {
+            let when = if at > now {
+                format!(" at {}", self.wall(at))
+            } else {
+                String::new()
+            };
+            info!(
+                %source,
+                "every relay in the AMTRELAY answer for {query_name} is held down: asking DNS again{when}"
+            );
+        }
     }
 
     /// When to evaluate again at the latest (next hold-down expiry, refresh

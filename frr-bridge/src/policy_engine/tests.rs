@@ -898,3 +898,66 @@ fn sender_priority_from_dorms_holds_back_lower_flow() {
     let set = core.evaluate(t0 + Duration::from_secs(1));
     assert!(set[&lower].admitted, "{}", set[&lower].admission_reason);
 }
+
+/// When every relay in a source's answer is held down, DNS is asked again
+/// before the TTL (300 s here) runs out, but not sooner than 30 s after the
+/// last answer; a relay the new answer names is used at once.
+#[test]
+fn all_relays_held_asks_dns_again() {
+    let t0 = Instant::now();
+    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let a = sg("198.51.100.1", "232.1.1.1");
+    core.set_desired(desired(&[(a, 1)]));
+    assert_eq!(core.take_lookups(t0), vec![Lookup::Relays(a.source)]);
+    let records = ["10 0 1 192.0.2.1", "20 0 1 192.0.2.2"];
+    core.on_lookup(
+        LookupDone::Relays(a.source, answer("198.51.100.1", &records)),
+        t0,
+    );
+    core.evaluate(t0);
+    let fail = |core: &mut Core, ip: &str, at: Instant| {
+        core.on_failure(
+            RelayFailure {
+                relay: relay(ip),
+                sg: Some(a),
+                reason: "relay lost (NoQuery)".into(),
+            },
+            at,
+        );
+    };
+
+    // One of two held: the other is used, no new query.
+    let t1 = t0 + Duration::from_secs(5);
+    fail(&mut core, "192.0.2.1", t1);
+    assert!(core.take_lookups(t1).is_empty());
+
+    // Both held 10 s after the answer: asked again 30 s after the answer.
+    let t2 = t0 + Duration::from_secs(10);
+    fail(&mut core, "192.0.2.2", t2);
+    assert!(
+        core.take_lookups(t2).is_empty(),
+        "too soon after the answer"
+    );
+    let requery = t0 + Duration::from_secs(30);
+    assert!(core.next_deadline(t2) <= requery);
+    assert!(
+        core.take_lookups(requery - Duration::from_secs(1))
+            .is_empty()
+    );
+    assert_eq!(core.take_lookups(requery), vec![Lookup::Relays(a.source)]);
+
+    // The owner moved the source to a new relay: it is used at once.
+    core.on_lookup(
+        LookupDone::Relays(
+            a.source,
+            answer("198.51.100.1", &["10 0 1 192.0.2.1", "15 0 1 192.0.2.3"]),
+        ),
+        requery,
+    );
+    let set = core.evaluate(requery);
+    assert_eq!(relays_of(&set, a), vec![relay("192.0.2.3")]);
+
+    // Failures of relays the answer does not name change nothing.
+    fail(&mut core, "192.0.2.99", requery);
+    assert!(core.take_lookups(requery).is_empty());
+}
