@@ -1,6 +1,6 @@
 #!/bin/bash
 # End-to-end check of amtgw + amt-relay + mcsend in two throwaway network
-# namespaces (needs root). Not run by `cargo test`; run it by hand:
+# namespaces (needs root). Run by scripts/test-all (not by `cargo test`); by hand:
 #
 #   cargo build -p amt-gateway -p sample-network --bins
 #   sudo amt-gateway/tests/netns-e2e.sh [target/debug]
