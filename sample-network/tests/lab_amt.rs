@@ -463,3 +463,98 @@ fn two_relays_three_sources_six_channels() {
         "want one tunnel per relay: {tunnels}"
     );
 }
+
+/// A namespace joined to `ingest` by a veth, removed on drop (before the
+/// lab goes down: declare it after the `Lab`).
+struct LocalLan {
+    ns: String,
+}
+
+impl Drop for LocalLan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A receiver on a LAN of the ingest router itself (IGMPv3, no downstream
+/// PIM router): pimd lists it as local membership, not as a PIM join, and
+/// the sidecar must still ingest the channel for it.
+#[test]
+fn receiver_on_the_ingest_router_itself() {
+    let _g = serial();
+    let mut lab = Lab::up("t3d");
+    let lan = LocalLan { ns: lab.ns("lrcv") };
+    let ingest = lab.ns("ingest");
+    let sh = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&["netns", "add", &lan.ns]);
+    sh(&[
+        "link", "add", "ing-lan", "netns", &ingest, "type", "veth", "peer", "name", "lrcv0",
+        "netns", &lan.ns,
+    ]);
+    sh(&[
+        "-n",
+        &ingest,
+        "addr",
+        "add",
+        "10.77.9.1/24",
+        "dev",
+        "ing-lan",
+    ]);
+    sh(&["-n", &ingest, "link", "set", "ing-lan", "up"]);
+    sh(&["-n", &lan.ns, "addr", "add", "10.77.9.2/24", "dev", "lrcv0"]);
+    sh(&["-n", &lan.ns, "link", "set", "lrcv0", "up"]);
+    sh(&["-n", &lan.ns, "link", "set", "lo", "up"]);
+    sh(&["-n", &lan.ns, "route", "add", "default", "via", "10.77.9.1"]);
+    let out = Command::new("vtysh")
+        .arg("--vty_socket")
+        .arg(lab.node_dir("ingest"))
+        .args(["-c", "configure terminal", "-c", "interface ing-lan"])
+        .args(["-c", "ip pim", "-c", "ip igmp", "-c", "ip igmp version 3"])
+        .output()
+        .expect("vtysh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains('%'),
+        "configuring ing-lan failed: {text}"
+    );
+
+    let config = static_config(&lab, 60);
+    lab.start_daemon(&["--config", &config]);
+    let _sender = lab.mcsend(&[(S, G)], 200, &["--duration", "20"]);
+    let rx = lab.mcrx_on("lrcv", "lrcv0", &[(S, G)], &["--duration", "6"]);
+    let seen = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        let joins = lab.ingestctl_json(&["show", "joins", "--json"]);
+        joins.to_string().contains("ing-lan").then_some(joins)
+    });
+    let joins = seen.unwrap_or_else(|| {
+        panic!(
+            "the local receiver's membership never reached the sidecar: {}",
+            lab.vtysh("ingest", "show ip pim join json")
+        )
+    });
+    println!("local IGMPv3 receiver seen by the sidecar: {joins}");
+    let summary = rx.wait();
+    let ch = channel_summary(&summary, S, G);
+    let packets = ch["packets"].as_u64().unwrap_or(0);
+    println!(
+        "local receiver on ing-lan: {packets} packets in 6 s at 200 pkt/s, first after {} ms",
+        ch["first_packet_ms"]
+    );
+    assert!(
+        packets >= 900,
+        "local receiver got {packets} packets; log:\n{}",
+        lab.daemon_log()
+    );
+    // mcrx left: the membership and the sidecar's join go.
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        lab.joins().is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "join still listed: {:?}", lab.joins());
+}

@@ -9,8 +9,10 @@
 //! object. Rather than trusting one layout, the parser walks the tree and
 //! takes every object found under a multicast-group key whose key (or
 //! `source` field) is a unicast address and whose `channelJoinName` is
-//! `JOIN`; the interface is the nearest enclosing key that is not an
-//! address. Anything it cannot read is skipped and reported, never fatal.
+//! `JOIN`, or that carries `"protocolIgmp":1` (a receiver joined by IGMPv3
+//! or MLDv2 on the router's own interface); the interface is the nearest
+//! enclosing key that is not an address. Anything it cannot read is skipped
+//! and reported, never fatal.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -133,7 +135,17 @@ fn take_entry(
         return;
     }
     let state = entry.get("channelJoinName").and_then(Value::as_str);
-    if !matches!(state, Some(s) if s.eq_ignore_ascii_case("JOIN")) {
+    let pim_join = matches!(state, Some(s) if s.eq_ignore_ascii_case("JOIN"));
+    // A receiver on one of the router's own interfaces (IGMPv3/MLDv2
+    // source-specific membership) is listed with state NOINFO and
+    // `"protocolIgmp":1` (FRR 8.4 and 10.x, pimd and pim6d alike); it wants
+    // the channel on that interface just as a downstream PIM join does.
+    let local_member = match entry.get("protocolIgmp") {
+        Some(Value::Number(n)) => n.as_u64() != Some(0),
+        Some(Value::Bool(b)) => *b,
+        _ => false,
+    };
+    if !pim_join && !local_member {
         out.not_joined += 1;
         return;
     }
@@ -178,6 +190,28 @@ mod tests {
             vec!["ing-dn".to_string()]
         );
         assert!(p.skipped.is_empty());
+    }
+
+    /// Captured from FRR 8.4.4: an IGMPv3 receiver on the ingest router's
+    /// own LAN interface (`ip pim` + `ip igmp`), next to a PIM join.
+    #[test]
+    fn local_igmp_member_is_wanted() {
+        let text = r#"{"ing-lan":{"name":"ing-lan","state":"up","address":"10.77.9.1","index":6,
+            "flagMulticast":true,"flagBroadcast":true,"lanDelayEnabled":true,
+            "232.1.1.1":{"198.51.100.4":{"source":"198.51.100.4","group":"232.1.1.1",
+              "upTime":"--:--:--","expire":"--:--","prune":"--:--",
+              "channelJoinName":"NOINFO","protocolIgmp":1}}},
+          "ing-dn":{"name":"ing-dn","232.1.1.1":{"198.51.100.4":{"source":"198.51.100.4",
+              "group":"232.1.1.1","channelJoinName":"JOIN","protocolPim":1},
+            "198.51.100.5":{"source":"198.51.100.5","group":"232.1.1.1",
+              "channelJoinName":"NOINFO","protocolIgmp":0}}}}"#;
+        let parsed = parse_join_json(text).unwrap();
+        assert_eq!(
+            parsed.joins.get(&sg("198.51.100.4", "232.1.1.1")),
+            Some(&vec!["ing-dn".to_string(), "ing-lan".to_string()])
+        );
+        assert_eq!(parsed.joins.len(), 1, "{parsed:?}");
+        assert_eq!(parsed.not_joined, 1);
     }
 
     #[test]
