@@ -365,6 +365,67 @@ fn admission_follows_offload() {
     drop(rx);
 }
 
+/// The sender's DORMS priority: 198.51.100.8 ranks its 9M flow (priority
+/// 300) above its 3M flow (100). Smaller-first alone would admit the 3M
+/// and 1M flows and block the 9M one; with the sender's ranking the 9M flow
+/// gets the room and the 3M one is blocked, and `show flows` says so.
+#[test]
+fn sender_priority_from_dorms() {
+    let _g = serial();
+    let mut lab = Lab::up("t4g");
+    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    lab.start_daemon_with_policy(&["--config", &cfg, "--bandwidth-limit", "10M"]);
+    let (s8, s4) = ("198.51.100.8", "198.51.100.4");
+    let (preferred, lower) = ("232.10.2.9", "232.10.2.3");
+    let channels = [(s8, preferred), (s8, lower), (s4, G)];
+    let _tx = lab.mcsend(&channels, PPS, &["--duration", "60"]);
+    let rx = lab.mcrx(&channels, &[]);
+
+    let (f9, t) = wait_flow(
+        &lab,
+        s8,
+        preferred,
+        Duration::from_secs(15),
+        "admitted",
+        |f| f["admitted"] == true && f["state"] == "forwarding" && f["bitrate"] == 9_000_000,
+    );
+    let (f3, _) = wait_flow(&lab, s8, lower, Duration::from_secs(10), "blocked", |f| {
+        f["admitted"] == false && f["bitrate"] == 3_000_000
+    });
+    wait_flow(&lab, s4, G, Duration::from_secs(10), "forwarding", |f| {
+        f["admitted"] == true && f["state"] == "forwarding"
+    });
+    println!("settled {:.2} s after the joins", t.as_secs_f64());
+    let flows = lab.flows();
+    for (s, g) in channels {
+        let f = &flows[&key(s, g)];
+        println!(
+            "  ({s},{g}) {} bit/s admitted={} {}: {}",
+            f["bitrate"], f["admitted"], f["state"], f["admission_reason"]
+        );
+    }
+    assert_eq!(f9["population"], 1, "{f9}");
+    assert!(
+        f3["admission_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("blocked: needs 3.0 Mbit/s, 0 bit/s left")),
+        "{f3}"
+    );
+    assert_eq!(f3["state"], "not-served", "{f3}");
+
+    let w = window(&lab, &channels, 3);
+    println!(
+        "3 s window: 9M (priority 300) {} packets, 3M (priority 100) {}, other source 1M {}",
+        packets(&w, s8, preferred),
+        packets(&w, s8, lower),
+        packets(&w, s4, G)
+    );
+    assert!(packets(&w, s8, preferred) >= 250, "{w}");
+    assert_eq!(packets(&w, s8, lower), 0, "blocked flow delivered: {w}");
+    assert!(packets(&w, s4, G) >= 250, "{w}");
+    drop(rx);
+}
+
 /// Must-show 4: DORMS down. With a default_bitrate the flow is admitted at
 /// that rate and flows; without one it is blocked with the reason; when
 /// DORMS returns the decision changes without a restart.
