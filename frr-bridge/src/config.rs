@@ -92,6 +92,10 @@ pub struct ApiConfig {
     pub socket_mode: String,
     /// Optional loopback TCP listener, e.g. "127.0.0.1:50051".
     pub tcp: Option<SocketAddr>,
+    /// Optional Prometheus metrics listener (plain HTTP, `GET /metrics`,
+    /// read-only), e.g. "127.0.0.1:9477" or "[::]:9477" for a remote
+    /// scraper.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,6 +297,7 @@ impl Default for ApiConfig {
             socket: PathBuf::from("/run/frr-ingest/api.sock"),
             socket_mode: "0660".into(),
             tcp: None,
+            metrics: None,
         }
     }
 }
@@ -503,6 +508,7 @@ mod tests {
             [api]
             socket = "/tmp/x.sock"
             tcp = "127.0.0.1:50051"
+            metrics = "[::]:9477"
             [ingest]
             serve_all_sources = true
             "#,
@@ -511,6 +517,7 @@ mod tests {
         assert_eq!(c.pimd_socket(), PathBuf::from("/run/lab/ingest/pimd.vty"));
         assert!(c.ingest.serve_all_sources);
         assert_eq!(c.socket_mode().unwrap(), 0o660);
+        assert_eq!(c.api.metrics, Some("[::]:9477".parse().unwrap()));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod frr;
 pub mod inject;
 pub mod joinsource;
+pub mod metrics;
 pub mod policy_cli;
 pub mod policy_engine;
 pub mod southbound;

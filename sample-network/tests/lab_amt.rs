@@ -526,7 +526,7 @@ fn receiver_on_the_ingest_router_itself() {
     );
 
     let config = static_config(&lab, 60);
-    lab.start_daemon(&["--config", &config]);
+    lab.start_daemon(&["--config", &config, "--metrics", "127.0.0.1:9477"]);
     let _sender = lab.mcsend(&[(S, G)], 200, &["--duration", "20"]);
     let rx = lab.mcrx_on("lrcv", "lrcv0", &[(S, G)], &["--duration", "6"]);
     let seen = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
@@ -552,6 +552,34 @@ fn receiver_on_the_ingest_router_itself() {
         "local receiver got {packets} packets; log:\n{}",
         lab.daemon_log()
     );
+
+    // The same figures for Prometheus, read with curl (the daemon runs in
+    // `border`); the tunnel lingers, so its counters are still there.
+    let metrics = |path: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("border"), "curl", "-sS", "-i"])
+            .arg(format!("http://127.0.0.1:9477{path}"))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl {path}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = metrics("/metrics");
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let written = value("frr_ingest_tunnel_packets_total{relay=\"192.0.2.10:2268\"}");
+    println!(
+        "metrics: {written} packets written for relay 192.0.2.10, joins {}, tunnels {}",
+        value("frr_ingest_joins"),
+        value("frr_ingest_tunnels")
+    );
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(written >= packets, "{written} written < {packets} received");
+    assert_eq!(value("frr_ingest_tunnel_up{relay=\"192.0.2.10:2268\"}"), 1);
+    assert!(metrics("/other").starts_with("HTTP/1.1 404"));
     // mcrx left: the membership and the sidecar's join go.
     let gone = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         lab.joins().is_empty().then_some(())

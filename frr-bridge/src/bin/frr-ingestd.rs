@@ -74,6 +74,10 @@ struct Args {
     /// Also serve the API on this loopback TCP address. [api.tcp]
     #[arg(long)]
     api_tcp: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics (plain HTTP, GET /metrics) on this address,
+    /// e.g. 127.0.0.1:9477. [api.metrics]
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     /// Lab mode: route every joined source into the TUN without a tunnel.
     /// [ingest.serve_all_sources]
     #[arg(long)]
@@ -139,6 +143,9 @@ fn build_config(a: &Args) -> Result<Config, ConfigError> {
     }
     if let Some(v) = &a.api_socket {
         c.api.socket = v.clone();
+    }
+    if let Some(v) = a.metrics {
+        c.api.metrics = Some(v);
     }
     if let Some(v) = a.api_tcp {
         c.api.tcp = Some(v);
@@ -254,6 +261,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mode = cfg.socket_mode()?;
     let unix = bind_unix(&cfg.api.socket, mode)
         .with_context(|| format!("binding the API socket {}", cfg.api.socket.display()))?;
+    let metrics_listener = match cfg.api.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .with_context(|| format!("api.metrics: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (set_tx, set_rx) = watch::channel(Arc::new(DesiredSet::default()));
@@ -379,6 +397,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             JoinSource::File(p) => format!("file:{}", p.display()),
         },
     };
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(frr_bridge::metrics::serve_metrics(
+            listener,
+            ApiService::new(shared.clone(), info.clone()),
+            stop_rx.clone(),
+        ));
+    }
     let api_task = tokio::spawn(serve(
         ApiService::new(shared.clone(), info),
         unix,
