@@ -31,6 +31,9 @@ use crate::api::ApiService;
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at once (a scraper needs
+/// one, so this only bounds what a misbehaving client can hold).
+const MAX_CONNECTIONS: usize = 16;
 
 /// Prometheus text for one snapshot of the daemon's state.
 pub fn render(status: &Status, tunnels: &TunnelList, flows: &FlowList) -> String {
@@ -292,16 +295,22 @@ pub async fn serve_metrics(
         info!("Prometheus metrics on http://{addr}/metrics");
     }
     let service = std::sync::Arc::new(service);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        debug!(%peer, "metrics: {MAX_CONNECTIONS} connections open; closing");
+                        continue;
+                    };
                     let service = service.clone();
                     tokio::spawn(async move {
                         if let Err(e) = answer(stream, &service).await {
                             debug!(%peer, "metrics request: {e}");
                         }
+                        drop(slot);
                     });
                 }
                 // Out of descriptors and the like: do not spin.
