@@ -17,6 +17,7 @@
 #              TUN fd counts as received on that interface; the TUN is fresh);
 #   loss       sent - delivered;
 #   rcvbuf     Udp RcvbufErrors / InErrors in the gateway namespace;
+#   rss        amtgw's peak resident memory (VmHWM), in the JSON only;
 #   cpu        amtgw's utime+stime (/proc/PID/stat, all threads) divided by
 #              the sending time -> % of one core, and that per 1000 pkt/s
 #              delivered. The injector's CPU (which also carries the
@@ -138,6 +139,8 @@ for rate in $RATES; do
     delivered=$(tun_stat rx_packets); tun_dropped=$(tun_stat rx_dropped)
     tun_tx=$(tun_stat tx_packets)
     rb=$(( $(udp_counter RcvbufErrors) - rb0 )); ie=$(( $(udp_counter InErrors) - ie0 ))
+    # Peak resident memory of amtgw over its run (kB).
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null)
     stop_pid "$GW_PID"; GW_PID=
     stop_pid "$RELAY_PID"; RELAY_PID=
     syn=$(grep '"kind":"synthetic_summary"' "$TMP/relay.log" | head -1)
@@ -148,7 +151,7 @@ for rate in $RATES; do
         --argjson rb "$rb" --argjson ie "$ie" --argjson ticks "$(( cpu1 - cpu0 ))" \
         --argjson rticks "$(( rcpu1 - rcpu0 ))" --argjson tun_tx "$tun_tx" \
         --argjson mbusy "$(( busy1 - busy0 ))" --argjson mtotal "$(( total1 - total0 ))" \
-        --argjson load "$load" --argjson nice "$NICE" \
+        --argjson load "$load" --argjson nice "$NICE" --argjson hwm "${hwm:-null}" \
         --argjson hz "$CLK_TCK" '
         ($s.elapsed_s) as $t
         | ($ticks / $hz) as $cpu
@@ -167,7 +170,7 @@ for rate in $RATES; do
            cpu_pct_per_kpps: (if $dpps > 0 then $pct / ($dpps / 1000) else null end),
            injector_cpu_pct_of_core: (if $t > 0 then 100 * $rticks / $hz / $t else 0 end),
            machine_busy_pct: (if $mtotal > 0 then 100 * $mbusy / $mtotal else 0 end),
-           loadavg_1m_at_start: $load, nice: $nice,
+           loadavg_1m_at_start: $load, nice: $nice, gw_peak_rss_kb: $hwm,
            amtgw_packets: $g.total_packets, amtgw_lost: $g.total_lost,
            amtgw_dropped: $g.dropped}' >"$TMP/run.json"
     jq -r '[.rate_pps, .payload_bytes, .sent, .sent_pps, .delivered, .delivered_pps, .loss,

@@ -116,6 +116,16 @@ fn hundred_channels_from_twenty_sources() {
         all < Duration::from_secs(2),
         "100 joins took {all:?} (limit 2 s)"
     );
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", lab.daemon_pid(0))).unwrap_or_default();
+    let mem: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .collect();
+    println!(
+        "frr-ingestd with 100 joins (debug build): {}",
+        mem.join(", ")
+    );
     let routes = wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
         let r = lab.own_routes();
         sources
