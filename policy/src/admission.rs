@@ -400,7 +400,10 @@ pub fn admit(
             let top = ranking.top_blocked_priority(&sources, &reasons);
             let mut changed = false;
             for (rank, &index) in ranking.order.iter().enumerate() {
-                if reasons[rank] == DecisionReason::Fits
+                // Only newly set-aside flows count as a change, so the loop
+                // cannot spin on a flow it already set aside.
+                if !set_aside[rank]
+                    && reasons[rank] == DecisionReason::Fits
                     && top[sources.per_rank[rank]]
                         .is_some_and(|(priority, _)| priority > flows[index].priority)
                 {
