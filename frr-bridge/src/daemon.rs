@@ -241,18 +241,18 @@ impl Orchestrator {
                 .get(sg)
                 .is_some_and(|p| matches!(&p.relays, RelayVerdict::Relays(r) if r.len() > 1))
         });
-        let Some(sg) = with_fallback else {
-            debug!(%relay, "relay failed, but no flow on it has another relay: the tunnel keeps retrying");
-            return;
-        };
+        // Without another relay for any flow on it, holding the relay down
+        // would leave them with nothing: the tunnel keeps retrying, and the
+        // engine only asks DNS whether the source has moved.
         self.shared
             .counters
             .relay_failures_reported
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = tx.send(RelayFailure {
             relay,
-            sg: Some(*sg),
+            sg: with_fallback.or(flows.first()).copied(),
             reason: reason.into(),
+            hold_down: with_fallback.is_some(),
         });
     }
 

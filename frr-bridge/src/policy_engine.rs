@@ -449,6 +449,11 @@ pub struct RelayFailure {
     pub relay: SocketAddr,
     pub sg: Option<Sg>,
     pub reason: String,
+    /// Hold the relay down so flows move to their next candidate. False
+    /// when no flow on it has another relay left: the tunnel keeps
+    /// retrying it, and the engine only asks DNS again (the source's owner
+    /// may have moved it to another relay).
+    pub hold_down: bool,
 }
 
 /// The static relay map: source → (relay, send Discovery first).
@@ -762,28 +767,38 @@ impl Core {
     /// The orchestrator saw `failure.relay` fail: hold it down (for every
     /// source) so verdicts move to the next candidate.
     pub fn on_failure(&mut self, failure: RelayFailure, now: Instant) {
-        let duration = self
-            .rng
-            .random_range(self.settings.holddown_min..=self.settings.holddown_max);
-        let until = self.holddowns.hold_down_for(
-            RelayAddress::Ip(failure.relay.ip()),
-            HoldDownReason::Other(failure.reason.clone()),
-            now,
-            duration,
-        );
         let sg = failure.sg.map(|sg| sg.to_string()).unwrap_or_default();
-        warn!(
-            relay = %failure.relay,
-            sg,
-            reason = %failure.reason,
-            "relay failed: held down until {}",
-            self.wall(until)
-        );
+        if failure.hold_down {
+            let duration = self
+                .rng
+                .random_range(self.settings.holddown_min..=self.settings.holddown_max);
+            let until = self.holddowns.hold_down_for(
+                RelayAddress::Ip(failure.relay.ip()),
+                HoldDownReason::Other(failure.reason.clone()),
+                now,
+                duration,
+            );
+            warn!(
+                relay = %failure.relay,
+                sg,
+                reason = %failure.reason,
+                "relay failed: held down until {}",
+                self.wall(until)
+            );
+        } else {
+            warn!(
+                relay = %failure.relay,
+                sg,
+                reason = %failure.reason,
+                "relay failed, and it is the last relay left for its flows: its tunnel keeps retrying"
+            );
+        }
         self.requery_sources_with_all_relays_held(failure.relay.ip(), now);
     }
 
-    /// Sources whose every relay is now held down (one of them `failed`)
-    /// get a fresh AMTRELAY query, at most every [`REQUERY_WHEN_ALL_HELD`].
+    /// Sources whose every relay has now failed (`failed`, and the others
+    /// held down) get a fresh AMTRELAY query, at most every
+    /// [`REQUERY_WHEN_ALL_HELD`] after the last answer.
     fn requery_sources_with_all_relays_held(&mut self, failed: IpAddr, now: Instant) {
         let mut requeried = Vec::new();
         for (source, entry) in &mut self.sources {
@@ -796,8 +811,9 @@ impl Core {
             });
             let mut involved = false;
             let all_held = relays.all(|relay| {
-                involved |= relay == RelayAddress::Ip(failed);
-                self.holddowns.get(&relay, now).is_some()
+                let this = relay == RelayAddress::Ip(failed);
+                involved |= this;
+                this || self.holddowns.get(&relay, now).is_some()
             });
             if !involved || !all_held || entry.in_flight {
                 continue;

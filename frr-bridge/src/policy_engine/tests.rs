@@ -355,6 +355,7 @@ fn failover_holds_the_relay_down_for_every_source() {
             relay: relay("192.0.2.1"),
             sg: Some(a),
             reason: "no relay advertisement".into(),
+            hold_down: true,
         },
         t0,
     );
@@ -379,6 +380,7 @@ fn failover_holds_the_relay_down_for_every_source() {
             relay: relay("192.0.2.2"),
             sg: None,
             reason: "L flag".into(),
+            hold_down: true,
         },
         t1,
     );
@@ -512,6 +514,7 @@ fn type0_and_missing_records() {
             relay: relay("192.0.2.1"),
             sg: Some(mixed),
             reason: "no traffic".into(),
+            hold_down: true,
         },
         t0,
     );
@@ -828,6 +831,7 @@ async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
             relay: relay("192.0.2.1"),
             sg: Some(a),
             reason: "no membership query".into(),
+            hold_down: true,
         })
         .unwrap();
     let set = wait_for(&mut run.out, "moved to the next relay", |s| {
@@ -899,11 +903,13 @@ fn sender_priority_from_dorms_holds_back_lower_flow() {
     assert!(set[&lower].admitted, "{}", set[&lower].admission_reason);
 }
 
-/// When every relay in a source's answer is held down, DNS is asked again
+/// When every relay in a source's answer has failed, DNS is asked again
 /// before the TTL (300 s here) runs out, but not sooner than 30 s after the
-/// last answer; a relay the new answer names is used at once.
+/// last answer; a relay the new answer names is used at once. The last
+/// relay left is reported without a hold-down (the orchestrator does that
+/// when no flow on it has another relay): it stays in use meanwhile.
 #[test]
-fn all_relays_held_asks_dns_again() {
+fn all_relays_failed_asks_dns_again() {
     let t0 = Instant::now();
     let mut core = Core::new(&config(None), no_static(), t0).unwrap();
     let a = sg("198.51.100.1", "232.1.1.1");
@@ -915,25 +921,29 @@ fn all_relays_held_asks_dns_again() {
         t0,
     );
     core.evaluate(t0);
-    let fail = |core: &mut Core, ip: &str, at: Instant| {
+    let fail = |core: &mut Core, ip: &str, hold_down: bool, at: Instant| {
         core.on_failure(
             RelayFailure {
                 relay: relay(ip),
                 sg: Some(a),
                 reason: "relay lost (NoQuery)".into(),
+                hold_down,
             },
             at,
         );
     };
 
-    // One of two held: the other is used, no new query.
+    // One of two fails: the other is used, no new query.
     let t1 = t0 + Duration::from_secs(5);
-    fail(&mut core, "192.0.2.1", t1);
+    fail(&mut core, "192.0.2.1", true, t1);
     assert!(core.take_lookups(t1).is_empty());
+    assert_eq!(relays_of(&core.evaluate(t1), a), vec![relay("192.0.2.2")]);
 
-    // Both held 10 s after the answer: asked again 30 s after the answer.
+    // The last one fails 10 s after the answer: it stays in use, and DNS
+    // is asked again 30 s after the answer.
     let t2 = t0 + Duration::from_secs(10);
-    fail(&mut core, "192.0.2.2", t2);
+    fail(&mut core, "192.0.2.2", false, t2);
+    assert_eq!(relays_of(&core.evaluate(t2), a), vec![relay("192.0.2.2")]);
     assert!(
         core.take_lookups(t2).is_empty(),
         "too soon after the answer"
@@ -958,6 +968,44 @@ fn all_relays_held_asks_dns_again() {
     assert_eq!(relays_of(&set, a), vec![relay("192.0.2.3")]);
 
     // Failures of relays the answer does not name change nothing.
-    fail(&mut core, "192.0.2.99", requery);
+    fail(&mut core, "192.0.2.99", false, requery);
     assert!(core.take_lookups(requery).is_empty());
+}
+
+/// A source with a single relay: its failures never hold it down, but
+/// each asks DNS again, at most every 30 s.
+#[test]
+fn single_relay_failure_asks_dns_again_without_hold_down() {
+    let t0 = Instant::now();
+    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let a = sg("198.51.100.1", "232.1.1.1");
+    core.set_desired(desired(&[(a, 1)]));
+    core.take_lookups(t0);
+    core.on_lookup(
+        LookupDone::Relays(a.source, answer("198.51.100.1", &["10 0 1 192.0.2.1"])),
+        t0,
+    );
+    let lost = RelayFailure {
+        relay: relay("192.0.2.1"),
+        sg: Some(a),
+        reason: "relay lost (NoAdvertisement)".into(),
+        hold_down: false,
+    };
+    let t1 = t0 + Duration::from_secs(40);
+    core.on_failure(lost.clone(), t1);
+    assert_eq!(relays_of(&core.evaluate(t1), a), vec![relay("192.0.2.1")]);
+    assert_eq!(core.take_lookups(t1), vec![Lookup::Relays(a.source)]);
+    core.on_lookup(
+        LookupDone::Relays(a.source, answer("198.51.100.1", &["10 0 1 192.0.2.1"])),
+        t1,
+    );
+    // Lost again 10 s later: the next query waits until 30 s after the
+    // last answer.
+    let t2 = t1 + Duration::from_secs(10);
+    core.on_failure(lost, t2);
+    assert!(core.take_lookups(t2).is_empty());
+    assert_eq!(
+        core.take_lookups(t1 + Duration::from_secs(30)),
+        vec![Lookup::Relays(a.source)]
+    );
 }
