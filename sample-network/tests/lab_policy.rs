@@ -264,6 +264,63 @@ fn dead_preferred_relay_fails_over_within_30s() {
     );
 }
 
+/// A source whose only relay is dead, with an AMTRELAY TTL of an hour; its
+/// owner points the record at a live relay while the daemon runs. The
+/// relay's failure makes the daemon ask DNS again (30 s after the last
+/// answer at the earliest), so the flow is forwarding in well under a
+/// minute instead of after the TTL.
+#[test]
+fn relay_moved_in_dns_is_found_before_the_ttl() {
+    let _g = serial();
+    let mut lab = Lab::up("t4h");
+    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    lab.start_daemon_with_policy(&["--config", &cfg]);
+    let s6 = "203.0.113.6";
+    let _tx = lab.mcsend(&[(s6, G)], PPS, &["--duration", "90"]);
+    let rx = lab.mcrx(&[(s6, G)], &[]);
+    wait_flow(&lab, s6, G, Duration::from_secs(10), "on 192.0.2.12", |f| {
+        f["relay"] == "192.0.2.12:2268"
+    });
+
+    // The owner moves the source to relay2.
+    let zone = lab.node_dir("dns").join("113.0.203.in-addr.arpa.zone");
+    let zone_text = std::fs::read_to_string(&zone).expect("read zone");
+    let moved = zone_text
+        .replace(
+            "6       3600    AMTRELAY 10 0 1 192.0.2.12",
+            "6       3600    AMTRELAY 10 0 1 192.0.2.11",
+        )
+        .replace("hostmaster.lab. 1 ", "hostmaster.lab. 2 ");
+    assert_ne!(moved, zone_text, "zone line not found");
+    std::fs::write(&zone, moved).expect("write zone");
+    let out = lab.lab_cmd(&["proc", "restart", "dns", "named"]);
+    assert!(out.status.success(), "restart named: {}", text(&out));
+
+    let (f, _) = wait_flow(
+        &lab,
+        s6,
+        G,
+        Duration::from_secs(75),
+        "moved to 192.0.2.11",
+        |f| forwarding_via(f, RELAY2),
+    );
+    let took = rx.started.elapsed();
+    println!(
+        "({s6},{G}): only relay dead, TTL 3600 s; forwarding via {} {:.1} s after the join \
+         (DNS asked again after the relay failed)",
+        f["relay"],
+        took.as_secs_f64()
+    );
+    assert!(
+        lab.daemon_log().contains("asking DNS again"),
+        "no re-query in the log:\n{}",
+        lab.daemon_log()
+    );
+    let w = window(&lab, &[(s6, G)], 2);
+    assert!(packets(&w, s6, G) >= 150, "{w}");
+    drop(rx);
+}
+
 /// Must-show 3: limit 10M; flows of 6M, 3M and 2M from one downstream
 /// interface each: 3M and 2M flow, 6M is blocked with its reason. With
 /// the 6M flow's population at 3 (offload 12M) it is admitted and the 3M
