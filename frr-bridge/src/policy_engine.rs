@@ -82,10 +82,11 @@ const BITRATE_RECHECK: Duration = Duration::from_secs(30);
 const BITRATE_RETRY: Duration = Duration::from_secs(10);
 /// Retry delay after a lookup task died (panicked).
 const LOOKUP_CRASH_RETRY: Duration = Duration::from_secs(30);
-/// When every relay of a source is held down, the cached AMTRELAY answer
-/// has nothing left to try, so DNS is asked again before its TTL runs out
-/// (the source's owner may have moved to a new relay), at most this often.
-const REQUERY_WHEN_ALL_HELD: Duration = Duration::from_secs(30);
+/// When every relay of a source has failed, the cached AMTRELAY answer has
+/// nothing left to try, so DNS is asked again before its TTL runs out (the
+/// source's owner may have moved it to a new relay): this long after the
+/// last answer at the earliest.
+const REQUERY_WHEN_ALL_FAILED: Duration = Duration::from_secs(30);
 
 /// `[policy]` section of the daemon config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -765,7 +766,9 @@ impl Core {
     }
 
     /// The orchestrator saw `failure.relay` fail: hold it down (for every
-    /// source) so verdicts move to the next candidate.
+    /// source) so verdicts move to the next candidate, unless it is the
+    /// last relay left; either way, sources with no working relay left get
+    /// a fresh AMTRELAY query.
     pub fn on_failure(&mut self, failure: RelayFailure, now: Instant) {
         let sg = failure.sg.map(|sg| sg.to_string()).unwrap_or_default();
         if failure.hold_down {
@@ -793,13 +796,13 @@ impl Core {
                 "relay failed, and it is the last relay left for its flows: its tunnel keeps retrying"
             );
         }
-        self.requery_sources_with_all_relays_held(failure.relay.ip(), now);
+        self.requery_sources_whose_relays_all_failed(failure.relay.ip(), now);
     }
 
     /// Sources whose every relay has now failed (`failed`, and the others
     /// held down) get a fresh AMTRELAY query, at most every
-    /// [`REQUERY_WHEN_ALL_HELD`] after the last answer.
-    fn requery_sources_with_all_relays_held(&mut self, failed: IpAddr, now: Instant) {
+    /// [`REQUERY_WHEN_ALL_FAILED`] after the last answer.
+    fn requery_sources_whose_relays_all_failed(&mut self, failed: IpAddr, now: Instant) {
         let mut requeried = Vec::new();
         for (source, entry) in &mut self.sources {
             let Some(DriadOutcome::Answer(answer)) = &entry.outcome else {
@@ -820,7 +823,7 @@ impl Core {
             }
             let earliest = entry
                 .answered_at
-                .map_or(now, |t| t + REQUERY_WHEN_ALL_HELD)
+                .map_or(now, |t| t + REQUERY_WHEN_ALL_FAILED)
                 .max(now);
             if entry.refresh_at.is_none_or(|t| t > earliest) {
                 entry.refresh_at = Some(earliest);
@@ -835,7 +838,7 @@ impl Core {
             };
             info!(
                 %source,
-                "every relay in the AMTRELAY answer for {query_name} is held down: asking DNS again{when}"
+                "every relay in the AMTRELAY answer for {query_name} failed: asking DNS again{when}"
             );
         }
     }
