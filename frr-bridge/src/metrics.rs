@@ -10,7 +10,12 @@
 //!
 //! The HTTP side is deliberately tiny: one request per connection, the
 //! request head read with a size limit and a timeout, `GET /metrics` (or
-//! `/`) answered, anything else refused. Scrapers send nothing more.
+//! `/`) and `GET /healthz` answered, anything else refused. Scrapers and
+//! health checkers send nothing more.
+//!
+//! `/healthz` is 200 while the join source works (pimd's vty connected, or
+//! the joinfile readable) and 503 with the reason otherwise, for container
+//! health checks and load balancers.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -323,8 +328,15 @@ pub async fn serve_metrics(
     }
 }
 
-/// Whether a request head asks for the metrics.
-fn wants_metrics(head: &[u8]) -> Result<bool, &'static str> {
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    Health,
+    NotFound,
+}
+
+fn route(head: &[u8]) -> Result<Route, &'static str> {
     let line_end = head
         .windows(2)
         .position(|w| w == b"\r\n")
@@ -333,7 +345,20 @@ fn wants_metrics(head: &[u8]) -> Result<bool, &'static str> {
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    Ok(method == "GET" && (path == "/metrics" || path == "/"))
+    Ok(match (method, path) {
+        ("GET", "/metrics" | "/") => Route::Metrics,
+        ("GET", "/healthz") => Route::Health,
+        _ => Route::NotFound,
+    })
+}
+
+/// Healthy while the join source works: pimd connected, or the joinfile
+/// read without error. Returns the state text either way.
+pub fn health(status: &Status) -> (bool, String) {
+    let state = status.frr_state.as_str();
+    let ok =
+        state == "connected" || (state.starts_with("joinfile:") && !state.contains("unreadable"));
+    (ok, format!("join source: {state}\n"))
 }
 
 async fn answer(mut stream: TcpStream, service: &ApiService) -> std::io::Result<()> {
@@ -353,11 +378,23 @@ async fn answer(mut stream: TcpStream, service: &ApiService) -> std::io::Result<
         Ok::<_, std::io::Error>(())
     })
     .await;
-    let (code, body) = match (read, wants_metrics(&head)) {
+    let (code, body) = match (read, route(&head)) {
         (Err(_), _) => return Ok(()), // timed out: just close
         (Ok(Err(e)), _) => return Err(e),
-        (Ok(Ok(())), Ok(true)) => ("200 OK", snapshot(service).await),
-        (Ok(Ok(())), Ok(false)) => ("404 Not Found", "only GET /metrics is served\n".into()),
+        (Ok(Ok(())), Ok(Route::Metrics)) => ("200 OK", snapshot(service).await),
+        (Ok(Ok(())), Ok(Route::Health)) => {
+            match service.get_status(Request::new(StatusRequest {})).await {
+                Ok(status) => match health(status.get_ref()) {
+                    (true, text) => ("200 OK", text),
+                    (false, text) => ("503 Service Unavailable", text),
+                },
+                Err(_) => ("503 Service Unavailable", "status unavailable\n".into()),
+            }
+        }
+        (Ok(Ok(())), Ok(Route::NotFound)) => (
+            "404 Not Found",
+            "served: GET /metrics, GET /healthz\n".into(),
+        ),
         (Ok(Ok(())), Err(why)) => ("400 Bad Request", format!("{why}\n")),
     };
     let response = format!(
@@ -504,13 +541,35 @@ mod tests {
     #[test]
     fn request_line() {
         assert_eq!(
-            wants_metrics(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok(true)
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(Route::Metrics)
         );
-        assert_eq!(wants_metrics(b"GET /?x=1 HTTP/1.0\r\n\r\n"), Ok(true));
-        assert_eq!(wants_metrics(b"POST /metrics HTTP/1.1\r\n\r\n"), Ok(false));
-        assert_eq!(wants_metrics(b"GET /other HTTP/1.1\r\n\r\n"), Ok(false));
-        assert!(wants_metrics(b"").is_err());
-        assert!(wants_metrics(b"\xff\xfe\r\n\r\n").is_err());
+        assert_eq!(route(b"GET /?x=1 HTTP/1.0\r\n\r\n"), Ok(Route::Metrics));
+        assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n"), Ok(Route::Health));
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Ok(Route::NotFound)
+        );
+        assert_eq!(route(b"GET /other HTTP/1.1\r\n\r\n"), Ok(Route::NotFound));
+        assert!(route(b"").is_err());
+        assert!(route(b"\xff\xfe\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn health_follows_the_join_source() {
+        let with = |state: &str| {
+            health(&Status {
+                frr_state: state.into(),
+                ..Status::default()
+            })
+        };
+        assert!(with("connected").0);
+        assert!(with("joinfile: /etc/joins.csv").0);
+        assert!(!with("connecting").0);
+        assert!(!with("unreachable: connect /run/frr/pimd.vty: No such file").0);
+        let (ok, text) =
+            with("joinfile: /x (unreadable: permission denied; keeping the last good set)");
+        assert!(!ok);
+        assert!(text.contains("permission denied"), "{text}");
     }
 }

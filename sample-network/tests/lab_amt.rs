@@ -580,6 +580,11 @@ fn receiver_on_the_ingest_router_itself() {
     assert!(written >= packets, "{written} written < {packets} received");
     assert_eq!(value("frr_ingest_tunnel_up{relay=\"192.0.2.10:2268\"}"), 1);
     assert!(metrics("/other").starts_with("HTTP/1.1 404"));
+    let health = metrics("/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.contains("join source: connected"),
+        "{health}"
+    );
     // mcrx left: the membership and the sidecar's join go.
     let gone = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         lab.joins().is_empty().then_some(())
