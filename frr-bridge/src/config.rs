@@ -92,9 +92,9 @@ pub struct ApiConfig {
     pub socket_mode: String,
     /// Optional loopback TCP listener, e.g. "127.0.0.1:50051".
     pub tcp: Option<SocketAddr>,
-    /// Optional Prometheus metrics listener (plain HTTP, `GET /metrics`,
-    /// read-only), e.g. "127.0.0.1:9477" or "[::]:9477" for a remote
-    /// scraper.
+    /// Optional Prometheus metrics listener (plain HTTP, `GET /metrics` and
+    /// `GET /healthz`, read-only), e.g. "127.0.0.1:9477" or "[::]:9477" for
+    /// a remote scraper.
     pub metrics: Option<SocketAddr>,
 }
 

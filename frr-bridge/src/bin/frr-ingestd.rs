@@ -74,8 +74,9 @@ struct Args {
     /// Also serve the API on this loopback TCP address. [api.tcp]
     #[arg(long)]
     api_tcp: Option<std::net::SocketAddr>,
-    /// Serve Prometheus metrics (plain HTTP, GET /metrics) on this address,
-    /// e.g. 127.0.0.1:9477. [api.metrics]
+    /// Serve Prometheus metrics (plain HTTP, GET /metrics) and a health
+    /// check (GET /healthz) on this address, e.g. 127.0.0.1:9477.
+    /// [api.metrics]
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
     /// Lab mode: route every joined source into the TUN without a tunnel.
