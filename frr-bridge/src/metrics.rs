@@ -555,6 +555,21 @@ mod tests {
         assert!(route(b"\xff\xfe\r\n\r\n").is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, routing it answers without panicking.
+        #[test]
+        fn any_request_head_is_routed(head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = route(&head);
+        }
+
+        #[test]
+        fn request_lines_with_any_target(target in "[ -~]{0,80}") {
+            let head = format!("GET {target} HTTP/1.1\r\n\r\n");
+            let routed = route(head.as_bytes());
+            proptest::prop_assert!(routed.is_ok());
+        }
+    }
+
     #[test]
     fn health_follows_the_join_source() {
         let with = |state: &str| {
