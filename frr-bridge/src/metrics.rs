@@ -34,7 +34,8 @@ use crate::api::ApiService;
 
 /// Largest request head accepted.
 const MAX_REQUEST: usize = 8 * 1024;
-/// How long a client may take to send its request head.
+/// How long a client may take to send its request head, and to take the
+/// answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed at once (a scraper needs
 /// one, so this only bounds what a misbehaving client can hold).
@@ -290,7 +291,8 @@ impl Text {
     }
 }
 
-/// Serve `GET /metrics` on `listener` until `stop` flips.
+/// Serve `GET /metrics` and `GET /healthz` on `listener` until `stop`
+/// flips.
 pub async fn serve_metrics(
     listener: TcpListener,
     service: ApiService,
@@ -402,8 +404,13 @@ async fn answer(mut stream: TcpStream, service: &ApiService) -> std::io::Result<
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    // A client that stops reading must not hold its slot forever.
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 async fn snapshot(service: &ApiService) -> String {
