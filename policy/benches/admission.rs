@@ -84,6 +84,18 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// Evaluations from a fresh state (no hold-downs), timed one by one.
+fn fresh_samples(demand: &[FlowDemand], limit: u64, now: Instant) -> Vec<Duration> {
+    (0..ITERATIONS)
+        .map(|_| {
+            let mut state = AdmissionState::new(1);
+            let start = Instant::now();
+            black_box(admit(black_box(demand), limit, now, &mut state));
+            start.elapsed()
+        })
+        .collect()
+}
+
 fn main() {
     let mut rng = StdRng::seed_from_u64(2026);
     let mut demand = flows(&mut rng);
@@ -92,14 +104,7 @@ fn main() {
     let t0 = Instant::now();
 
     // Cold: no hold-downs.
-    let mut samples = Vec::with_capacity(ITERATIONS);
-    for _ in 0..ITERATIONS {
-        let mut state = AdmissionState::new(1);
-        let start = Instant::now();
-        black_box(admit(black_box(&demand), limit, t0, &mut state));
-        samples.push(start.elapsed());
-    }
-    report("admit (fresh state)", samples);
+    report("admit (fresh state)", fresh_samples(&demand, limit, t0));
 
     // Steady state: feed decisions back, many flows held down.
     let mut state = AdmissionState::new(1);
@@ -135,12 +140,8 @@ fn main() {
         f.priority = rng.random_range(1..=4) * 100;
         f.admitted_now = false;
     }
-    let mut samples = Vec::with_capacity(ITERATIONS);
-    for _ in 0..ITERATIONS {
-        let mut state = AdmissionState::new(1);
-        let start = Instant::now();
-        black_box(admit(black_box(&demand), limit, t0, &mut state));
-        samples.push(start.elapsed());
-    }
-    report("admit (fresh state, mixed sender priorities)", samples);
+    report(
+        "admit (fresh state, mixed sender priorities)",
+        fresh_samples(&demand, limit, t0),
+    );
 }

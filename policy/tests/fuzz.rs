@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use ingest_policy::SourceGroup;
 use ingest_policy::admission::{
-    AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, DecisionReason, FlowDemand, admit,
-    format_bandwidth, parse_bandwidth,
+    AdmissionDecision, AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, DecisionReason,
+    FlowDemand, admit, format_bandwidth, parse_bandwidth,
 };
 use ingest_policy::dorms::{parse_host_meta_json, parse_host_meta_xml, parse_metadata};
 use ingest_policy::driad::{AmtRelayRecord, RelayName};
@@ -179,7 +179,7 @@ proptest! {
         seed in any::<u64>(),
         steps in 1usize..4,
     ) {
-        let mut demand: Vec<FlowDemand> = flows
+        let demand: Vec<FlowDemand> = flows
             .into_iter()
             .map(|(sg, population, bitrate, admitted_now)| FlowDemand {
                 sg,
@@ -190,19 +190,7 @@ proptest! {
                 priority: DEFAULT_SENDER_PRIORITY,
             })
             .collect();
-        demand.sort_by_key(|f| f.sg);
-        demand.dedup_by_key(|f| f.sg);
-        let mut state = AdmissionState::new(seed);
-        let t0 = Instant::now();
-        for step in 0..steps {
-            let decisions = admit(&demand, limit, t0 + Duration::from_secs(step as u64 * 60), &mut state);
-            prop_assert_eq!(decisions.len(), demand.len());
-            let used: u64 = decisions.iter().filter(|d| d.admitted).filter_map(|d| d.bitrate).sum();
-            prop_assert!(used <= limit);
-            for f in demand.iter_mut() {
-                f.admitted_now = decisions.iter().any(|d| d.sg == f.sg && d.admitted);
-            }
-        }
+        evaluate_steps(demand, limit, seed, steps, |_, _| Ok(()))?;
     }
 
     /// Few sources, few priority levels: the sender-priority rule holds
@@ -218,7 +206,7 @@ proptest! {
         seed in any::<u64>(),
         steps in 1usize..4,
     ) {
-        let mut demand: Vec<FlowDemand> = flows
+        let demand: Vec<FlowDemand> = flows
             .into_iter()
             .map(|(s, g, population, bitrate, admitted_now, priority)| FlowDemand {
                 sg: SourceGroup::new(IpAddr::from([10, 0, 0, s]), IpAddr::from([232, 1, 1, g])),
@@ -229,17 +217,9 @@ proptest! {
                 priority: priority * 100,
             })
             .collect();
-        demand.sort_by_key(|f| f.sg);
-        demand.dedup_by_key(|f| f.sg);
-        let mut state = AdmissionState::new(seed);
-        let t0 = Instant::now();
-        for step in 0..steps {
-            let decisions = admit(&demand, limit, t0 + Duration::from_secs(step as u64 * 60), &mut state);
-            prop_assert_eq!(decisions.len(), demand.len());
-            let used: u64 = decisions.iter().filter(|d| d.admitted).filter_map(|d| d.bitrate).sum();
-            prop_assert!(used <= limit);
+        evaluate_steps(demand, limit, seed, steps, |demand, decisions| {
             let priority = |sg: SourceGroup| demand.iter().find(|f| f.sg == sg).map(|f| f.priority);
-            for d in &decisions {
+            for d in decisions {
                 if let DecisionReason::SenderPriority { blocked, blocked_priority, priority: own } = &d.reason {
                     prop_assert_eq!(blocked.source, d.sg.source);
                     prop_assert!(blocked_priority > own);
@@ -251,15 +231,45 @@ proptest! {
                     continue;
                 }
                 let own = priority(d.sg);
-                for other in &decisions {
+                for other in decisions {
                     if other.sg.source == d.sg.source && other.reason.is_blocked_for_room() {
                         prop_assert!(priority(other.sg) <= own, "{:?} admitted while {:?} blocked", d, other);
                     }
                 }
             }
-            for f in demand.iter_mut() {
-                f.admitted_now = decisions.iter().any(|d| d.sg == f.sg && d.admitted);
-            }
+            Ok(())
+        })?;
+    }
+}
+
+/// Admission over `steps` evaluations a minute apart, decisions fed back as
+/// the daemon does: each keeps one decision per flow and the limit, and
+/// passes `check(demand, decisions)`.
+fn evaluate_steps(
+    mut demand: Vec<FlowDemand>,
+    limit: u64,
+    seed: u64,
+    steps: usize,
+    check: impl Fn(&[FlowDemand], &[AdmissionDecision]) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    demand.sort_by_key(|f| f.sg);
+    demand.dedup_by_key(|f| f.sg);
+    let mut state = AdmissionState::new(seed);
+    let t0 = Instant::now();
+    for step in 0..steps {
+        let now = t0 + Duration::from_secs(step as u64 * 60);
+        let decisions = admit(&demand, limit, now, &mut state);
+        prop_assert_eq!(decisions.len(), demand.len());
+        let used: u64 = decisions
+            .iter()
+            .filter(|d| d.admitted)
+            .filter_map(|d| d.bitrate)
+            .sum();
+        prop_assert!(used <= limit);
+        check(&demand, &decisions)?;
+        for f in demand.iter_mut() {
+            f.admitted_now = decisions.iter().any(|d| d.sg == f.sg && d.admitted);
         }
     }
+    Ok(())
 }
