@@ -291,11 +291,12 @@ fn lab_up_down_twice_leaves_nothing() {
     let _g = serial();
     for round in 0..2 {
         let lab = Lab::up("t2d");
+        let (prefix, run_dir) = (lab.prefix.clone(), lab.run_dir.clone());
         drop(lab);
         let out = std::process::Command::new(repo_dir().join("sample-network/lab"))
             .arg("leftovers")
-            .env("LAB_PREFIX", "t2d")
-            .env("LAB_RUN", "/run/frr-ingest-lab/t2d")
+            .env("LAB_PREFIX", &prefix)
+            .env("LAB_RUN", &run_dir)
             .output()
             .expect("lab leftovers");
         assert!(

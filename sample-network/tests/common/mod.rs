@@ -98,9 +98,16 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Bring up a fresh lab with namespaces `<prefix>-*`.
+    /// Bring up a fresh lab with namespaces `<prefix>-*`. `LAB_TEST_PREFIX`
+    /// (if set) is put in front of `prefix`, so that two checkouts can run
+    /// the same lab test at once without sharing namespaces.
     pub fn up(prefix: &str) -> Lab {
         require_lab_prerequisites();
+        let prefix = format!(
+            "{}{prefix}",
+            std::env::var("LAB_TEST_PREFIX").unwrap_or_default()
+        );
+        let prefix = prefix.as_str();
         let run_dir = PathBuf::from(format!("/run/frr-ingest-lab/{prefix}"));
         let lab = Lab {
             prefix: prefix.to_string(),
