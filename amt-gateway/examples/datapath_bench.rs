@@ -3,6 +3,7 @@
 //! unsubscribed channel, and of the TTL rewrite. Run with
 //! `cargo run --release -p amt-gateway --example datapath_bench`.
 
+use ingest_types::SourceGroup;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -41,7 +42,11 @@ fn main() {
     let channels = 100u32;
     for i in 0..channels {
         let g = Ipv4Addr::from(0xe801_0000 + i);
-        let _ = t.subscribe(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), IpAddr::V4(g), now);
+        let channel = SourceGroup {
+            source: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            group: IpAddr::V4(g),
+        };
+        let _ = t.subscribe(channel, now);
     }
     while let Some(tx) = t.poll_transmit() {
         if let Ok(Message::Request(r)) = Message::decode(&tx.payload) {

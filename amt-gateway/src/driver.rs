@@ -32,6 +32,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ingest_types::SourceGroup;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -109,8 +110,7 @@ pub struct DriverStats {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionSnapshot {
-    pub source: IpAddr,
-    pub group: IpAddr,
+    pub sg: SourceGroup,
     pub stats: SubscriptionStats,
 }
 
@@ -140,13 +140,11 @@ pub enum DriverError {
 
 enum Command {
     Subscribe {
-        source: IpAddr,
-        group: IpAddr,
+        sg: SourceGroup,
         reply: oneshot::Sender<Result<bool, SubscribeError>>,
     },
     Unsubscribe {
-        source: IpAddr,
-        group: IpAddr,
+        sg: SourceGroup,
         reply: oneshot::Sender<bool>,
     },
     Snapshot(oneshot::Sender<TunnelSnapshot>),
@@ -175,27 +173,19 @@ impl TunnelHandle {
     }
 
     /// Joins (S,G). `Ok(false)`: already subscribed.
-    pub async fn subscribe(&self, source: IpAddr, group: IpAddr) -> Result<bool, DriverError> {
+    pub async fn subscribe(&self, sg: SourceGroup) -> Result<bool, DriverError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe {
-                source,
-                group,
-                reply,
-            })
+            .send(Command::Subscribe { sg, reply })
             .map_err(|_| DriverError::Gone)?;
         Ok(rx.await.map_err(|_| DriverError::Gone)??)
     }
 
     /// Leaves (S,G). `Ok(false)`: was not subscribed.
-    pub async fn unsubscribe(&self, source: IpAddr, group: IpAddr) -> Result<bool, DriverError> {
+    pub async fn unsubscribe(&self, sg: SourceGroup) -> Result<bool, DriverError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Unsubscribe {
-                source,
-                group,
-                reply,
-            })
+            .send(Command::Unsubscribe { sg, reply })
             .map_err(|_| DriverError::Gone)?;
         rx.await.map_err(|_| DriverError::Gone)
     }
@@ -557,25 +547,17 @@ impl TunnelTask {
                 self.commands_open = false;
                 self.start_close();
             }
-            Some(Command::Subscribe {
-                source,
-                group,
-                reply,
-            }) => {
-                let r = self.tunnel.subscribe(source, group, now);
+            Some(Command::Subscribe { sg, reply }) => {
+                let r = self.tunnel.subscribe(sg, now);
                 if r.is_ok() {
-                    info!(%source, %group, "subscribe");
+                    info!(%sg, "subscribe");
                 }
                 let _ = reply.send(r);
             }
-            Some(Command::Unsubscribe {
-                source,
-                group,
-                reply,
-            }) => {
-                let r = self.tunnel.unsubscribe(source, group, now);
+            Some(Command::Unsubscribe { sg, reply }) => {
+                let r = self.tunnel.unsubscribe(sg, now);
                 if r {
-                    info!(%source, %group, "unsubscribe");
+                    info!(%sg, "unsubscribe");
                 }
                 let _ = reply.send(r);
             }
@@ -600,14 +582,13 @@ impl TunnelTask {
             subscriptions: self
                 .tunnel
                 .subscriptions()
-                .filter_map(|(source, group)| {
-                    self.tunnel.subscription_stats(source, group).map(|stats| {
-                        SubscriptionSnapshot {
-                            source,
-                            group,
+                .filter_map(|sg| {
+                    self.tunnel
+                        .subscription_stats(sg)
+                        .map(|stats| SubscriptionSnapshot {
+                            sg,
                             stats: stats.clone(),
-                        }
-                    })
+                        })
                 })
                 .collect(),
             taken_at: now,

@@ -26,6 +26,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ingest_types::SourceGroup;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -130,15 +131,14 @@ pub struct ChannelState {
 
 #[derive(Debug, Clone, Default)]
 struct GatewayState {
-    channels: BTreeMap<(IpAddr, IpAddr), ChannelState>,
+    channels: BTreeMap<SourceGroup, ChannelState>,
 }
 
 /// Status of one gateway for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayStatus {
     pub gateway: SocketAddr,
-    /// (source, group, state)
-    pub channels: Vec<(IpAddr, IpAddr, ChannelState)>,
+    pub channels: Vec<(SourceGroup, ChannelState)>,
 }
 
 pub struct Relay {
@@ -150,7 +150,7 @@ pub struct Relay {
     issued: HashMap<SocketAddr, VecDeque<u32>>,
     issued_order: VecDeque<SocketAddr>,
     gateways: HashMap<SocketAddr, GatewayState>,
-    index: HashMap<(IpAddr, IpAddr), Vec<SocketAddr>>,
+    index: HashMap<SourceGroup, Vec<SocketAddr>>,
     transmits: VecDeque<Transmit>,
     stats: RelayStats,
 }
@@ -390,7 +390,7 @@ impl Relay {
         };
         let expires = now + self.cfg.membership_interval();
         let gw = self.gateways.entry(gateway).or_default();
-        let before: BTreeSet<(IpAddr, IpAddr)> = gw.channels.keys().copied().collect();
+        let before: BTreeSet<SourceGroup> = gw.channels.keys().copied().collect();
         for (kind, group, sources) in records {
             if !group.is_multicast() {
                 continue;
@@ -401,11 +401,11 @@ impl Relay {
                 | RecordType::ChangeToInclude => {
                     if kind == RecordType::ChangeToInclude {
                         gw.channels
-                            .retain(|(s, g), _| *g != group || sources.contains(s));
+                            .retain(|sg, _| sg.group != group || sources.contains(&sg.source));
                     }
                     for s in sources {
                         gw.channels
-                            .entry((s, group))
+                            .entry(SourceGroup { source: s, group })
                             .and_modify(|c| c.expires = expires)
                             .or_insert(ChannelState {
                                 expires,
@@ -417,7 +417,7 @@ impl Relay {
                 }
                 RecordType::BlockOldSources => {
                     for s in sources {
-                        gw.channels.remove(&(s, group));
+                        gw.channels.remove(&SourceGroup { source: s, group });
                     }
                 }
                 RecordType::ModeIsExclude
@@ -427,7 +427,7 @@ impl Relay {
                 }
             }
         }
-        let after: BTreeSet<(IpAddr, IpAddr)> = gw.channels.keys().copied().collect();
+        let after: BTreeSet<SourceGroup> = gw.channels.keys().copied().collect();
         if gw.channels.is_empty() {
             self.gateways.remove(&gateway);
         }
@@ -494,20 +494,20 @@ impl Relay {
     }
 
     /// Channels some gateway wants: the native (S,G) joins to hold.
-    pub fn channels(&self) -> BTreeSet<(IpAddr, IpAddr)> {
+    pub fn channels(&self) -> BTreeSet<SourceGroup> {
         self.index.keys().copied().collect()
     }
 
     /// Gateways to send a native packet of (S,G) to, counting it for each.
-    pub fn forward(&mut self, source: IpAddr, group: IpAddr, len: usize) -> &[SocketAddr] {
-        let Some(list) = self.index.get(&(source, group)) else {
+    pub fn forward(&mut self, sg: SourceGroup, len: usize) -> &[SocketAddr] {
+        let Some(list) = self.index.get(&sg) else {
             return &[];
         };
         for gw in list {
             if let Some(c) = self
                 .gateways
                 .get_mut(gw)
-                .and_then(|g| g.channels.get_mut(&(source, group)))
+                .and_then(|g| g.channels.get_mut(&sg))
             {
                 c.packets += 1;
                 c.bytes += len as u64;
@@ -522,11 +522,7 @@ impl Relay {
             .iter()
             .map(|(gw, st)| GatewayStatus {
                 gateway: *gw,
-                channels: st
-                    .channels
-                    .iter()
-                    .map(|((s, g), c)| (*s, *g, c.clone()))
-                    .collect(),
+                channels: st.channels.iter().map(|(sg, c)| (*sg, c.clone())).collect(),
             })
             .collect();
         out.sort_by_key(|g| g.gateway);
@@ -541,6 +537,9 @@ mod tests {
     use crate::wire::GroupRecord;
     use crate::wire::amt::MembershipUpdate;
 
+    fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {
+        SourceGroup { source, group }
+    }
     fn relay_ip() -> IpAddr {
         "203.0.113.20".parse().unwrap()
     }
@@ -605,20 +604,24 @@ mod tests {
         );
         let mut t = Tunnel::new(TunnelConfig::new(relay_addr()), gw_addr(), t0, 3);
         pump(t0, &mut t, &mut r);
-        t.subscribe(ip("192.0.2.1"), ip("232.1.1.1"), t0).unwrap();
+        t.subscribe(sg(ip("192.0.2.1"), ip("232.1.1.1")), t0)
+            .unwrap();
         pump(t0, &mut t, &mut r);
         assert_eq!(t.state(), TunnelState::Up);
         assert_eq!(t.stats().query_interval, Some(Duration::from_secs(20)));
         assert_eq!(t.stats().gateway_address, Some(gw_addr()));
         assert_eq!(
             r.channels().into_iter().collect::<Vec<_>>(),
-            vec![(ip("192.0.2.1"), ip("232.1.1.1"))]
+            vec![sg(ip("192.0.2.1"), ip("232.1.1.1"))]
         );
         assert_eq!(
-            r.forward(ip("192.0.2.1"), ip("232.1.1.1"), 100),
+            r.forward(sg(ip("192.0.2.1"), ip("232.1.1.1")), 100),
             &[gw_addr()]
         );
-        assert!(r.forward(ip("192.0.2.9"), ip("232.1.1.1"), 100).is_empty());
+        assert!(
+            r.forward(sg(ip("192.0.2.9"), ip("232.1.1.1")), 100)
+                .is_empty()
+        );
         assert!(matches!(
             t.handle_datagram(t0, relay_addr(), &data("192.0.2.1", "232.1.1.1")),
             Received::Data { .. }
@@ -645,10 +648,13 @@ mod tests {
         assert_eq!(r.stats().unknown_nonce, 0);
 
         // Leave: the relay stops forwarding at once.
-        t.unsubscribe(ip("192.0.2.1"), ip("232.1.1.1"), now);
+        t.unsubscribe(sg(ip("192.0.2.1"), ip("232.1.1.1")), now);
         pump(now, &mut t, &mut r);
         assert!(r.channels().is_empty());
-        assert!(r.forward(ip("192.0.2.1"), ip("232.1.1.1"), 100).is_empty());
+        assert!(
+            r.forward(sg(ip("192.0.2.1"), ip("232.1.1.1")), 100)
+                .is_empty()
+        );
         t.close(now);
         pump(now, &mut t, &mut r);
         while let Some(d) = t.poll_timeout() {
@@ -670,12 +676,12 @@ mod tests {
         let mut c = TunnelConfig::new(relay_addr());
         c.skip_discovery = true;
         let mut t = Tunnel::new(c, gw_addr(), t0, 2);
-        t.subscribe(ip("2001:db8::1"), ip("ff3e::8000:1"), t0)
+        t.subscribe(sg(ip("2001:db8::1"), ip("ff3e::8000:1")), t0)
             .unwrap();
         pump(t0, &mut t, &mut r);
         assert_eq!(t.state(), TunnelState::Up);
         assert_eq!(
-            r.forward(ip("2001:db8::1"), ip("ff3e::8000:1"), 10),
+            r.forward(sg(ip("2001:db8::1"), ip("ff3e::8000:1")), 10),
             &[gw_addr()]
         );
     }
@@ -695,7 +701,8 @@ mod tests {
         let mut c = TunnelConfig::new(relay_addr());
         c.skip_discovery = true;
         let mut t = Tunnel::new(c, gw_addr(), t0, 2);
-        t.subscribe(ip("192.0.2.1"), ip("232.1.1.1"), t0).unwrap();
+        t.subscribe(sg(ip("192.0.2.1"), ip("232.1.1.1")), t0)
+            .unwrap();
         pump(t0, &mut t, &mut r);
         assert_eq!(r.channels().len(), 1);
         // Gateway vanishes: state lasts QRV*QQI+QRI = 21 s after the last report.
@@ -821,7 +828,8 @@ mod tests {
             1,
         );
         let mut t = Tunnel::new(TunnelConfig::new(relay_addr()), gw_addr(), t0, 2);
-        t.subscribe(ip("192.0.2.1"), ip("232.1.1.1"), t0).unwrap();
+        t.subscribe(sg(ip("192.0.2.1"), ip("232.1.1.1")), t0)
+            .unwrap();
         pump(t0, &mut t, &mut r);
         assert_eq!(t.state(), TunnelState::Refused);
         assert!(events(&mut t).contains(&TunnelEvent::RelayRefused {
@@ -905,7 +913,7 @@ mod tests {
         assert!(r.apply_report(t0, gw_addr(), &to_in));
         assert_eq!(
             r.channels().into_iter().collect::<Vec<_>>(),
-            vec![(ip("192.0.2.2"), ip("232.1.1.1"))]
+            vec![sg(ip("192.0.2.2"), ip("232.1.1.1"))]
         );
         assert_eq!(r.stats().exclude_records, 1);
         let status = r.gateways();

@@ -11,9 +11,15 @@ use amt_gateway::wire::{RecordType, igmp};
 use amt_gateway::{
     DriverConfig, PacketSink, RelayEvent, TunnelConfig, TunnelEvent, TunnelState, spawn_tunnel,
 };
+use ingest_types::SourceGroup;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+
+/// A channel from its parts (unchecked, so tests can also build bad ones).
+fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {
+    SourceGroup { source, group }
+}
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<Vec<u8>>>);
@@ -90,7 +96,7 @@ async fn discovery_join_data_and_graceful_close_over_loopback() {
 
     let s: IpAddr = "192.0.2.1".parse().unwrap();
     let g: IpAddr = "232.1.1.1".parse().unwrap();
-    assert_eq!(handle.subscribe(s, g).await, Ok(true));
+    assert_eq!(handle.subscribe(sg(s, g)).await, Ok(true));
 
     // Request -> Query (with a G trailer) -> Update with the MAC.
     let (bytes, from) = recv_msg(&relay_sock).await;
@@ -267,7 +273,7 @@ async fn zero_checksum_ipv6_data_is_accepted() {
     let (handle, _join) = spawn_tunnel(DriverConfig::new(tc), sink.clone(), ev_tx).unwrap();
     let s: IpAddr = "192.0.2.1".parse().unwrap();
     let g: IpAddr = "232.1.1.1".parse().unwrap();
-    handle.subscribe(s, g).await.unwrap();
+    handle.subscribe(sg(s, g)).await.unwrap();
     let (bytes, gw) = recv_msg(&relay_sock).await;
     let Ok(Message::Request(r)) = Message::decode(&bytes) else {
         panic!("{bytes:?}")

@@ -10,7 +10,13 @@ use amt_gateway::wire::amt::{self, MembershipQuery, Message, ResponseMac};
 use amt_gateway::wire::encap::{self, EncapReport};
 use amt_gateway::wire::{igmp, mld};
 use amt_gateway::{Tunnel, TunnelConfig, TunnelState};
+use ingest_types::SourceGroup;
 use proptest::prelude::*;
+
+/// A channel from its parts (unchecked, so tests can also build bad ones).
+fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {
+    SourceGroup { source, group }
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -120,8 +126,8 @@ proptest! {
 
         for op in ops {
             match op {
-                Op::Subscribe(i) => { let (s, g) = channel(i); let _ = t.subscribe(s, g, now); }
-                Op::Unsubscribe(i) => { let (s, g) = channel(i); t.unsubscribe(s, g, now); }
+                Op::Subscribe(i) => { let (s, g) = channel(i); let _ = t.subscribe(sg(s, g), now); }
+                Op::Unsubscribe(i) => { let (s, g) = channel(i); t.unsubscribe(sg(s, g), now); }
                 Op::Advance(ms) => {
                     let target = now + Duration::from_millis(u64::from(ms));
                     while let Some(d) = t.poll_timeout().filter(|d| *d <= target) {

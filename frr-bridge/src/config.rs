@@ -2,6 +2,7 @@
 //! `frr-ingestd --print-default-config`) plus command-line overrides.
 //! Errors name the key and the problem in one line.
 
+use ingest_types::AMT_PORT;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -235,7 +236,7 @@ pub fn parse_relay(s: &str) -> Result<SocketAddr, String> {
         return Ok(sa);
     }
     s.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 2268))
+        .map(|ip| SocketAddr::new(ip, AMT_PORT))
         .map_err(|_| format!("{s:?} is not ADDRESS or ADDRESS:PORT"))
 }
 

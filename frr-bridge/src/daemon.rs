@@ -23,10 +23,10 @@ use amt_gateway::tun::PacketSink;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, info_span, warn};
 
-use crate::Sg;
 use crate::policy_engine::{FlowPolicy, PolicySet, RelayChoice, RelayFailure, RelayVerdict};
 use crate::southbound::tun::IngestTun;
 use crate::watcher::{DesiredSet, WatchStatus};
+use ingest_types::SourceGroup;
 
 /// What the sidecar is doing about one wanted (S,G).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl FlowPhase {
 
 #[derive(Debug, Clone)]
 pub struct FlowState {
-    pub sg: Sg,
+    pub sg: SourceGroup,
     /// Downstream interfaces with the (S,G) joined (population = len).
     pub interfaces: Vec<String>,
     pub since: SystemTime,
@@ -87,7 +87,7 @@ pub struct RelayTunnel {
     pub relay: SocketAddr,
     pub skip_discovery: bool,
     pub handle: TunnelHandle,
-    pub channels: BTreeSet<Sg>,
+    pub channels: BTreeSet<SourceGroup>,
     /// A valid Query arrived and the relay is answering.
     pub up: bool,
     pub status: String,
@@ -98,7 +98,7 @@ pub struct RelayTunnel {
 
 #[derive(Debug, Default)]
 pub struct DaemonState {
-    pub flows: BTreeMap<Sg, FlowState>,
+    pub flows: BTreeMap<SourceGroup, FlowState>,
     /// Sources whose route is installed, with the number of flows using it.
     pub routed_sources: BTreeMap<IpAddr, usize>,
     pub route_errors: u64,
@@ -148,8 +148,8 @@ impl Shared {
 /// Work on tunnels decided under the lock, done after it is released.
 #[derive(Debug)]
 pub enum TunnelAction {
-    Subscribe(TunnelHandle, Sg),
-    Unsubscribe(TunnelHandle, Sg),
+    Subscribe(TunnelHandle, SourceGroup),
+    Unsubscribe(TunnelHandle, SourceGroup),
     Close(TunnelHandle),
 }
 
@@ -225,7 +225,7 @@ impl Orchestrator {
     }
 
     /// The relay the policy wants `sg` served through now (None: not served).
-    fn wanted_relay(&self, sg: &Sg) -> Option<RelayChoice> {
+    fn wanted_relay(&self, sg: &SourceGroup) -> Option<RelayChoice> {
         self.policy.get(sg).and_then(|p| p.serve()).copied()
     }
 
@@ -234,7 +234,7 @@ impl Orchestrator {
     /// on it has another candidate: a relay that is a flow's only choice
     /// keeps being retried by its tunnel (with backoff) instead of leaving
     /// the flow with nothing for minutes.
-    fn report_failure(&self, relay: SocketAddr, flows: &[Sg], reason: &str) {
+    fn report_failure(&self, relay: SocketAddr, flows: &[SourceGroup], reason: &str) {
         let Some(tx) = &self.failures else { return };
         let with_fallback = flows.iter().find(|sg| {
             self.policy
@@ -480,7 +480,7 @@ impl Orchestrator {
         let mut guard = shared.write();
         let st = &mut *guard;
         let mut actions = Vec::new();
-        let gone: Vec<Sg> = st
+        let gone: Vec<SourceGroup> = st
             .flows
             .keys()
             .filter(|sg| !desired.joins.contains_key(sg))
@@ -576,11 +576,8 @@ impl Orchestrator {
                     info!(%old, %new, "relay sees us at a new address (NAT rebinding)");
                     (None, None, None)
                 }
-                TunnelEvent::NoData { source, group } => {
-                    let sg = Sg {
-                        source: *source,
-                        group: *group,
-                    };
+                TunnelEvent::NoData { sg } => {
+                    let sg = *sg;
                     warn!(%sg, "no data from the relay since subscribing");
                     self.report_failure(relay, &[sg], "no data (RFC 8777 3.3.3)");
                     (None, None, None)
@@ -599,7 +596,7 @@ impl Orchestrator {
         }
         let Some(up) = up else { return Vec::new() };
         tunnel.up = up;
-        let channels: Vec<Sg> = tunnel.channels.iter().copied().collect();
+        let channels: Vec<SourceGroup> = tunnel.channels.iter().copied().collect();
         if let Some(reason) = &flow_reason {
             self.report_failure(relay, &channels, reason);
         }
@@ -673,7 +670,7 @@ impl Orchestrator {
                 Err(e) => warn!(%relay, "{e}"),
             }
         }
-        let failed: Vec<Sg> = st
+        let failed: Vec<SourceGroup> = st
             .flows
             .values()
             .filter(|f| f.phase == FlowPhase::Error)
@@ -695,12 +692,12 @@ impl Orchestrator {
         for a in actions {
             match a {
                 TunnelAction::Subscribe(h, sg) => {
-                    if let Err(e) = h.subscribe(sg.source, sg.group).await {
+                    if let Err(e) = h.subscribe(sg).await {
                         warn!(%sg, relay = %h.configured_relay(), "subscribe failed: {e}");
                     }
                 }
                 TunnelAction::Unsubscribe(h, sg) => {
-                    if let Err(e) = h.unsubscribe(sg.source, sg.group).await {
+                    if let Err(e) = h.unsubscribe(sg).await {
                         debug!(%sg, relay = %h.configured_relay(), "unsubscribe: {e}");
                     }
                 }

@@ -27,12 +27,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use ingest_policy::SourceGroup;
 use ingest_policy::joinfile::{JoinEntry, Joinfile, write_joinfile};
+use ingest_types::SourceGroup;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::Sg;
 use crate::policy_engine::PolicySet;
 use crate::watcher::{DesiredSet, JoinSet, WatchStatus};
 
@@ -47,11 +46,11 @@ pub fn pseudo_interface(n: u32) -> String {
 
 /// The desired set for a parsed joinfile, and the (S,G)s whose population
 /// was capped.
-pub fn desired_from_joinfile(joinfile: &Joinfile) -> (DesiredSet, Vec<(Sg, u32)>) {
+pub fn desired_from_joinfile(joinfile: &Joinfile) -> (DesiredSet, Vec<(SourceGroup, u32)>) {
     let mut joins = JoinSet::new();
     let mut capped = Vec::new();
     for entry in joinfile.iter() {
-        let sg = Sg {
+        let sg = SourceGroup {
             source: entry.sg.source,
             group: entry.sg.group,
         };
@@ -233,7 +232,7 @@ pub fn admitted_joinfile(set: &PolicySet) -> Joinfile {
     set.values()
         .filter(|flow| flow.admitted)
         .map(|flow| JoinEntry {
-            sg: SourceGroup::new(flow.sg.source, flow.sg.group),
+            sg: flow.sg,
             population: NonZeroU32::new(flow.population.max(1)),
         })
         .collect()
@@ -323,8 +322,8 @@ mod tests {
     use crate::policy_engine::{FlowPolicy, RelayVerdict};
     use ingest_policy::joinfile::read_joinfile;
 
-    fn sg(s: &str, g: &str) -> Sg {
-        Sg {
+    fn sg(s: &str, g: &str) -> SourceGroup {
+        SourceGroup {
             source: s.parse().unwrap(),
             group: g.parse().unwrap(),
         }

@@ -27,22 +27,6 @@ pub mod southbound;
 pub mod tasks;
 pub mod watcher;
 
-use std::fmt;
-use std::net::IpAddr;
-
-/// A source-specific multicast channel (S,G).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sg {
-    pub source: IpAddr,
-    pub group: IpAddr,
-}
-
-impl fmt::Display for Sg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "({},{})", self.source, self.group)
-    }
-}
-
 /// Milliseconds since the Unix epoch, for API timestamps.
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)

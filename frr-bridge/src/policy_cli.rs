@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ingest_policy::SourceGroup;
 use ingest_policy::dns::{DnsConfig, DnsFailure};
 use ingest_policy::dorms::{
     DormsClient, DormsConfig, DormsError, DormsStep, FlowMetadata, MetadataLayout, RateField,
@@ -21,10 +20,11 @@ use ingest_policy::driad::{
     DriadConfig, DriadOutcome, DriadResolver, HoldDownTracker, Relay, RelayAddress, RelayCandidate,
     SelectionOutcome, SkipReason, reverse_name, select_relays,
 };
+use ingest_types::{AMT_PORT, SourceGroup};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::policy_engine::{AMT_PORT, RESOLV_CONF, dns_config_from, parse_server, rate_text};
+use crate::policy_engine::{RESOLV_CONF, dns_config_from, parse_server, rate_text};
 
 /// DNS timeout per try for the tools.
 const TOOL_DNS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -363,8 +363,7 @@ pub fn render_driad<R: Rng + ?Sized>(
 /// through `servers` (empty: /etc/resolv.conf), trusting only `ca` when
 /// given, and explains every step.
 pub async fn dorms_report(
-    source: IpAddr,
-    group: IpAddr,
+    sg: SourceGroup,
     servers: Vec<String>,
     ca: Option<PathBuf>,
 ) -> (String, Value) {
@@ -380,7 +379,6 @@ pub async fn dorms_report(
         Ok(client) => client,
         Err(e) => return setup_error("cannot fetch DORMS metadata", e.to_string()),
     };
-    let sg = SourceGroup::new(source, group);
     let (result, steps) = client.fetch_traced(sg).await;
     render_dorms(sg, &dns, &result, &steps)
 }
@@ -736,7 +734,7 @@ mod tests {
     }
 
     fn sg() -> SourceGroup {
-        SourceGroup::new(ip("23.212.185.4"), ip("232.1.1.1"))
+        SourceGroup::new(ip("23.212.185.4"), ip("232.1.1.1")).unwrap()
     }
 
     #[test]
@@ -843,8 +841,7 @@ mod tests {
         );
         assert_eq!(value["error"]["kind"], "setup");
         let (text, value) = dorms_report(
-            ip("192.0.2.1"),
-            ip("232.1.1.1"),
+            SourceGroup::new(ip("192.0.2.1"), ip("232.1.1.1")).unwrap(),
             vec!["127.0.0.1:53".into()],
             Some("/nonexistent/ca.pem".into()),
         )

@@ -47,7 +47,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
-use ingest_policy::SourceGroup;
 use ingest_policy::admission::{
     AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, DecisionReason, FlowDemand, admit,
     parse_bandwidth,
@@ -58,6 +57,7 @@ use ingest_policy::driad::{
     DriadAnswer, DriadConfig, DriadOutcome, DriadResolver, HoldDownReason, HoldDownTracker,
     RelayAddress, RelayCandidate, SelectionOutcome, SkipReason, select_relays,
 };
+use ingest_types::{AMT_PORT, SourceGroup};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -65,11 +65,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn};
 
-use crate::Sg;
 use crate::watcher::DesiredSet;
-
-/// The AMT port (RFC 7450); DRIAD relays are always reached on it.
-pub const AMT_PORT: u16 = 2268;
 
 /// Where name servers come from when `dns_servers` is empty.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -412,7 +408,7 @@ impl fmt::Display for RelayVerdict {
 /// The policy decision for one wanted (S,G).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowPolicy {
-    pub sg: Sg,
+    pub sg: SourceGroup,
     /// Downstream interfaces joined (at least 1).
     pub population: u32,
     /// Bits per second used for admission.
@@ -441,14 +437,14 @@ impl FlowPolicy {
 }
 
 /// The decisions for every wanted (S,G).
-pub type PolicySet = BTreeMap<Sg, FlowPolicy>;
+pub type PolicySet = BTreeMap<SourceGroup, FlowPolicy>;
 
 /// Reported by the orchestrator when a relay fails for a flow or tunnel (no
 /// advertisement, no query, L flag, no data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayFailure {
     pub relay: SocketAddr,
-    pub sg: Option<Sg>,
+    pub sg: Option<SourceGroup>,
     pub reason: String,
     /// Hold the relay down so flows move to their next candidate. False
     /// when no flow on it has another relay left: the tunnel keeps
@@ -469,7 +465,7 @@ pub trait PolicyLookups: Send + Sync + 'static {
     /// The flow's declared bitrate. Only `metadata`/`bitrate` with origin
     /// `Dorms`, `url` and `error` are used: the engine applies
     /// `default_bitrate` itself.
-    fn bitrate(&self, sg: Sg) -> BoxFuture<'_, FlowBitrate>;
+    fn bitrate(&self, sg: SourceGroup) -> BoxFuture<'_, FlowBitrate>;
 }
 
 /// [`PolicyLookups`] over the network: [`DriadResolver`] and
@@ -535,10 +531,10 @@ impl PolicyLookups for NetLookups {
         })
     }
 
-    fn bitrate(&self, sg: Sg) -> BoxFuture<'_, FlowBitrate> {
+    fn bitrate(&self, sg: SourceGroup) -> BoxFuture<'_, FlowBitrate> {
         Box::pin(async move {
             match &self.dorms {
-                Some(dorms) => dorms.flow_bitrate(to_sg(sg)).await,
+                Some(dorms) => dorms.flow_bitrate(sg).await,
                 None => FlowBitrate {
                     bitrate: None,
                     origin: BitrateOrigin::Unknown,
@@ -551,22 +547,18 @@ impl PolicyLookups for NetLookups {
     }
 }
 
-fn to_sg(sg: Sg) -> SourceGroup {
-    SourceGroup::new(sg.source, sg.group)
-}
-
 /// A lookup the core wants started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lookup {
     Relays(IpAddr),
-    Bitrate(Sg),
+    Bitrate(SourceGroup),
 }
 
 /// A finished lookup.
 #[derive(Debug, Clone)]
 pub enum LookupDone {
     Relays(IpAddr, DriadOutcome),
-    Bitrate(Sg, FlowBitrate),
+    Bitrate(SourceGroup, FlowBitrate),
 }
 
 #[derive(Debug, Default)]
@@ -617,10 +609,10 @@ pub struct Core {
     static_map: StaticRelayMap,
     desired: Arc<DesiredSet>,
     sources: HashMap<IpAddr, SourceEntry>,
-    rates: HashMap<Sg, RateEntry>,
+    rates: HashMap<SourceGroup, RateEntry>,
     holddowns: HoldDownTracker,
     admission: AdmissionState,
-    admitted: BTreeSet<Sg>,
+    admitted: BTreeSet<SourceGroup>,
     rng: StdRng,
     seed: u64,
     /// Maps `Instant`s to wall-clock text, fixed so text is stable.
@@ -755,7 +747,7 @@ impl Core {
         }
     }
 
-    fn on_bitrate(&mut self, sg: Sg, rate: FlowBitrate, now: Instant) {
+    fn on_bitrate(&mut self, sg: SourceGroup, rate: FlowBitrate, now: Instant) {
         let Some(entry) = self.rates.get_mut(&sg) else {
             return;
         };
@@ -909,7 +901,7 @@ impl Core {
                 ),
                 Some(_) => {
                     demands.push(FlowDemand {
-                        sg: to_sg(*sg),
+                        sg: *sg,
                         population,
                         bitrate: rate.bitrate,
                         bitrate_origin: rate.origin,
@@ -937,10 +929,7 @@ impl Core {
         if let Some(limit) = self.settings.limit {
             let decisions = admit(&demands, limit, now, &mut self.admission);
             for decision in decisions {
-                let sg = Sg {
-                    source: decision.sg.source,
-                    group: decision.sg.group,
-                };
+                let sg = decision.sg;
                 let error = self.rate_view(sg).error;
                 if let Some(flow) = set.get_mut(&sg) {
                     flow.admitted = decision.admitted;
@@ -997,7 +986,7 @@ impl Core {
         }
     }
 
-    fn rate_view(&self, sg: Sg) -> RateView {
+    fn rate_view(&self, sg: SourceGroup) -> RateView {
         let default = self.settings.default_bitrate;
         let (default_origin, default_text) = match default {
             Some(_) => (BitrateOrigin::Default, "default"),

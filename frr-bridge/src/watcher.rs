@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::Sg;
 use crate::frr::joins::{ParsedJoins, parse_join_json};
 use crate::frr::vty::VtyClient;
+use ingest_types::SourceGroup;
 
 /// Downstream interfaces per wanted (S,G).
-pub type JoinSet = BTreeMap<Sg, Vec<String>>;
+pub type JoinSet = BTreeMap<SourceGroup, Vec<String>>;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredSet {

@@ -1,10 +1,15 @@
 //! The `ingestctl driad` / `ingestctl dorms` reports against a real BIND
 //! and nginx on loopback (helpers from ingest-policy's `test-support`).
 
+use ingest_types::SourceGroup;
 use std::net::IpAddr;
 
 use frr_bridge::policy_cli::{dorms_report, driad_report};
 use ingest_policy::test_support::{Named, Nginx, Silent, Zone};
+
+fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {
+    SourceGroup::new(source, group).unwrap()
+}
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
@@ -140,8 +145,7 @@ async fn dorms_report_against_nginx_and_bind() {
     let base = format!("https://dorms.lab.test:{}", nginx.port);
 
     let (text, json) = dorms_report(
-        ip("23.212.185.4"),
-        ip("232.1.1.1"),
+        sg(ip("23.212.185.4"), ip("232.1.1.1")),
         server.clone(),
         Some(nginx.ca_path()),
     )
@@ -182,8 +186,7 @@ async fn dorms_report_against_nginx_and_bind() {
 
     // Unknown flow: 404 in both layouts.
     let (text, json) = dorms_report(
-        ip("23.212.185.4"),
-        ip("232.1.1.2"),
+        sg(ip("23.212.185.4"), ip("232.1.1.2")),
         server.clone(),
         Some(nginx.ca_path()),
     )
@@ -193,13 +196,17 @@ async fn dorms_report_against_nginx_and_bind() {
     assert_eq!(json["error"]["kind"], "http-status");
 
     // System roots do not trust the lab CA.
-    let (_, json) = dorms_report(ip("23.212.185.4"), ip("232.1.1.1"), server.clone(), None).await;
+    let (_, json) = dorms_report(
+        sg(ip("23.212.185.4"), ip("232.1.1.1")),
+        server.clone(),
+        None,
+    )
+    .await;
     assert_eq!(json["error"]["kind"], "tls", "{json:#}");
 
     // No SRV record.
     let (text, json) = dorms_report(
-        ip("23.212.185.5"),
-        ip("232.1.1.1"),
+        sg(ip("23.212.185.5"), ip("232.1.1.1")),
         server,
         Some(nginx.ca_path()),
     )

@@ -5,10 +5,10 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use ingest_policy::SourceGroup;
 use ingest_policy::admission::{
     AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, FlowDemand, admit,
 };
+use ingest_types::SourceGroup;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -48,7 +48,8 @@ fn flows(rng: &mut StdRng) -> Vec<FlowDemand> {
                     IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i % 500))),
                     IpAddr::V4(Ipv4Addr::from(0xe800_0000 | i)),
                 )
-            };
+            }
+            .expect("generated channels are valid");
             FlowDemand {
                 sg,
                 population: rng.random_range(1..=50),

@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::SourceGroup;
+use ingest_types::SourceGroup;
 
 /// Admission hashes every flow each evaluation; foldhash is several times
 /// faster than SipHash on these small keys and still randomly seeded.
@@ -652,6 +652,7 @@ mod tests {
             format!("10.0.0.{n}").parse().unwrap(),
             format!("232.1.1.{n}").parse().unwrap(),
         )
+        .unwrap()
     }
 
     fn flow(n: u8, bitrate: u64, population: u32, admitted_now: bool) -> FlowDemand {

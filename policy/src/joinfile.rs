@@ -35,7 +35,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use crate::SourceGroup;
+use ingest_types::SourceGroup;
 
 /// One line of a joinfile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +213,7 @@ fn parse_line(raw: &str) -> Result<Option<JoinEntry>, JoinLineErrorKind> {
         }
     };
     Ok(Some(JoinEntry {
-        sg: SourceGroup::new(source, group),
+        sg: SourceGroup { source, group },
         population,
     }))
 }
@@ -319,7 +319,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn sg(s: &str, g: &str) -> SourceGroup {
-        SourceGroup::new(s.parse().unwrap(), g.parse().unwrap())
+        SourceGroup::new(s.parse().unwrap(), g.parse().unwrap()).unwrap()
     }
 
     #[test]

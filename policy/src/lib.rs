@@ -13,8 +13,6 @@ pub mod dorms;
 pub mod driad;
 pub mod joinfile;
 
-mod sg;
-
 /// Loopback servers for integration tests (BIND `named` with temp zones,
 /// nginx with a temp CA). Shared with other crates' tests through the
 /// `test-support` feature so there is one copy; it is not for production use.
@@ -22,13 +20,11 @@ mod sg;
 #[path = "../tests/common/mod.rs"]
 pub mod test_support;
 
-pub use sg::SourceGroup;
-
 #[cfg(test)]
 mod send_sync {
-    use crate::SourceGroup;
     use crate::dorms::DormsClient;
     use crate::driad::DriadResolver;
+    use ingest_types::SourceGroup;
 
     fn is_send_sync<T: Send + Sync>() {}
     fn is_send<T: Send>(_: &T) {}

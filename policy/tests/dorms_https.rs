@@ -6,12 +6,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Named, Nginx, TempDir, Zone, free_port, make_pki};
-use ingest_policy::SourceGroup;
 use ingest_policy::admission::BitrateOrigin;
 use ingest_policy::dns::{DnsConfig, DnsFailure};
 use ingest_policy::dorms::{
     DormsClient, DormsConfig, DormsError, DormsStep, MetadataError, MetadataLayout, RateField,
 };
+use ingest_types::SourceGroup;
 
 const HOST_META: &str = "<?xml version='1.0' encoding='UTF-8'?>
 <XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>
@@ -20,7 +20,7 @@ const HOST_META: &str = "<?xml version='1.0' encoding='UTF-8'?>
 ";
 
 fn sg(s: &str, g: &str) -> SourceGroup {
-    SourceGroup::new(s.parse().unwrap(), g.parse().unwrap())
+    SourceGroup::new(s.parse().unwrap(), g.parse().unwrap()).unwrap()
 }
 
 fn old_path(s: &str, g: &str) -> String {

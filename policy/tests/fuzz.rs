@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ingest_policy::SourceGroup;
 use ingest_policy::admission::{
     AdmissionDecision, AdmissionState, BitrateOrigin, DEFAULT_SENDER_PRIORITY, DecisionReason,
     FlowDemand, admit, format_bandwidth, parse_bandwidth,
@@ -12,11 +11,14 @@ use ingest_policy::admission::{
 use ingest_policy::dorms::{parse_host_meta_json, parse_host_meta_xml, parse_metadata};
 use ingest_policy::driad::{AmtRelayRecord, RelayName};
 use ingest_policy::joinfile::Joinfile;
+use ingest_types::SourceGroup;
 use proptest::prelude::*;
 
 fn any_sg() -> impl Strategy<Value = SourceGroup> {
-    (any::<[u8; 4]>(), any::<u8>())
-        .prop_map(|(s, g)| SourceGroup::new(IpAddr::from(s), IpAddr::from([232, 1, 1, g])))
+    (any::<[u8; 4]>(), any::<u8>()).prop_map(|(s, g)| SourceGroup {
+        source: IpAddr::from(s),
+        group: IpAddr::from([232, 1, 1, g]),
+    })
 }
 
 /// Text biased toward the syntax each parser cares about.
@@ -209,7 +211,10 @@ proptest! {
         let demand: Vec<FlowDemand> = flows
             .into_iter()
             .map(|(s, g, population, bitrate, admitted_now, priority)| FlowDemand {
-                sg: SourceGroup::new(IpAddr::from([10, 0, 0, s]), IpAddr::from([232, 1, 1, g])),
+                sg: SourceGroup {
+                    source: IpAddr::from([10, 0, 0, s]),
+                    group: IpAddr::from([232, 1, 1, g]),
+                },
                 population,
                 bitrate,
                 bitrate_origin: BitrateOrigin::Configured,

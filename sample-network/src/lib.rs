@@ -1,5 +1,5 @@
 //! Lab tools shared by `mcrx` (receiver) and `mcsend` (source): the probe payload,
-//! sequence and latency accounting, (S,G) channel parsing, interface lookup,
+//! sequence and latency accounting, ranges of (S,G) channels, interface lookup,
 //! source-specific joins and signal handling.
 
 pub mod channel;
@@ -10,7 +10,7 @@ pub mod payload;
 pub mod sequence;
 pub mod signal;
 
-pub use channel::{Channel, ChannelParseError};
+pub use channel::{GroupRangeError, consecutive_groups};
 pub use latency::{LatencyHistogram, LatencySummary};
 pub use payload::{PAYLOAD_HEADER_LEN, Probe, ProbeDecodeError};
 pub use sequence::{SequenceSummary, SequenceTracker, SequenceVerdict};

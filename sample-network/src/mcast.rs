@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::channel::Channel;
 use crate::iface::Interface;
+use ingest_types::SourceGroup;
 
 /// SO_RCVBUFFORCE (asm-generic value, used by x86 and arm): lets root exceed rmem_max.
 const SO_RCVBUFFORCE: libc::c_int = 33;
@@ -16,7 +16,7 @@ const SO_RCVBUFFORCE: libc::c_int = 33;
 /// A non-blocking UDP socket bound to (G, port) that joined (S,G) on `iface`
 /// (the kernel's choice by route when `None`) and receives only that channel.
 pub fn open_receiver(
-    channel: &Channel,
+    channel: &SourceGroup,
     iface: Option<&Interface>,
     port: u16,
     recv_buffer: usize,
@@ -43,7 +43,11 @@ pub fn open_receiver(
 }
 
 /// IGMPv3 / MLDv2 source-specific join of `channel` on `iface`.
-pub fn join_ssm(socket: &Socket, channel: &Channel, iface: Option<&Interface>) -> io::Result<()> {
+pub fn join_ssm(
+    socket: &Socket,
+    channel: &SourceGroup,
+    iface: Option<&Interface>,
+) -> io::Result<()> {
     match (channel.source, channel.group) {
         (IpAddr::V4(source), IpAddr::V4(group)) => {
             let local = match iface {
@@ -57,7 +61,11 @@ pub fn join_ssm(socket: &Socket, channel: &Channel, iface: Option<&Interface>) -
 }
 
 /// Leaves what [`join_ssm`] joined (closing the socket does the same).
-pub fn leave_ssm(socket: &Socket, channel: &Channel, iface: Option<&Interface>) -> io::Result<()> {
+pub fn leave_ssm(
+    socket: &Socket,
+    channel: &SourceGroup,
+    iface: Option<&Interface>,
+) -> io::Result<()> {
     match (channel.source, channel.group) {
         (IpAddr::V4(source), IpAddr::V4(group)) => {
             let local = match iface {
@@ -73,7 +81,7 @@ pub fn leave_ssm(socket: &Socket, channel: &Channel, iface: Option<&Interface>) 
 /// MCAST_JOIN/LEAVE_SOURCE_GROUP (RFC 3678), which socket2 does not wrap.
 fn source_group_request(
     socket: &Socket,
-    channel: &Channel,
+    channel: &SourceGroup,
     iface: Option<&Interface>,
     option: libc::c_int,
 ) -> io::Result<()> {
@@ -141,7 +149,7 @@ pub fn force_recv_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
 /// A UDP socket sending from `channel.source` to (G, port): bound to S, connected
 /// to G, multicast interface and TTL/hop limit set, loopback off.
 pub fn open_sender(
-    channel: &Channel,
+    channel: &SourceGroup,
     iface: Option<&Interface>,
     port: u16,
     ttl: u32,

@@ -6,15 +6,15 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amt_gateway::wire::amt::RELAY_PORT;
 use amt_gateway::wire::ipv4::{Ipv4Header, PROTO_UDP};
 use amt_gateway::wire::ipv6::{Ipv6Header, NEXT_UDP};
 use amt_gateway::{
     DriverConfig, PacketSink, TunDevice, TunWriter, TunnelConfig, TunnelEvent, TunnelSnapshot,
     TunnelState, spawn_tunnel,
 };
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
+use ingest_types::{AMT_PORT, SourceGroup};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -97,7 +97,7 @@ fn parse_relay(text: &str) -> anyhow::Result<SocketAddr> {
     let ip: IpAddr = trimmed
         .parse()
         .with_context(|| format!("--relay {text:?} is neither ADDR nor ADDR:PORT"))?;
-    Ok(SocketAddr::new(ip, RELAY_PORT))
+    Ok(SocketAddr::new(ip, AMT_PORT))
 }
 
 /// Per-stream counters shared between the sink (tunnel task) and the printer.
@@ -318,16 +318,8 @@ async fn run() -> anyhow::Result<ExitCode> {
             .init();
     }
     let relay = parse_relay(&args.relay)?;
-    if !args.group.is_multicast() {
-        bail!("--group {} is not a multicast address", args.group);
-    }
-    if args.source.is_ipv4() != args.group.is_ipv4() {
-        bail!(
-            "--source {} and --group {} are of different families",
-            args.source,
-            args.group
-        );
-    }
+    let channel = SourceGroup::new(args.source, args.group)
+        .with_context(|| format!("--source {} --group {}", args.source, args.group))?;
     let tun = match &args.tun {
         Some(name) => {
             let dev =
@@ -349,10 +341,7 @@ async fn run() -> anyhow::Result<ExitCode> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (handle, join) =
         spawn_tunnel(dc, sink.clone(), events_tx).context("opening the tunnel socket")?;
-    handle
-        .subscribe(args.source, args.group)
-        .await
-        .context("subscribing")?;
+    handle.subscribe(channel).await.context("subscribing")?;
 
     let start = Instant::now();
     let give_up = start + Duration::from_secs(args.give_up);

@@ -53,6 +53,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use ingest_types::{SourceGroup, SourceGroupError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -205,7 +206,7 @@ pub enum TunnelEvent {
     /// rebinding); a Teardown for the old one was sent.
     GatewayAddressChanged { old: SocketAddr, new: SocketAddr },
     /// A reported subscription received nothing for `no_data_timeout`.
-    NoData { source: IpAddr, group: IpAddr },
+    NoData { sg: SourceGroup },
     /// [`Tunnel::close`] finished (leaves and Teardown sent).
     Closed,
 }
@@ -286,8 +287,7 @@ pub enum Received {
     /// IP packet (trimmed to its own length), ready to deliver.
     Data {
         inner: Range<usize>,
-        source: IpAddr,
-        group: IpAddr,
+        sg: SourceGroup,
     },
     /// A control message was consumed (check transmits, events, timeout).
     Control,
@@ -346,16 +346,13 @@ pub struct SubscriptionStats {
     pub no_data_reported: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
-    #[error("source {src} and group {group} are of different families")]
-    MixedFamily { src: IpAddr, group: IpAddr },
-    #[error("{0} is not a multicast group")]
-    NotMulticast(IpAddr),
+    #[error("not an SSM channel: {0}")]
+    NotAChannel(SourceGroupError),
     #[error("tunnel is closing or closed")]
     Closed,
 }
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Discovering {
@@ -407,7 +404,7 @@ struct FamilyState {
     next_request_at: Option<Instant>,
     query: Option<QueryState>,
     /// Pending state-change records: (S,G) → (kind, transmissions left).
-    changes: BTreeMap<(IpAddr, IpAddr), (ChangeKind, u8)>,
+    changes: BTreeMap<SourceGroup, (ChangeKind, u8)>,
     next_change_at: Option<Instant>,
     /// The last-data time a stall probe was sent for (one per silence).
     stall_probed_for: Option<Instant>,
@@ -445,7 +442,7 @@ pub struct Tunnel {
     /// Where Requests go and Queries/Data must come from.
     relay: Option<SocketAddr>,
     families: [FamilyState; 2],
-    subs: BTreeMap<(IpAddr, IpAddr), SubscriptionStats>,
+    subs: BTreeMap<SourceGroup, SubscriptionStats>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TunnelEvent>,
     stats: TunnelStats,
@@ -534,41 +531,34 @@ impl Tunnel {
         &self.stats
     }
 
-    /// Subscribed (source, group) channels in order.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
+    /// Subscribed channels in order.
+    pub fn subscriptions(&self) -> impl Iterator<Item = SourceGroup> + '_ {
         self.subs.keys().copied()
     }
 
-    pub fn subscription_stats(&self, source: IpAddr, group: IpAddr) -> Option<&SubscriptionStats> {
-        self.subs.get(&(source, group))
+    pub fn subscription_stats(&self, sg: SourceGroup) -> Option<&SubscriptionStats> {
+        self.subs.get(&sg)
     }
 
-    pub fn is_subscribed(&self, source: IpAddr, group: IpAddr) -> bool {
-        self.subs.contains_key(&(source, group))
+    pub fn is_subscribed(&self, sg: SourceGroup) -> bool {
+        self.subs.contains_key(&sg)
     }
 
     /// Joins (S,G): sends ALLOW_NEW_SOURCES as soon as a MAC is known and
     /// repeats it QRV times. Returns `Ok(false)` if already subscribed.
-    pub fn subscribe(
-        &mut self,
-        source: IpAddr,
-        group: IpAddr,
-        now: Instant,
-    ) -> Result<bool, SubscribeError> {
+    pub fn subscribe(&mut self, sg: SourceGroup, now: Instant) -> Result<bool, SubscribeError> {
         if matches!(self.phase, Phase::Closing | Phase::Closed) {
             return Err(SubscribeError::Closed);
         }
-        if Family::of(source) != Family::of(group) {
-            return Err(SubscribeError::MixedFamily { src: source, group });
+        // The fields of a SourceGroup are public: check what `new` would.
+        if let Err(error) = SourceGroup::new(sg.source, sg.group) {
+            return Err(SubscribeError::NotAChannel(error));
         }
-        if !group.is_multicast() {
-            return Err(SubscribeError::NotMulticast(group));
-        }
-        if self.subs.contains_key(&(source, group)) {
+        if self.subs.contains_key(&sg) {
             return Ok(false);
         }
         self.subs.insert(
-            (source, group),
+            sg,
             SubscriptionStats {
                 packets: 0,
                 bytes: 0,
@@ -578,10 +568,10 @@ impl Tunnel {
                 no_data_reported: false,
             },
         );
-        let family = Family::of(group);
+        let family = Family::of(sg.group);
         let f = family.index();
         self.families[f].in_use = true;
-        self.queue_change(family, source, group, ChangeKind::Allow, now);
+        self.queue_change(family, sg, ChangeKind::Allow, now);
         if self.phase == Phase::Active
             && self.families[f].request.is_none()
             && self.families[f].query.is_none()
@@ -595,11 +585,11 @@ impl Tunnel {
     /// Leaves (S,G): data for it is dropped from now on, and
     /// BLOCK_OLD_SOURCES is sent (QRV times). Returns false if it was not
     /// subscribed.
-    pub fn unsubscribe(&mut self, source: IpAddr, group: IpAddr, now: Instant) -> bool {
-        if self.subs.remove(&(source, group)).is_none() {
+    pub fn unsubscribe(&mut self, sg: SourceGroup, now: Instant) -> bool {
+        if self.subs.remove(&sg).is_none() {
             return false;
         }
-        self.queue_change(Family::of(group), source, group, ChangeKind::Block, now);
+        self.queue_change(Family::of(sg.group), sg, ChangeKind::Block, now);
         self.refresh_timer();
         true
     }
@@ -615,7 +605,7 @@ impl Tunnel {
                 self.finish_close();
             }
             Phase::Active => {
-                let subs: Vec<(IpAddr, IpAddr)> = self.subs.keys().copied().collect();
+                let subs: Vec<SourceGroup> = self.subs.keys().copied().collect();
                 self.subs.clear();
                 self.phase = Phase::Closing;
                 for family in Family::ALL {
@@ -628,8 +618,8 @@ impl Tunnel {
                         continue;
                     }
                     let qrv = fs.query.map_or(self.cfg.qrv_default, |q| q.qrv).max(1);
-                    for &(s, g) in subs.iter().filter(|(_, g)| Family::of(*g) == family) {
-                        fs.changes.insert((s, g), (ChangeKind::Block, qrv));
+                    for sg in subs.iter().filter(|sg| Family::of(sg.group) == family) {
+                        fs.changes.insert(*sg, (ChangeKind::Block, qrv));
                     }
                     self.flush_changes(family, now);
                 }
@@ -700,14 +690,14 @@ impl Tunnel {
             self.maybe_finish_close();
         }
         if let (Some(timeout), Phase::Active) = (self.cfg.no_data_timeout, self.phase) {
-            for (&(source, group), sub) in self.subs.iter_mut() {
+            for (&sg, sub) in self.subs.iter_mut() {
                 if let Some(reported) = sub.reported_at
                     && sub.last_data_at.is_none()
                     && !sub.no_data_reported
                     && reported + timeout <= now
                 {
                     sub.no_data_reported = true;
-                    self.events.push_back(TunnelEvent::NoData { source, group });
+                    self.events.push_back(TunnelEvent::NoData { sg });
                 }
             }
         }
@@ -731,7 +721,7 @@ impl Tunnel {
     fn last_data(&self, family: Family) -> Option<Instant> {
         self.subs
             .iter()
-            .filter(|((source, _), _)| Family::of(*source) == family)
+            .filter(|(sg, _)| Family::of(sg.source) == family)
             .filter_map(|(_, sub)| sub.last_data_at)
             .max()
     }
@@ -763,7 +753,11 @@ impl Tunnel {
         if !inner.dst.is_multicast() {
             return self.drop_with(DropReason::NotMulticast);
         }
-        let Some(sub) = self.subs.get_mut(&(inner.src, inner.dst)) else {
+        let sg = SourceGroup {
+            source: inner.src,
+            group: inner.dst,
+        };
+        let Some(sub) = self.subs.get_mut(&sg) else {
             return self.drop_with(DropReason::NotSubscribed);
         };
         sub.packets += 1;
@@ -776,8 +770,7 @@ impl Tunnel {
         }
         Received::Data {
             inner: amt::DATA_HEADER_LEN..amt::DATA_HEADER_LEN + inner.len,
-            source: inner.src,
-            group: inner.dst,
+            sg,
         }
     }
 
@@ -1062,17 +1055,10 @@ impl Tunnel {
 
     // ---- membership reports ----------------------------------------------
 
-    fn queue_change(
-        &mut self,
-        family: Family,
-        source: IpAddr,
-        group: IpAddr,
-        kind: ChangeKind,
-        now: Instant,
-    ) {
+    fn queue_change(&mut self, family: Family, sg: SourceGroup, kind: ChangeKind, now: Instant) {
         let fs = &mut self.families[family.index()];
         let qrv = fs.query.map_or(self.cfg.qrv_default, |q| q.qrv).max(1);
-        fs.changes.insert((source, group), (kind, qrv));
+        fs.changes.insert(sg, (kind, qrv));
         if self.phase == Phase::Active && fs.query.is_some() {
             self.flush_changes(family, now);
         }
@@ -1088,16 +1074,16 @@ impl Tunnel {
         };
         let mut allow: BTreeMap<IpAddr, Vec<IpAddr>> = BTreeMap::new();
         let mut block: BTreeMap<IpAddr, Vec<IpAddr>> = BTreeMap::new();
-        for (&(s, g), (kind, _)) in &self.families[f].changes {
+        for (sg, (kind, _)) in &self.families[f].changes {
             match kind {
-                ChangeKind::Allow => allow.entry(g).or_default().push(s),
-                ChangeKind::Block => block.entry(g).or_default().push(s),
+                ChangeKind::Allow => allow.entry(sg.group).or_default().push(sg.source),
+                ChangeKind::Block => block.entry(sg.group).or_default().push(sg.source),
             }
         }
         let mut records: Vec<Record> = Vec::new();
         for (group, sources) in allow {
             for s in &sources {
-                if let Some(sub) = self.subs.get_mut(&(*s, group)) {
+                if let Some(sub) = self.subs.get_mut(&SourceGroup { source: *s, group }) {
                     sub.reported_at.get_or_insert(now);
                 }
             }
@@ -1139,9 +1125,9 @@ impl Tunnel {
             return;
         };
         let mut by_group: BTreeMap<IpAddr, Vec<IpAddr>> = BTreeMap::new();
-        for (&(s, g), sub) in self.subs.iter_mut() {
-            if Family::of(g) == family {
-                by_group.entry(g).or_default().push(s);
+        for (sg, sub) in self.subs.iter_mut() {
+            if Family::of(sg.group) == family {
+                by_group.entry(sg.group).or_default().push(sg.source);
                 sub.reported_at.get_or_insert(now);
             }
         }

@@ -17,6 +17,11 @@ const G2: &str = "232.1.1.2";
 const S6: &str = "2001:db8::1";
 const G6: &str = "ff3e::8000:1";
 
+/// A channel from its parts (unchecked, so tests can also build bad ones).
+fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {
+    SourceGroup { source, group }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -262,7 +267,7 @@ fn up_tunnel(cfg: TunnelConfig) -> (Tunnel, Instant, Instant, u32) {
         t.handle_datagram(now, discovery_addr(), &advertisement(dn, relay_addr().ip())),
         Received::Control
     );
-    t.subscribe(ip(S1), ip(G1), now).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), now).unwrap();
     let (rn, kind) = only_request(&sent(&mut t));
     assert_eq!(kind, QueryKind::Igmpv3);
     assert_eq!(
@@ -320,7 +325,7 @@ fn discovery_advertisement_request_query_gives_up() {
     assert!(sent(&mut t).is_empty());
     assert_eq!(t.poll_timeout(), None);
 
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, kind) = only_request(&sent(&mut t));
     assert_eq!(kind, QueryKind::Igmpv3);
     assert_eq!(t.state(), TunnelState::Requesting);
@@ -433,7 +438,7 @@ fn ipv6_advertised_relay_is_used() {
     let v6relay = ip("2001:db8::20");
     t.handle_datagram(t0, discovery_addr(), &advertisement(dn, v6relay));
     assert_eq!(t.relay(), Some(SocketAddr::new(v6relay, 2268)));
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let out = sent(&mut t);
     assert_eq!(out[0].0, SocketAddr::new(v6relay, 2268));
 }
@@ -446,7 +451,7 @@ fn request_retransmission_then_relay_lost_and_rediscovery() {
     let mut t = Tunnel::new(cfg(), local(), t0, 11);
     let dn = discovery_nonce(&sent(&mut t));
     t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     events(&mut t);
     let (rn, _) = only_request(&sent(&mut t));
     let mut prev = t0;
@@ -476,7 +481,7 @@ fn request_retransmission_then_relay_lost_and_rediscovery() {
     let dn2 = discovery_nonce(&sent(&mut t));
     assert_eq!(t.stats().relay_losses, 1);
     // The subscription survives; after rediscovery a Request goes out at once.
-    assert!(t.is_subscribed(ip(S1), ip(G1)));
+    assert!(t.is_subscribed(sg(ip(S1), ip(G1))));
     t.handle_datagram(d, discovery_addr(), &advertisement(dn2, relay_addr().ip()));
     let (rn2, _) = only_request(&sent(&mut t));
     assert_ne!(rn2, rn);
@@ -504,7 +509,7 @@ fn skip_discovery_restarts_requests_without_discovery() {
     assert!(sent(&mut t).is_empty());
     assert_eq!(t.state(), TunnelState::Idle);
     assert_eq!(t.poll_timeout(), None);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, _) = only_request(&sent(&mut t));
     let mut now = t0;
     for _ in 0..4 {
@@ -560,8 +565,7 @@ fn query_schedules_refresh_request_after_qqi_with_new_nonce() {
     assert_eq!(
         events(&mut t),
         vec![TunnelEvent::NoData {
-            source: ip(S1),
-            group: ip(G1)
+            sg: sg(ip(S1), ip(G1))
         }]
     );
     assert_eq!(t.poll_timeout(), Some(now + secs(125)));
@@ -580,7 +584,7 @@ fn query_schedules_refresh_request_after_qqi_with_new_nonce() {
     assert_eq!((mac, nonce), (q.mac, rn2));
     assert_eq!(recs, vec![rec4(RecordType::ModeIsInclude, G1, &[S1])]);
     assert!(events(&mut t).is_empty(), "Up is not repeated on refresh");
-    t.subscribe(ip(S1), ip(G2), refresh).unwrap();
+    t.subscribe(sg(ip(S1), ip(G2)), refresh).unwrap();
     let (mac, nonce, recs) = igmp_records(&sent(&mut t)[0].1);
     assert_eq!((mac, nonce), (q.mac, rn2));
     assert_eq!(recs, vec![rec4(RecordType::AllowNewSources, G2, &[S1])]);
@@ -593,7 +597,7 @@ fn qqic_float_form_and_zero() {
     c.skip_discovery = true;
     c.no_data_timeout = None;
     let mut t = Tunnel::new(c.clone(), local(), t0, 9);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, _) = only_request(&sent(&mut t));
     let mut q = QueryOpts::new(rn);
     q.qqic = 0x91; // 272 s
@@ -602,7 +606,7 @@ fn qqic_float_form_and_zero() {
     assert_eq!(t.stats().query_interval, Some(secs(272)));
 
     let mut t = Tunnel::new(c, local(), t0, 9);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, _) = only_request(&sent(&mut t));
     let mut q = QueryOpts::new(rn);
     q.qqic = 0;
@@ -619,7 +623,7 @@ fn state_changes_repeat_qrv_times() {
     c.skip_discovery = true;
     c.no_data_timeout = None;
     let mut t = Tunnel::new(c, local(), t0, 21);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, _) = only_request(&sent(&mut t));
     let mut q = QueryOpts::new(rn);
     q.qrv = 3;
@@ -634,8 +638,8 @@ fn state_changes_repeat_qrv_times() {
     sent(&mut t);
 
     // Leave: BLOCK now and twice more, spaced [0.5, 1] s.
-    assert!(t.unsubscribe(ip(S1), ip(G1), now));
-    assert!(!t.unsubscribe(ip(S1), ip(G1), now));
+    assert!(t.unsubscribe(sg(ip(S1), ip(G1)), now));
+    assert!(!t.unsubscribe(sg(ip(S1), ip(G1)), now));
     let mut blocks = 0;
     let mut last = now;
     loop {
@@ -659,7 +663,7 @@ fn state_changes_repeat_qrv_times() {
 #[test]
 fn join_then_leave_before_repetitions_end_sends_block_not_allow() {
     let (mut t, _t0, now, _) = up_tunnel(cfg());
-    t.subscribe(ip(S1), ip(G2), now).unwrap();
+    t.subscribe(sg(ip(S1), ip(G2)), now).unwrap();
     let out = sent(&mut t);
     // The pending ALLOW for G1 rides along with the new ALLOW for G2.
     assert_eq!(
@@ -669,7 +673,7 @@ fn join_then_leave_before_repetitions_end_sends_block_not_allow() {
             rec4(RecordType::AllowNewSources, G2, &[S1])
         ]
     );
-    t.unsubscribe(ip(S1), ip(G2), now);
+    t.unsubscribe(sg(ip(S1), ip(G2)), now);
     let out = sent(&mut t);
     let recs = igmp_records(&out[0].1).2;
     assert!(recs.contains(&rec4(RecordType::BlockOldSources, G2, &[S1])));
@@ -682,7 +686,7 @@ fn query_from_wrong_address_or_nonce_or_malformed_is_dropped() {
     let mut c = TunnelConfig::new(relay_addr());
     c.skip_discovery = true;
     let mut t = Tunnel::new(c, local(), t0, 2);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, _) = only_request(&sent(&mut t));
     let q = QueryOpts::new(rn).bytes();
     assert_eq!(
@@ -734,7 +738,7 @@ fn limit_flag_before_up_refuses_and_holds_down() {
     let mut t = Tunnel::new(cfg(), local(), t0, 13);
     let dn = discovery_nonce(&sent(&mut t));
     t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     events(&mut t);
     let (rn, _) = only_request(&sent(&mut t));
     let mut q = QueryOpts::new(rn);
@@ -783,7 +787,7 @@ fn gateway_address_change_sends_teardown_with_previous_values() {
     let mut c = TunnelConfig::new(relay_addr());
     c.skip_discovery = true;
     let mut t = Tunnel::new(c, local(), t0, 17);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, _) = only_request(&sent(&mut t));
     let old_gw: SocketAddr = "192.0.2.200:5000".parse().unwrap();
     let mut q = QueryOpts::new(rn);
@@ -830,14 +834,10 @@ fn data_accepted_only_from_relay_and_for_subscribed_channels() {
     let (mut t, _t0, now, _) = up_tunnel(cfg());
     let pkt = data(ip(S1), ip(G1), 100);
     match t.handle_datagram(now, relay_addr(), &pkt) {
-        Received::Data {
-            inner,
-            source,
-            group,
-        } => {
+        Received::Data { inner, sg: channel } => {
             assert_eq!(inner, 2..pkt.len());
             assert_eq!(&pkt[inner][..1], &[0x45]);
-            assert_eq!((source, group), (ip(S1), ip(G1)));
+            assert_eq!(channel, sg(ip(S1), ip(G1)));
         }
         other => panic!("{other:?}"),
     }
@@ -848,8 +848,7 @@ fn data_accepted_only_from_relay_and_for_subscribed_channels() {
         t.handle_datagram(now, relay_addr(), &padded),
         Received::Data {
             inner: 2..pkt.len(),
-            source: ip(S1),
-            group: ip(G1)
+            sg: sg(ip(S1), ip(G1))
         }
     );
     assert_eq!(
@@ -883,7 +882,7 @@ fn data_accepted_only_from_relay_and_for_subscribed_channels() {
     assert_eq!(s.dropped.get(DropReason::NotSubscribed), 1);
     assert_eq!(s.dropped.get(DropReason::NotMulticast), 1);
     assert_eq!(s.dropped.get(DropReason::Malformed), 2);
-    let sub = t.subscription_stats(ip(S1), ip(G1)).unwrap();
+    let sub = t.subscription_stats(sg(ip(S1), ip(G1))).unwrap();
     assert_eq!(sub.packets, 2);
     assert_eq!(sub.last_data_at, Some(now));
 
@@ -895,7 +894,7 @@ fn data_accepted_only_from_relay_and_for_subscribed_channels() {
             .any(|e| matches!(e, TunnelEvent::NoData { .. }))
     );
 
-    t.unsubscribe(ip(S1), ip(G1), now);
+    t.unsubscribe(sg(ip(S1), ip(G1)), now);
     assert_eq!(
         t.handle_datagram(now, relay_addr(), &pkt),
         Received::Dropped(DropReason::NotSubscribed)
@@ -906,7 +905,7 @@ fn data_accepted_only_from_relay_and_for_subscribed_channels() {
 fn data_before_discovery_is_not_accepted() {
     let t0 = Instant::now();
     let mut t = Tunnel::new(cfg(), local(), t0, 4);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     assert_eq!(
         t.handle_datagram(t0, discovery_addr(), &data(ip(S1), ip(G1), 10)),
         Received::Dropped(DropReason::NotFromRelay)
@@ -918,7 +917,7 @@ fn data_before_discovery_is_not_accepted() {
 #[test]
 fn ipv6_subscription_uses_p_flag_and_mld() {
     let (mut t, _t0, now, _) = up_tunnel(cfg());
-    t.subscribe(ip(S6), ip(G6), now).unwrap();
+    t.subscribe(sg(ip(S6), ip(G6)), now).unwrap();
     let (rn6, kind) = only_request(&sent(&mut t));
     assert_eq!(kind, QueryKind::Mldv2);
     let mut q = QueryOpts::new(rn6);
@@ -968,7 +967,7 @@ fn ipv6_subscription_uses_p_flag_and_mld() {
 #[test]
 fn unanswered_family_does_not_kill_a_healthy_tunnel() {
     let (mut t, _t0, now, _) = up_tunnel(cfg());
-    t.subscribe(ip(S6), ip(G6), now).unwrap();
+    t.subscribe(sg(ip(S6), ip(G6)), now).unwrap();
     only_request(&sent(&mut t));
     // Let 60 s pass: the MLD family exhausts its retries, IPv4 stays healthy.
     let mut at = now;
@@ -1010,7 +1009,7 @@ fn relay_silent_after_up_is_lost_after_refresh_fails() {
         at - now
     );
     assert_eq!(t.state(), TunnelState::Discovering);
-    assert!(t.is_subscribed(ip(S1), ip(G1)));
+    assert!(t.is_subscribed(sg(ip(S1), ip(G1))));
 }
 
 // ---- subscribe errors ------------------------------------------------------
@@ -1020,24 +1019,28 @@ fn subscribe_validation() {
     let t0 = Instant::now();
     let mut t = Tunnel::new(cfg(), local(), t0, 1);
     assert_eq!(
-        t.subscribe(ip(S6), ip(G1), t0),
-        Err(SubscribeError::MixedFamily {
-            src: ip(S6),
-            group: ip(G1)
-        })
+        t.subscribe(sg(ip(S6), ip(G1)), t0),
+        Err(SubscribeError::NotAChannel(
+            SourceGroupError::MixedFamilies(ip(S6), ip(G1))
+        ))
     );
     assert_eq!(
-        t.subscribe(ip(S1), ip("10.0.0.1"), t0),
-        Err(SubscribeError::NotMulticast(ip("10.0.0.1")))
+        t.subscribe(sg(ip(S1), ip("10.0.0.1")), t0),
+        Err(SubscribeError::NotAChannel(SourceGroupError::NotMulticast(
+            ip("10.0.0.1")
+        )))
     );
-    assert_eq!(t.subscribe(ip(S1), ip(G1), t0), Ok(true));
-    assert_eq!(t.subscribe(ip(S1), ip(G1), t0), Ok(false));
+    assert_eq!(t.subscribe(sg(ip(S1), ip(G1)), t0), Ok(true));
+    assert_eq!(t.subscribe(sg(ip(S1), ip(G1)), t0), Ok(false));
     assert_eq!(
         t.subscriptions().collect::<Vec<_>>(),
-        vec![(ip(S1), ip(G1))]
+        vec![sg(ip(S1), ip(G1))]
     );
     t.close(t0);
-    assert_eq!(t.subscribe(ip(S1), ip(G2), t0), Err(SubscribeError::Closed));
+    assert_eq!(
+        t.subscribe(sg(ip(S1), ip(G2)), t0),
+        Err(SubscribeError::Closed)
+    );
 }
 
 // ---- close -----------------------------------------------------------------
@@ -1045,7 +1048,7 @@ fn subscribe_validation() {
 #[test]
 fn close_sends_blocks_then_teardown_then_closed() {
     let (mut t, _t0, now, rn) = up_tunnel(cfg());
-    t.subscribe(ip(S1), ip(G2), now).unwrap();
+    t.subscribe(sg(ip(S1), ip(G2)), now).unwrap();
     sent(&mut t);
     t.close(now);
     assert_eq!(t.state(), TunnelState::Closing);
@@ -1102,7 +1105,7 @@ fn close_without_handshake_is_immediate_and_silent() {
     let t0 = Instant::now();
     let mut t = Tunnel::new(cfg(), local(), t0, 1);
     sent(&mut t);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     t.close(t0);
     assert_eq!(t.state(), TunnelState::Closed);
     assert!(sent(&mut t).is_empty());
@@ -1116,7 +1119,7 @@ fn close_with_unspecified_local_and_no_g_sends_no_teardown() {
     let mut c = TunnelConfig::new(relay_addr());
     c.skip_discovery = true;
     let mut t = Tunnel::new(c, "0.0.0.0:4000".parse().unwrap(), t0, 1);
-    t.subscribe(ip(S1), ip(G1), t0).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
     let (rn, _) = only_request(&sent(&mut t));
     t.handle_datagram(t0, relay_addr(), &QueryOpts::new(rn).bytes());
     // Report source falls back to 0.0.0.0 for an unspecified local address.
@@ -1127,7 +1130,7 @@ fn close_with_unspecified_local_and_no_g_sends_no_teardown() {
         } => assert_eq!(*src, Ipv4Addr::UNSPECIFIED),
         other => panic!("{other:?}"),
     }
-    t.unsubscribe(ip(S1), ip(G1), t0);
+    t.unsubscribe(sg(ip(S1), ip(G1)), t0);
     t.close(t0);
     while let Some(d) = t.poll_timeout() {
         t.handle_timeout(d);

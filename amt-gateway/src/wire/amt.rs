@@ -18,8 +18,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use super::ip::declared_len;
 use super::{DecodeError, EncodeError, be16, be32, need, room, v4_at, v6_at};
 
-/// IANA UDP port of AMT relays (gateways send from any port).
-pub const RELAY_PORT: u16 = 2268;
 pub const DISCOVERY_LEN: usize = 8;
 pub const ADVERTISEMENT_V4_LEN: usize = 12;
 pub const ADVERTISEMENT_V6_LEN: usize = 24;

@@ -1,5 +1,6 @@
 //! ingestctl: the command-line client of frr-ingestd. See `ingestctl --help`.
 
+use ingest_types::SourceGroup;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -193,8 +194,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca,
             json,
         } => {
+            let channel = SourceGroup::new(source, group)
+                .with_context(|| format!("SOURCE {source} GROUP {group}"))?;
             return print_report(
-                frr_bridge::policy_cli::dorms_report(source, group, server, ca).await,
+                frr_bridge::policy_cli::dorms_report(channel, server, ca).await,
                 json,
             );
         }

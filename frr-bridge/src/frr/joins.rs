@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::Sg;
+use ingest_types::SourceGroup;
 
 /// How deep the walk goes: real output nests 3 levels (4 with VRFs).
 const MAX_DEPTH: usize = 6;
@@ -41,7 +41,7 @@ pub type JoinedInterfaces = Vec<String>;
 /// Result of one parse: the join set plus what was skipped and why.
 #[derive(Debug, Default, PartialEq)]
 pub struct ParsedJoins {
-    pub joins: BTreeMap<Sg, JoinedInterfaces>,
+    pub joins: BTreeMap<SourceGroup, JoinedInterfaces>,
     /// Entries ignored because something in them did not parse.
     pub skipped: Vec<String>,
     /// Entries present but not joined (NOINFO after a prune, PRUNE, ...).
@@ -128,12 +128,12 @@ fn take_entry(
         ));
         return;
     }
-    if source.is_multicast() || source.is_unspecified() || source.is_ipv4() != group.is_ipv4() {
+    let Ok(sg) = SourceGroup::new(source, group) else {
         out.skipped.push(format!(
             "({source},{group}) is not a valid source-specific channel"
         ));
         return;
-    }
+    };
     let state = entry.get("channelJoinName").and_then(Value::as_str);
     let pim_join = matches!(state, Some(s) if s.eq_ignore_ascii_case("JOIN"));
     // A receiver on one of the router's own interfaces (IGMPv3/MLDv2
@@ -158,18 +158,15 @@ fn take_entry(
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "?".to_string());
-    out.joins
-        .entry(Sg { source, group })
-        .or_default()
-        .push(iface);
+    out.joins.entry(sg).or_default().push(iface);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sg(s: &str, g: &str) -> Sg {
-        Sg {
+    fn sg(s: &str, g: &str) -> SourceGroup {
+        SourceGroup {
             source: s.parse().unwrap(),
             group: g.parse().unwrap(),
         }

@@ -14,8 +14,8 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-fn sg(source: &str, group: &str) -> Sg {
-    Sg {
+fn sg(source: &str, group: &str) -> SourceGroup {
+    SourceGroup {
         source: ip(source),
         group: ip(group),
     }
@@ -26,7 +26,7 @@ fn relay(text: &str) -> SocketAddr {
 }
 
 /// A desired set: each (S,G) with `n` downstream interfaces.
-fn desired(flows: &[(Sg, usize)]) -> Arc<DesiredSet> {
+fn desired(flows: &[(SourceGroup, usize)]) -> Arc<DesiredSet> {
     Arc::new(DesiredSet {
         joins: flows
             .iter()
@@ -92,14 +92,14 @@ fn config(limit: Option<&str>) -> PolicyConfig {
     }
 }
 
-fn relays_of(set: &PolicySet, flow: Sg) -> Vec<SocketAddr> {
+fn relays_of(set: &PolicySet, flow: SourceGroup) -> Vec<SocketAddr> {
     match &set[&flow].relays {
         RelayVerdict::Relays(r) => r.iter().map(|c| c.relay).collect(),
         other => panic!("{flow}: expected relays, got {other:?}"),
     }
 }
 
-fn no_relay_reason(set: &PolicySet, flow: Sg) -> String {
+fn no_relay_reason(set: &PolicySet, flow: SourceGroup) -> String {
     match &set[&flow].relays {
         RelayVerdict::NoRelay(reason) => reason.clone(),
         other => panic!("{flow}: expected no relay, got {other:?}"),
@@ -503,7 +503,7 @@ fn type0_and_missing_records() {
         );
     }
     // The transient failure still counts; of the three 6M flows one fits.
-    let admitted: Vec<Sg> = set.values().filter(|f| f.admitted).map(|f| f.sg).collect();
+    let admitted: Vec<SourceGroup> = set.values().filter(|f| f.admitted).map(|f| f.sg).collect();
     assert_eq!(admitted.len(), 1, "{admitted:?}");
 
     // Once the type 0 relay is held down... (a relay failure cannot touch
@@ -697,7 +697,7 @@ fn verdict_text() {
 #[derive(Default)]
 struct Fake {
     relays: Mutex<HashMap<IpAddr, DriadOutcome>>,
-    rates: Mutex<HashMap<Sg, FlowBitrate>>,
+    rates: Mutex<HashMap<SourceGroup, FlowBitrate>>,
     relay_calls: Mutex<Vec<IpAddr>>,
 }
 
@@ -713,7 +713,7 @@ impl PolicyLookups for Fake {
         })
     }
 
-    fn bitrate(&self, sg: Sg) -> BoxFuture<'_, FlowBitrate> {
+    fn bitrate(&self, sg: SourceGroup) -> BoxFuture<'_, FlowBitrate> {
         let rate = self
             .rates
             .lock()
@@ -732,7 +732,7 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(cfg: &PolicyConfig, fake: Arc<Fake>, flows: &[(Sg, usize)]) -> Running {
+fn start(cfg: &PolicyConfig, fake: Arc<Fake>, flows: &[(SourceGroup, usize)]) -> Running {
     let engine = PolicyEngine::with_lookups(cfg, no_static(), fake).unwrap();
     let (desired_tx, desired_rx) = watch::channel(desired(flows));
     let (failures_tx, failures_rx) = mpsc::unbounded_channel();

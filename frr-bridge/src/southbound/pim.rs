@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::Sg;
+use ingest_types::SourceGroup;
 
 pub const ALL_PIM_ROUTERS_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 13);
 const PIM_PROTO: u8 = 103;
@@ -102,8 +102,8 @@ pub struct JoinPrune {
     pub from: IpAddr,
     pub upstream_neighbor: IpAddr,
     pub holdtime: u16,
-    pub joins: Vec<Sg>,
-    pub prunes: Vec<Sg>,
+    pub joins: Vec<SourceGroup>,
+    pub prunes: Vec<SourceGroup>,
 }
 
 struct Reader<'a> {
@@ -233,7 +233,7 @@ fn parse_join_prune(r: &mut Reader<'_>, from: IpAddr) -> Option<JoinPrune> {
             if flags & 0x07 != 0x04 {
                 continue;
             }
-            let sg = Sg { source, group };
+            let sg = SourceGroup { source, group };
             if i < u32::from(njoin) {
                 jp.joins.push(sg);
             } else {
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(jp.holdtime, 210);
         assert_eq!(
             jp.joins,
-            vec![Sg {
+            vec![SourceGroup {
                 source: "198.51.100.4".parse().unwrap(),
                 group: "232.1.1.1".parse().unwrap()
             }]

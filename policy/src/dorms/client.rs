@@ -33,11 +33,11 @@ use super::metadata::{
     parse_metadata, restconf_root,
 };
 use super::srv::{SrvTarget, cache_lifetime, order_srv};
-use crate::SourceGroup;
 use crate::admission::BitrateOrigin;
 use crate::cache::TtlCache;
 use crate::dns::{DnsClient, DnsConfig, DnsFailure};
 use crate::driad::dorms_srv_name;
+use ingest_types::SourceGroup;
 
 /// Client configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use crate::SourceGroup;
+use ingest_types::SourceGroup;
 
 /// What the sender declared for a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +280,7 @@ mod tests {
     use super::*;
 
     fn sg(s: &str, g: &str) -> SourceGroup {
-        SourceGroup::new(s.parse().unwrap(), g.parse().unwrap())
+        SourceGroup::new(s.parse().unwrap(), g.parse().unwrap()).unwrap()
     }
 
     fn akamai() -> SourceGroup {

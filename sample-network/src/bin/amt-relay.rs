@@ -25,11 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use amt_gateway::relay::{Relay, RelayConfig, RelayInput};
-use amt_gateway::wire::amt::{MULTICAST_DATA_HEADER, RELAY_PORT};
+use amt_gateway::wire::amt::MULTICAST_DATA_HEADER;
 use amt_gateway::wire::ip;
 use anyhow::{Context, bail};
 use clap::Parser;
-use sample_network::channel::Channel;
+use ingest_types::AMT_PORT;
+use ingest_types::SourceGroup;
 use sample_network::iface::Interface;
 use sample_network::mcast::{force_recv_buffer, join_ssm, leave_ssm};
 use sample_network::signal;
@@ -78,7 +79,7 @@ Examples:
 #[command(name = "amt-relay", version, about = "RFC 7450 AMT relay for the lab", long_about = LONG_ABOUT)]
 struct Args {
     /// AMT address and port to listen on ([::]:PORT is dual-stack).
-    #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), RELAY_PORT))]
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), AMT_PORT))]
     listen: SocketAddr,
     /// LAN interface (name or one of its addresses) where native multicast
     /// is joined and received. Default: the kernel's choice by route.
@@ -121,7 +122,7 @@ struct Args {
     recv_buffer: usize,
     /// Generate Multicast Data for this channel once a gateway subscribes it.
     #[arg(long, value_name = "S,G")]
-    synthetic: Option<Channel>,
+    synthetic: Option<SourceGroup>,
     /// Synthetic packets per second (per gateway).
     #[arg(
         long,
@@ -224,7 +225,7 @@ struct Native {
     raw4: Socket,
     raw6: Option<Socket>,
     iface: Option<Interface>,
-    joined: BTreeSet<(IpAddr, IpAddr)>,
+    joined: BTreeSet<SourceGroup>,
 }
 
 impl Native {
@@ -265,18 +266,20 @@ impl Native {
     }
 
     /// Makes the native joins equal to `wanted`.
-    fn sync(&mut self, wanted: &BTreeSet<(IpAddr, IpAddr)>, stats: &mut IoStats) {
+    fn sync(&mut self, wanted: &BTreeSet<SourceGroup>, stats: &mut IoStats) {
         let to_leave: Vec<_> = self.joined.difference(wanted).copied().collect();
         let to_join: Vec<_> = wanted.difference(&self.joined).copied().collect();
-        for (s, g) in to_leave {
-            if let (Ok(ch), Some(sock)) = (Channel::new(s, g), self.socket_for(g)) {
+        for channel in to_leave {
+            let (s, g) = (channel.source, channel.group);
+            if let (Ok(ch), Some(sock)) = (SourceGroup::new(s, g), self.socket_for(g)) {
                 let _ = leave_ssm(sock, &ch, self.iface.as_ref());
             }
-            self.joined.remove(&(s, g));
+            self.joined.remove(&channel);
             event("native_leave", json!({ "source": s, "group": g }));
         }
-        for (s, g) in to_join {
-            let result = match (Channel::new(s, g), self.socket_for(g)) {
+        for channel in to_join {
+            let (s, g) = (channel.source, channel.group);
+            let result = match (SourceGroup::new(s, g), self.socket_for(g)) {
                 (Ok(ch), Some(sock)) => {
                     join_ssm(sock, &ch, self.iface.as_ref()).map_err(|e| e.to_string())
                 }
@@ -285,7 +288,7 @@ impl Native {
             };
             match result {
                 Ok(()) => {
-                    self.joined.insert((s, g));
+                    self.joined.insert(channel);
                     event("native_join", json!({ "source": s, "group": g }));
                 }
                 Err(e) => {
@@ -452,10 +455,10 @@ fn status_object(
             let channels: Vec<serde_json::Value> = g
                 .channels
                 .iter()
-                .map(|(s, gr, c)| {
+                .map(|(sg, c)| {
                     json!({
-                        "source": s,
-                        "group": gr,
+                        "source": sg.source,
+                        "group": sg.group,
                         "expires_in_s": c.expires.saturating_duration_since(now).as_secs_f64(),
                         "packets": c.packets,
                         "bytes": c.bytes,
@@ -468,7 +471,7 @@ fn status_object(
     let joined: Vec<serde_json::Value> = native
         .joined
         .iter()
-        .map(|(s, g)| json!({ "source": s, "group": g }))
+        .map(|sg| json!({ "source": sg.source, "group": sg.group }))
         .collect();
     let s = relay.stats();
     json!({
@@ -528,7 +531,7 @@ enum SyntheticPhase {
 /// The `--synthetic` run: waits for a subscription, then sends at the
 /// fixed rate until the limit (one run per process).
 struct SyntheticRun {
-    channel: Channel,
+    channel: SourceGroup,
     rate: u64,
     payload_len: usize,
     port: u16,
@@ -548,7 +551,7 @@ struct SyntheticRun {
 }
 
 impl SyntheticRun {
-    fn new(args: &Args, channel: Channel) -> anyhow::Result<Self> {
+    fn new(args: &Args, channel: SourceGroup) -> anyhow::Result<Self> {
         if args.synthetic_rate == 0 {
             bail!("--synthetic-rate must be at least 1");
         }
@@ -651,7 +654,7 @@ impl SyntheticRun {
         let Some(pacer) = self.pacer.as_mut() else {
             return;
         };
-        let (s, g) = (self.channel.source, self.channel.group);
+        let channel = self.channel;
         let packet_len = self.sender.packet_len();
         loop {
             let due = pacer.due(now);
@@ -661,7 +664,7 @@ impl SyntheticRun {
             let count = (due as usize).min(self.sender.batch());
             self.gateways.clear();
             self.gateways
-                .extend_from_slice(relay.forward(s, g, packet_len));
+                .extend_from_slice(relay.forward(channel, packet_len));
             if self.gateways.is_empty() {
                 break;
             }
@@ -689,7 +692,7 @@ impl SyntheticRun {
             }
             // Count the rest of the batch for the relay's per-channel stats.
             for _ in 1..advanced {
-                relay.forward(s, g, packet_len);
+                relay.forward(channel, packet_len);
             }
             pacer.take(advanced as u64);
             if advanced > 0 {
@@ -900,11 +903,7 @@ fn run() -> anyhow::Result<()> {
             let before: BTreeSet<_> = relay
                 .gateways()
                 .iter()
-                .flat_map(|g| {
-                    g.channels
-                        .iter()
-                        .map(move |(s, gr, _)| (g.gateway, *s, *gr))
-                })
+                .flat_map(|g| g.channels.iter().map(move |(sg, _)| (g.gateway, *sg)))
                 .collect();
             if let RelayInput::Control { changed: true } =
                 relay.handle_datagram(now, from, local_ip, payload)
@@ -913,22 +912,18 @@ fn run() -> anyhow::Result<()> {
                 let after: BTreeSet<_> = relay
                     .gateways()
                     .iter()
-                    .flat_map(|g| {
-                        g.channels
-                            .iter()
-                            .map(move |(s, gr, _)| (g.gateway, *s, *gr))
-                    })
+                    .flat_map(|g| g.channels.iter().map(move |(sg, _)| (g.gateway, *sg)))
                     .collect();
-                for (gw, s, g) in after.difference(&before) {
+                for (gw, sg) in after.difference(&before) {
                     event(
                         "channel_added",
-                        json!({ "gateway": gw.to_string(), "source": s, "group": g }),
+                        json!({ "gateway": gw.to_string(), "source": sg.source, "group": sg.group }),
                     );
                 }
-                for (gw, s, g) in before.difference(&after) {
+                for (gw, sg) in before.difference(&after) {
                     event(
                         "channel_removed",
-                        json!({ "gateway": gw.to_string(), "source": s, "group": g }),
+                        json!({ "gateway": gw.to_string(), "source": sg.source, "group": sg.group }),
                     );
                 }
             }
@@ -950,8 +945,11 @@ fn run() -> anyhow::Result<()> {
             let before: BTreeSet<_> = relay.channels();
             if relay.handle_timeout(now) {
                 changed = true;
-                for (s, g) in before.difference(&relay.channels()) {
-                    event("channel_expired", json!({ "source": s, "group": g }));
+                for sg in before.difference(&relay.channels()) {
+                    event(
+                        "channel_expired",
+                        json!({ "source": sg.source, "group": sg.group }),
+                    );
                 }
             }
         }
@@ -959,10 +957,7 @@ fn run() -> anyhow::Result<()> {
             let wanted = relay.channels();
             native.sync(&wanted, &mut io_stats);
             if let Some(syn) = synthetic.as_mut() {
-                syn.set_subscribed(
-                    wanted.contains(&(syn.channel.source, syn.channel.group)),
-                    now,
-                );
+                syn.set_subscribed(wanted.contains(&syn.channel), now);
             }
         }
         if let Some(syn) = synthetic.as_mut() {
@@ -992,7 +987,13 @@ fn run() -> anyhow::Result<()> {
                 continue;
             }
             io_stats.native_packets += 1;
-            let gateways = relay.forward(info.src, info.dst, info.len);
+            let gateways = relay.forward(
+                SourceGroup {
+                    source: info.src,
+                    group: info.dst,
+                },
+                info.len,
+            );
             if gateways.is_empty() {
                 io_stats.native_unmatched += 1;
             }
@@ -1019,7 +1020,13 @@ fn run() -> anyhow::Result<()> {
                     continue;
                 }
                 io_stats.native_packets += 1;
-                let gateways = relay.forward(info.src, info.dst, len);
+                let gateways = relay.forward(
+                    SourceGroup {
+                        source: info.src,
+                        group: info.dst,
+                    },
+                    len,
+                );
                 if gateways.is_empty() {
                     io_stats.native_unmatched += 1;
                 }
@@ -1071,7 +1078,8 @@ mod synthetic {
     use amt_gateway::wire::checksum;
     use amt_gateway::wire::ipv4::{Ipv4Repr, PROTO_UDP};
     use amt_gateway::wire::ipv6::{Ipv6Repr, NEXT_UDP};
-    use sample_network::{Channel, PAYLOAD_HEADER_LEN};
+    use ingest_types::SourceGroup;
+    use sample_network::PAYLOAD_HEADER_LEN;
     use socket2::SockAddr;
 
     pub const UDP_HEADER_LEN: usize = 8;
@@ -1102,7 +1110,11 @@ mod synthetic {
     }
 
     impl DataTemplate {
-        pub fn new(channel: Channel, port: u16, payload_len: usize) -> Result<Self, TemplateError> {
+        pub fn new(
+            channel: SourceGroup,
+            port: u16,
+            payload_len: usize,
+        ) -> Result<Self, TemplateError> {
             if payload_len < PAYLOAD_HEADER_LEN {
                 return Err(TemplateError::PayloadTooShort(payload_len));
             }
@@ -1385,7 +1397,7 @@ mod synthetic {
         use amt_gateway::wire::ipv4::Ipv4Header;
         use sample_network::Probe;
 
-        fn udp_checksum_ok(datagram: &[u8], channel: Channel) -> bool {
+        fn udp_checksum_ok(datagram: &[u8], channel: SourceGroup) -> bool {
             let inner = &datagram[MULTICAST_DATA_HEADER.len()..];
             let (udp, pseudo) = match (channel.source, channel.group) {
                 (IpAddr::V4(s), IpAddr::V4(g)) => {
@@ -1410,7 +1422,7 @@ mod synthetic {
 
         #[test]
         fn ipv4_datagram_is_valid_amt_data_with_probe() {
-            let ch: Channel = "10.99.0.1,232.9.9.9".parse().unwrap();
+            let ch: SourceGroup = "10.99.0.1,232.9.9.9".parse().unwrap();
             let t = DataTemplate::new(ch, 5000, 1316).unwrap();
             assert_eq!(t.packet_len(), 20 + 8 + 1316);
             assert_eq!(t.bytes().len(), 2 + 20 + 8 + 1316);
@@ -1430,7 +1442,7 @@ mod synthetic {
 
         #[test]
         fn ipv6_datagram_checksum_and_lengths() {
-            let ch: Channel = "2001:db8:99::1,ff3e::8000:1".parse().unwrap();
+            let ch: SourceGroup = "2001:db8:99::1,ff3e::8000:1".parse().unwrap();
             let t = DataTemplate::new(ch, 5000, 100).unwrap();
             assert_eq!(t.packet_len(), 40 + 8 + 100);
             let mut d = t.bytes().to_vec();
@@ -1442,7 +1454,7 @@ mod synthetic {
 
         #[test]
         fn template_rejects_bad_sizes() {
-            let ch: Channel = "10.99.0.1,232.9.9.9".parse().unwrap();
+            let ch: SourceGroup = "10.99.0.1,232.9.9.9".parse().unwrap();
             assert_eq!(
                 DataTemplate::new(ch, 1, 15).unwrap_err(),
                 TemplateError::PayloadTooShort(15)
@@ -1455,7 +1467,7 @@ mod synthetic {
 
         #[test]
         fn batch_sender_stamps_consecutive_sequences() {
-            let ch: Channel = "10.99.0.1,232.9.9.9".parse().unwrap();
+            let ch: SourceGroup = "10.99.0.1,232.9.9.9".parse().unwrap();
             let mut s = BatchSender::new(DataTemplate::new(ch, 5000, 100).unwrap(), 4);
             s.stamp(10, 3, 1);
             let seqs: Vec<u64> = s

@@ -9,10 +9,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
 
+use ingest_types::SourceGroup;
 use sample_network::iface::Interface;
 use sample_network::{
-    Channel, LatencyHistogram, LatencySummary, Probe, SequenceSummary, SequenceTracker, mcast,
-    signal,
+    LatencyHistogram, LatencySummary, Probe, SequenceSummary, SequenceTracker, mcast, signal,
 };
 
 /// Join SSM channels with IGMPv3/MLDv2 source-specific membership and report
@@ -37,7 +37,7 @@ use sample_network::{
 struct Args {
     /// Channel to join as SOURCE,GROUP (IPv4 or IPv6); repeat for several.
     #[arg(short, long = "channel", value_name = "S,G", required = true)]
-    channels: Vec<Channel>,
+    channels: Vec<SourceGroup>,
 
     /// Join this many consecutive groups for each --channel (G, G+1, ...).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -73,7 +73,7 @@ struct Args {
 }
 
 struct ChannelState {
-    channel: Channel,
+    channel: SourceGroup,
     socket: UdpSocket,
     joined_at: Instant,
     packets: u64,
@@ -139,7 +139,7 @@ fn main() -> Result<()> {
     };
     let mut channels = Vec::new();
     for channel in &args.channels {
-        channels.extend(channel.with_consecutive_groups(args.groups)?);
+        channels.extend(sample_network::consecutive_groups(*channel, args.groups)?);
     }
     channels.sort();
     channels.dedup();

@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
 
+use ingest_types::SourceGroup;
 use sample_network::iface::Interface;
-use sample_network::{Channel, PAYLOAD_HEADER_LEN, Probe, mcast, signal};
+use sample_network::{PAYLOAD_HEADER_LEN, Probe, mcast, signal};
 
 /// Below this packet interval, send in batches once per tick instead of
 /// sleeping per packet (sleep granularity is tens of microseconds).
@@ -37,7 +38,7 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(10);
 struct Args {
     /// Channel to send to as SOURCE,GROUP (IPv4 or IPv6); repeat for several.
     #[arg(short, long = "channel", value_name = "S,G", required = true)]
-    channels: Vec<Channel>,
+    channels: Vec<SourceGroup>,
 
     /// Send to this many consecutive groups for each --channel (G, G+1, ...).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -73,7 +74,7 @@ struct Args {
 }
 
 struct Sender {
-    channel: Channel,
+    channel: SourceGroup,
     socket: UdpSocket,
     next_sequence: u64,
     packets: u64,
@@ -121,7 +122,7 @@ fn main() -> Result<()> {
     };
     let mut senders = Vec::new();
     for spec in &args.channels {
-        for channel in spec.with_consecutive_groups(args.groups)? {
+        for channel in sample_network::consecutive_groups(*spec, args.groups)? {
             let socket = mcast::open_sender(&channel, iface.as_ref(), args.port, args.ttl)
                 .with_context(|| format!("opening a sender for {channel}"))?;
             senders.push(Sender {

@@ -1,0 +1,14 @@
+//! The value types that every frr-ingest crate shares, kept in a crate of
+//! their own so that the policy crate, the AMT gateway and the daemon can
+//! all use them without depending on each other.
+//!
+//! * [`SourceGroup`]: a source-specific multicast channel (S,G).
+//! * [`AMT_PORT`]: the UDP port of AMT (RFC 7450).
+
+mod source_group;
+
+pub use source_group::{SourceGroup, SourceGroupError};
+
+/// The UDP port of AMT relays (RFC 7450 §7, IANA "amt"). DRIAD relays
+/// (RFC 8777) are always reached on it.
+pub const AMT_PORT: u16 = 2268;
