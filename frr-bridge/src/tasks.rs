@@ -13,8 +13,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::daemon::Shared;
+use crate::pipeline::Shared;
 use crate::southbound::pim::{HelloOptions, TunPacket, hello_v4, parse_tun_packet};
+use crate::southbound::tun::IngestTun;
 
 struct FdRef(Arc<OwnedFd>);
 impl AsRawFd for FdRef {
@@ -44,6 +45,7 @@ fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 /// what pimd sends out of the TUN, and triggers a join poll on Join/Prune.
 pub async fn run_pim(
     shared: Shared,
+    tun: Arc<IngestTun>,
     neighbor: IpAddr,
     interval: Duration,
     trigger: Arc<Notify>,
@@ -66,18 +68,16 @@ pub async fn run_pim(
                 generation_id,
             },
         );
-        match shared.tun.write_packet(&pkt) {
+        match tun.write_packet(&pkt) {
             Ok(()) => {
                 shared.counters.hellos_sent.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => warn!("cannot send PIM Hello on {}: {e}", shared.tun.name()),
+            Err(e) => warn!("cannot send PIM Hello on {}: {e}", tun.name()),
         }
     };
     // SAFETY: the Arc keeps the TUN fd open for the AsyncFd's whole life.
-    let afd = match unsafe {
-        AsyncFd::register_with_interest(FdRef(shared.tun.fd()), Interest::READABLE)
-    }
-    .map_err(std::io::Error::from)
+    let afd = match unsafe { AsyncFd::register_with_interest(FdRef(tun.fd()), Interest::READABLE) }
+        .map_err(std::io::Error::from)
     {
         Ok(a) => a,
         Err(e) => {
