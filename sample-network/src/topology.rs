@@ -125,7 +125,11 @@ pub struct IfAddr {
 
 impl fmt::Display for IfAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} dev {}", self.addr, self.prefix_len, self.interface)
+        write!(
+            f,
+            "{}/{} dev {}",
+            self.addr, self.prefix_len, self.interface
+        )
     }
 }
 
@@ -222,11 +226,9 @@ impl fmt::Display for Step {
                 v.extend(argv.iter().cloned());
                 v
             }
-            Step::Frr { node, config_dir } => vec![
-                "frr".into(),
-                node.clone(),
-                config_dir.display().to_string(),
-            ],
+            Step::Frr { node, config_dir } => {
+                vec!["frr".into(), node.clone(), config_dir.display().to_string()]
+            }
             Step::Service { node, role } => {
                 vec!["service".into(), node.clone(), role.as_str().into()]
             }
@@ -423,14 +425,11 @@ impl Topology {
             }
         }
         for n in &self.nodes {
-            match n.role {
-                Some(role @ (Role::Named | Role::Nginx | Role::AmtRelay)) => {
-                    steps.push(Step::Service {
-                        node: n.name.clone(),
-                        role,
-                    })
-                }
-                _ => {}
+            if let Some(role @ (Role::Named | Role::Nginx | Role::AmtRelay)) = n.role {
+                steps.push(Step::Service {
+                    node: n.name.clone(),
+                    role,
+                });
             }
         }
         steps
@@ -559,11 +558,7 @@ impl Resolver<'_> {
             let b = ends.pop().unwrap_or_else(|| unreachable!("two endpoints"));
             let a = ends.pop().unwrap_or_else(|| unreachable!("two endpoints"));
             for end in [&a, &b] {
-                if links
-                    .iter()
-                    .any(|x: &Link| &x.a == end || &x.b == end)
-                    || (a == b)
-                {
+                if links.iter().any(|x: &Link| &x.a == end || &x.b == end) || (a == b) {
                     return Err(link_error(format!("interface {end} is used twice")));
                 }
             }
@@ -577,7 +572,9 @@ impl Resolver<'_> {
             }) {
                 return Err(self.node_error(
                     to,
-                    format!("{LABEL_NETNS_INTERFACES} names {iface}, but no link has {owner}:{iface}"),
+                    format!(
+                        "{LABEL_NETNS_INTERFACES} names {iface}, but no link has {owner}:{iface}"
+                    ),
                 ));
             }
         }
@@ -669,7 +666,7 @@ impl Resolver<'_> {
             }
             (None, None) => clab_name.to_string(),
         };
-        check_node_name(&name).map_err(|m| err(m))?;
+        check_node_name(&name).map_err(err)?;
 
         let sysctls = raw
             .sysctls
@@ -684,8 +681,7 @@ impl Resolver<'_> {
             if argv.is_empty() {
                 return Err(err("an empty exec line".into()));
             }
-            if let Some(a) = parse_address(&argv).map_err(|m| err(format!("exec {line:?}: {m}")))?
-            {
+            if let Some(a) = parse_address(&argv).map_err(|m| err(format!("exec {line:?}: {m}")))? {
                 addresses.push(a);
             }
             exec.push(argv);
@@ -821,7 +817,10 @@ fn parse_address(argv: &[String]) -> Result<Option<IfAddr>, String> {
         .ok_or_else(|| format!("{len:?} is not a prefix length for {addr}"))?;
     match (family, addr) {
         (Some(4), IpAddr::V6(_)) | (Some(6), IpAddr::V4(_)) => {
-            return Err(format!("{addr} does not match the -{} option", family.unwrap_or(0)));
+            return Err(format!(
+                "{addr} does not match the -{} option",
+                family.unwrap_or(0)
+            ));
         }
         _ => {}
     }
@@ -924,7 +923,10 @@ mod tests {
                 "relay2", "dns", "dorms", "source"
             ]
         );
-        assert_eq!(t.ipv4("ingest", "ing-dn"), Some(Ipv4Addr::new(10, 77, 1, 1)));
+        assert_eq!(
+            t.ipv4("ingest", "ing-dn"),
+            Some(Ipv4Addr::new(10, 77, 1, 1))
+        );
         assert_eq!(t.ipv4("rtr3", "rtr-up"), Some(Ipv4Addr::new(10, 77, 1, 10)));
         assert_eq!(t.ipv4("border", "bdr0"), Some(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(t.ipv4("dns", "dns0"), Some(Ipv4Addr::new(192, 0, 2, 53)));
@@ -976,7 +978,16 @@ mod tests {
             .to_string();
         assert_eq!(
             line.split(PLAN_SEPARATOR).collect::<Vec<_>>(),
-            ["exec", "border", "ip", "addr", "add", "192.0.2.1/24", "dev", "bdr0"]
+            [
+                "exec",
+                "border",
+                "ip",
+                "addr",
+                "add",
+                "192.0.2.1/24",
+                "dev",
+                "bdr0"
+            ]
         );
     }
 
@@ -1038,7 +1049,11 @@ topology:
         // a0's address is now exec'd by 'side'; the line in 'a' names an interface a lacks.
         let e = error_of(&shared);
         assert!(e.contains("node a") && e.contains("no interface a0"), "{e}");
-        let t = parse(&shared.replace("exec: [\"ip addr add 10.0.0.1/30 dev a0\"]", "exec: [\"true\"]")).unwrap();
+        let t = parse(&shared.replace(
+            "exec: [\"ip addr add 10.0.0.1/30 dev a0\"]",
+            "exec: [\"true\"]",
+        ))
+        .unwrap();
         assert_eq!(t.links[0].a.node, "side");
         assert_eq!(t.ipv4("side", "a0"), Some(Ipv4Addr::new(10, 0, 0, 9)));
         let e = error_of(&shared.replace("\"a:a0\"", "\"s:a0\""));
