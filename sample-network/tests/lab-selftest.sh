@@ -354,7 +354,7 @@ check_ipv6() {
 	local s out n t0 state
 	local -A amtrelay6=(
 		[::4]="10 0 2 $RELAY6"
-		[::5]="10 0 3 relay2.lab."
+		[::5]="10 0 3 relay2-v6.lab."
 		[::6]="0 0 0 ."
 		[::7]="10 0 2 2001:db8:0:2::12|20 0 2 $(addr relay2 rly0 -6)"
 		[::8]="10 0 1 $RELAY2|10 0 2 $RELAY6"
@@ -366,14 +366,18 @@ check_ipv6() {
 	done
 	expect "AMTRELAY of 2001:db8:5100::4 asked over IPv6" \
 		"$(DNS_SERVER=$DNS6 dig_short "$(rev_name6 "$SOURCE6")" TYPE260)" "10 0 2 $RELAY6"
-	expect "relay2.lab AAAA (type 3 target)" "$(dig_short relay2.lab. AAAA)" "$(addr relay2 rly0 -6)"
+	expect "relay2-v6.lab AAAA (type 3 target)" "$(dig_short relay2-v6.lab. AAAA)" "$(addr relay2 rly0 -6)"
+	expect "relay2.lab has no AAAA (IPv4 scenarios stay IPv4)" "$(dig_short relay2.lab. AAAA)" ""
 	for s in ::4 ::5 ::7; do
-		expect "DORMS SRV of 2001:db8:5100$s" "$(dig_short "_dorms._tcp.$(rev_name6 "2001:db8:5100$s")" SRV)" "0 0 443 dorms.lab."
+		expect "DORMS SRV of 2001:db8:5100$s" "$(dig_short "_dorms._tcp.$(rev_name6 "2001:db8:5100$s")" SRV)" "0 0 443 dorms-v6.lab."
 	done
 	out=$(lab exec border dig +time=2 +tries=1 "@$DNS" -x 2001:db8:5100::9 TYPE260 | grep -o 'status: [A-Z]*')
 	expect "2001:db8:5100::9 has no AMTRELAY (NODATA)" "$out" "status: NOERROR"
-	out=$(DORMS_AT="[$DORMS6]" curl_dorms "https://dorms.lab/restconf/data/ietf-dorms:metadata/sender=$SOURCE6/group=$GROUP6/ietf-cbacc:cbacc")
-	if [[ $out == *'"max-bits-per-second":1000000'* ]]; then pass "DORMS over IPv6: $SOURCE6/$GROUP6 1 Mbit/s"; else fail "DORMS over IPv6: $out"; fi
+	expect "dorms-v6.lab AAAA" "$(dig_short dorms-v6.lab. AAAA)" "$DORMS6"
+	# As the IPv6 sources' SRV says: https://dorms-v6.lab over IPv6, lab CA.
+	out=$(lab exec border curl -sS --max-time 5 --cacert "$LAB_RUN/dorms/ca.pem" --resolve "dorms-v6.lab:443:[$DORMS6]" \
+		"https://dorms-v6.lab/restconf/data/ietf-dorms:metadata/sender=$SOURCE6/group=$GROUP6/ietf-cbacc:cbacc" 2>&1)
+	if [[ $out == *'"max-bits-per-second":1000000'* ]]; then pass "DORMS over IPv6 (dorms-v6.lab): $SOURCE6/$GROUP6 1 Mbit/s"; else fail "DORMS over IPv6: $out"; fi
 
 	# Native IPv6 SSM on the sources' LAN: MLDv2 source-specific joins by mcrx.
 	lab exec relay "$MCRX" --iface rly-lan --channel "$SOURCE6,$GROUP6" --duration 6 --until-idle 1 \
