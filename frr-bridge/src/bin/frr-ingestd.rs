@@ -386,7 +386,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let pim_task = tokio::spawn(run_pim(
         shared.clone(),
         tun.clone(),
-        cfg.tun.neighbor,
+        vec![cfg.tun.neighbor],
         std::time::Duration::from_secs(cfg.tun.hello_interval_s),
         trigger.clone(),
         stop_rx.clone(),
