@@ -35,6 +35,9 @@ pub struct ApiInfo {
     pub frr_netns: String,
     pub tun_local: String,
     pub tun_neighbor: String,
+    pub tun_local6: String,
+    pub tun_neighbor6: String,
+    pub ipv4_rpf: String,
     pub join_source: String,
 }
 
@@ -138,6 +141,10 @@ impl Ingest for ApiService {
             tunnels: st.tunnels().len() as u32,
             join_source: self.info.join_source.clone(),
             counters,
+            pim6d_state: ws.pim6d_state.clone(),
+            tun_local6: self.info.tun_local6.clone(),
+            tun_neighbor6: self.info.tun_neighbor6.clone(),
+            ipv4_rpf: self.info.ipv4_rpf.clone(),
         }))
     }
 

@@ -356,11 +356,21 @@ fn route(head: &[u8]) -> Result<Route, &'static str> {
 
 /// Healthy while the join source works: pimd connected, or the joinfile
 /// read without error. Returns the state text either way.
+/// 200 while the join source works: pimd connected (or pim6d, for a
+/// deployment whose pimd is down), or the joinfile readable. Either IP
+/// family failing alone leaves the other one working, so it is reported in
+/// the body, not as a failure.
 pub fn health(status: &Status) -> (bool, String) {
     let state = status.frr_state.as_str();
-    let ok =
-        state == "connected" || (state.starts_with("joinfile:") && !state.contains("unreadable"));
-    (ok, format!("join source: {state}\n"))
+    let v6 = status.pim6d_state.as_str();
+    let ok = state == "connected"
+        || v6 == "connected"
+        || (state.starts_with("joinfile:") && !state.contains("unreadable"));
+    let mut text = format!("join source: {state}\n");
+    if !v6.is_empty() {
+        text.push_str(&format!("pim6d: {v6}\n"));
+    }
+    (ok, text)
 }
 
 async fn answer(mut stream: TcpStream, service: &ApiService) -> std::io::Result<()> {

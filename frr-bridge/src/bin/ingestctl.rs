@@ -254,6 +254,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "last_poll_error": s.last_poll_error, "last_poll_age_ms": s.last_poll_age_ms,
                     "pim_hellos_sent": s.pim_hellos_sent, "pim_joinprunes_seen": s.pim_joinprunes_seen,
                     "tunnels": s.tunnels, "join_source": s.join_source,
+                    "pim6d_state": s.pim6d_state, "tun_local6": s.tun_local6,
+                    "tun_neighbor6": s.tun_neighbor6, "ipv4_rpf": s.ipv4_rpf,
                     "counters": counters.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -264,12 +266,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     uptime_ms_text(s.uptime_ms)
                 );
                 println!("  FRR:        {} ({})", s.frr_state, s.join_source);
+                if !s.pim6d_state.is_empty() {
+                    println!("  pim6d:      {}", s.pim6d_state);
+                }
                 if !s.frr_netns.is_empty() {
                     println!("  FRR netns:  {}", s.frr_netns);
                 }
                 println!(
-                    "  TUN:        {} {} peer {}",
-                    s.tun_name, s.tun_local, s.tun_neighbor
+                    "  TUN:        {} {} peer {}{} (IPv4 RPF: {})",
+                    s.tun_name,
+                    s.tun_local,
+                    s.tun_neighbor,
+                    if s.tun_local6.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} peer {}", s.tun_local6, s.tun_neighbor6)
+                    },
+                    s.ipv4_rpf
                 );
                 println!(
                     "  Joins:      {} ({} sources routed into the TUN)",
