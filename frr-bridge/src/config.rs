@@ -204,6 +204,10 @@ pub struct AmtConfig {
     /// Seconds without data on a subscribed channel before the relay is
     /// considered failing for it (RFC 8777 §3.3.3); 0 disables.
     pub no_data_timeout_s: u64,
+    /// Relay racing (RFC 8777 §3.2): when a flow has several candidate
+    /// relays, the next one is tried too after this many milliseconds
+    /// without an answer; the first to answer carries the flow.
+    pub connection_attempt_delay_ms: u64,
     /// Static relay map: sources in `prefix` are ingested through `relay`.
     /// It overrides DNS discovery (DRIAD), and is the fallback for
     /// operators who want fixed relays.
@@ -216,6 +220,7 @@ impl Default for AmtConfig {
             linger_s: 60,
             bind: None,
             no_data_timeout_s: 10,
+            connection_attempt_delay_ms: 250,
             static_relays: Vec::new(),
         }
     }
@@ -482,6 +487,12 @@ impl Config {
             ));
         }
         self.policy.validate()?;
+        if !(10..=60_000).contains(&self.amt.connection_attempt_delay_ms) {
+            return Err(invalid(
+                "amt.connection_attempt_delay_ms",
+                "must be 10..60000 milliseconds",
+            ));
+        }
         if self.amt.linger_s > 86_400 {
             return Err(invalid("amt.linger_s", "must be at most 86400 seconds"));
         }

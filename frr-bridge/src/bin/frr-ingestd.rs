@@ -302,6 +302,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         orchestrator: Arc::new(RwLock::new(Orchestrator::new(OrchestratorConfig {
             serve_all: cfg.ingest.serve_all_sources,
             linger: std::time::Duration::from_secs(cfg.amt.linger_s),
+            attempt_delay: std::time::Duration::from_millis(cfg.amt.connection_attempt_delay_ms),
         }))),
         tunnels: Arc::new(RwLock::new(BTreeMap::new())),
         watch_status: watch_status.clone(),
