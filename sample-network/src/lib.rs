@@ -1,12 +1,13 @@
-//! Lab tools shared by `mcrx` (receiver) and `mcsend` (source): the probe payload,
+//! Lab tools shared by `mcrx` (receiver), `mcsend` (source) and `amt-relay`: the probe payload,
 //! sequence and latency accounting, ranges of (S,G) channels, interface lookup,
-//! source-specific joins and signal handling.
+//! source-specific joins, signal handling, and the lab AMT relay ([`relay`]).
 
 pub mod channel;
 pub mod iface;
 pub mod latency;
 pub mod mcast;
 pub mod payload;
+pub mod relay;
 pub mod sequence;
 pub mod signal;
 

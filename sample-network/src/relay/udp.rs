@@ -1,0 +1,79 @@
+//! Sending on the relay's AMT socket: destinations as that socket needs
+//! them, and Multicast Data without copying the packet.
+
+use std::io;
+use std::mem;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use amt_gateway::wire::amt::MULTICAST_DATA_HEADER;
+use socket2::{SockAddr, Socket};
+
+/// `dest` as a socket of the given family takes it: an IPv6 (dual-stack)
+/// socket reaches IPv4 gateways through v4-mapped addresses.
+pub fn socket_destination(v6_socket: bool, dest: SocketAddr) -> SocketAddr {
+    match (v6_socket, dest) {
+        (true, SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        (_, d) => d,
+    }
+}
+
+/// Sends `[Multicast Data header][packet]` to `dest` without copying.
+pub fn send_data(
+    ctrl_fd: libc::c_int,
+    ctrl_v6: bool,
+    dest: SocketAddr,
+    packet: &[u8],
+) -> io::Result<()> {
+    let addr = SockAddr::from(socket_destination(ctrl_v6, dest));
+    let mut iov = [
+        libc::iovec {
+            iov_base: MULTICAST_DATA_HEADER.as_ptr() as *mut libc::c_void,
+            iov_len: MULTICAST_DATA_HEADER.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr() as *mut libc::c_void,
+            iov_len: packet.len(),
+        },
+    ];
+    // SAFETY: zeroed msghdr is valid; we point it at live stack/slice data.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len();
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: msg describes valid buffers for the duration of the call; the
+    // kernel only reads them (the mut casts are required by the C API).
+    let n = unsafe { libc::sendmsg(ctrl_fd, &msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `setsockopt` of an int option socket2 does not wrap.
+pub fn set_int(
+    sock: &Socket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
