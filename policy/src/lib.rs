@@ -13,13 +13,6 @@ pub mod dorms;
 pub mod driad;
 pub mod joinfile;
 
-/// Loopback servers for integration tests (BIND `named` with temp zones,
-/// nginx with a temp CA). Shared with other crates' tests through the
-/// `test-support` feature so there is one copy; it is not for production use.
-#[cfg(feature = "test-support")]
-#[path = "../tests/common/mod.rs"]
-pub mod test_support;
-
 #[cfg(test)]
 mod send_sync {
     use crate::dorms::DormsClient;

@@ -2,8 +2,9 @@
 //! and nginx with a temp CA. Each server lives in its own temp directory and
 //! is killed (and the directory removed) on drop. Missing binaries fail the
 //! test loudly.
-
-#![allow(dead_code)]
+//!
+//! A dev-dependency of `ingest-policy` and `frr-bridge` (their integration
+//! tests start these servers); never a dependency of production code.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -50,7 +51,6 @@ pub fn require_binary(path: &str) {
     );
 }
 
-/// A loopback port free for both TCP and UDP right now.
 /// A loopback port free for both TCP and UDP, with the probing sockets
 /// still bound so nothing can take it before the caller decides.
 ///
