@@ -32,6 +32,8 @@ pub struct Native {
     pub raw6: Option<Socket>,
     iface: Option<Interface>,
     pub joined: BTreeSet<SourceGroup>,
+    /// Wanted channels whose join failed.
+    failed: BTreeSet<SourceGroup>,
 }
 
 impl Native {
@@ -68,43 +70,56 @@ impl Native {
             raw6,
             iface,
             joined: BTreeSet::new(),
+            failed: BTreeSet::new(),
         })
     }
 
-    /// Makes the native joins equal to `wanted`.
-    pub fn sync(&mut self, wanted: &BTreeSet<SourceGroup>, stats: &mut IoStats) {
-        let to_leave: Vec<_> = self.joined.difference(wanted).copied().collect();
-        let to_join: Vec<_> = wanted.difference(&self.joined).copied().collect();
-        for channel in to_leave {
-            let (s, g) = (channel.source, channel.group);
-            if let (Ok(ch), Some(sock)) = (SourceGroup::new(s, g), self.socket_for(g)) {
-                let _ = leave_ssm(sock, &ch, self.iface.as_ref());
+    /// Joins `channel` (a gateway wants it); a failure is counted,
+    /// reported and retried by [`Self::retry_failed`].
+    pub fn join(&mut self, channel: SourceGroup, stats: &mut IoStats) {
+        let (s, g) = (channel.source, channel.group);
+        let result = match (SourceGroup::new(s, g), self.socket_for(g)) {
+            (Ok(ch), Some(sock)) => {
+                join_ssm(sock, &ch, self.iface.as_ref()).map_err(|e| e.to_string())
             }
-            self.joined.remove(&channel);
-            event("native_leave", json!({ "source": s, "group": g }));
+            (Err(e), _) => Err(e.to_string()),
+            (_, None) => Err("no IPv6 socket".to_string()),
+        };
+        match result {
+            Ok(()) => {
+                self.failed.remove(&channel);
+                self.joined.insert(channel);
+                event("native_join", json!({ "source": s, "group": g }));
+            }
+            Err(e) => {
+                stats.join_errors += 1;
+                self.failed.insert(channel);
+                event(
+                    "native_join_failed",
+                    json!({ "source": s, "group": g, "error": e }),
+                );
+            }
         }
-        for channel in to_join {
-            let (s, g) = (channel.source, channel.group);
-            let result = match (SourceGroup::new(s, g), self.socket_for(g)) {
-                (Ok(ch), Some(sock)) => {
-                    join_ssm(sock, &ch, self.iface.as_ref()).map_err(|e| e.to_string())
-                }
-                (Err(e), _) => Err(e.to_string()),
-                (_, None) => Err("no IPv6 socket".to_string()),
-            };
-            match result {
-                Ok(()) => {
-                    self.joined.insert(channel);
-                    event("native_join", json!({ "source": s, "group": g }));
-                }
-                Err(e) => {
-                    stats.join_errors += 1;
-                    event(
-                        "native_join_failed",
-                        json!({ "source": s, "group": g, "error": e }),
-                    );
-                }
-            }
+    }
+
+    /// Leaves `channel` (no gateway wants it any more).
+    pub fn leave(&mut self, channel: SourceGroup) {
+        if self.failed.remove(&channel) || !self.joined.remove(&channel) {
+            return;
+        }
+        let (s, g) = (channel.source, channel.group);
+        if let (Ok(ch), Some(sock)) = (SourceGroup::new(s, g), self.socket_for(g)) {
+            let _ = leave_ssm(sock, &ch, self.iface.as_ref());
+        }
+        event("native_leave", json!({ "source": s, "group": g }));
+    }
+
+    /// Tries the joins that failed again (after a change of channels, as
+    /// a failure may have been for want of room that a leave freed).
+    pub fn retry_failed(&mut self, stats: &mut IoStats) {
+        let failed: Vec<SourceGroup> = self.failed.iter().copied().collect();
+        for channel in failed {
+            self.join(channel, stats);
         }
     }
 

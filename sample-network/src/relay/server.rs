@@ -2,14 +2,13 @@
 //! socket and the native raw sockets, feeds the core, forwards native
 //! packets, runs the synthetic source and reports status.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amt_gateway::relay::{Relay, RelayConfig, RelayInput};
+use amt_gateway::relay::{ChannelEvent, Relay, RelayConfig, RelayInput, RemoveReason};
 use amt_gateway::wire::ip;
 use ingest_types::SourceGroup;
 use serde_json::json;
@@ -216,8 +215,8 @@ impl Server {
         changed
     }
 
-    /// Feeds one datagram (`ctrl_buf[..len]`) to the core and reports the
-    /// per-gateway channels it added or removed.
+    /// Feeds one datagram (`ctrl_buf[..len]`) to the core; true when
+    /// subscriptions changed.
     fn handle_control(&mut self, now: Instant, from: SocketAddr, len: usize) -> bool {
         let payload = &self.ctrl_buf[..len];
         let listen = self.options.listen.ip();
@@ -228,24 +227,8 @@ impl Server {
         } else {
             listen
         };
-        let before = gateway_channels(&self.relay);
-        let RelayInput::Control { changed: true } =
-            self.relay.handle_datagram(now, from, local_ip, payload)
-        else {
-            return false;
-        };
-        let after = gateway_channels(&self.relay);
-        for (kind, (gw, sg)) in after
-            .difference(&before)
-            .map(|c| ("channel_added", c))
-            .chain(before.difference(&after).map(|c| ("channel_removed", c)))
-        {
-            event(
-                kind,
-                json!({ "gateway": gw.to_string(), "source": sg.source, "group": sg.group }),
-            );
-        }
-        true
+        let input = self.relay.handle_datagram(now, from, local_ip, payload);
+        matches!(input, RelayInput::Control { changed: true })
     }
 
     /// Sends what the core queued (Advertisements, Queries).
@@ -263,26 +246,42 @@ impl Server {
         if self.relay.poll_timeout().is_none_or(|t| t > now) {
             return false;
         }
-        let before = self.relay.channels();
-        if !self.relay.handle_timeout(now) {
-            return false;
-        }
-        for sg in before.difference(&self.relay.channels()) {
-            event(
-                "channel_expired",
-                json!({ "source": sg.source, "group": sg.group }),
-            );
-        }
-        true
+        self.relay.handle_timeout(now)
     }
 
-    /// Makes the native joins (and the synthetic source) follow the
-    /// channels gateways want.
+    /// Reports the core's subscription changes and makes the native joins
+    /// (and the synthetic source) follow them.
     fn sync_channels(&mut self, now: Instant) {
-        let wanted = self.relay.channels();
-        self.native.sync(&wanted, &mut self.io_stats);
+        // The core queues Unwanted right after the Removed that caused it.
+        let mut last_removal_expired = false;
+        while let Some(change) = self.relay.poll_channel_event() {
+            match change {
+                ChannelEvent::Added { gateway, channel } => {
+                    channel_event("channel_added", Some(gateway), channel);
+                }
+                ChannelEvent::Removed {
+                    gateway,
+                    channel,
+                    reason,
+                } => {
+                    // Expiry is reported per channel (below), not per gateway.
+                    last_removal_expired = reason == RemoveReason::Expired;
+                    if !last_removal_expired {
+                        channel_event("channel_removed", Some(gateway), channel);
+                    }
+                }
+                ChannelEvent::Wanted(channel) => self.native.join(channel, &mut self.io_stats),
+                ChannelEvent::Unwanted(channel) => {
+                    if last_removal_expired {
+                        channel_event("channel_expired", None, channel);
+                    }
+                    self.native.leave(channel);
+                }
+            }
+        }
+        self.native.retry_failed(&mut self.io_stats);
         if let Some(syn) = self.synthetic.as_mut() {
-            syn.set_subscribed(wanted.contains(&syn.channel()), now);
+            syn.set_subscribed(self.relay.wants(syn.channel()), now);
         }
     }
 
@@ -381,13 +380,13 @@ fn open_control_socket(listen: SocketAddr) -> Result<UdpSocket, ServeError> {
     Ok(ctrl.into())
 }
 
-/// (gateway, channel) pairs the core holds.
-fn gateway_channels(relay: &Relay) -> BTreeSet<(SocketAddr, SourceGroup)> {
-    relay
-        .gateways()
-        .iter()
-        .flat_map(|g| g.channels.iter().map(move |(sg, _)| (g.gateway, *sg)))
-        .collect()
+/// A `channel_added` / `channel_removed` / `channel_expired` event line.
+fn channel_event(kind: &str, gateway: Option<SocketAddr>, channel: SourceGroup) {
+    let mut fields = json!({ "source": channel.source, "group": channel.group });
+    if let Some(gateway) = gateway {
+        fields["gateway"] = json!(gateway.to_string());
+    }
+    event(kind, fields);
 }
 
 /// The address the kernel would use towards `dest` (no packet is sent).
