@@ -1,6 +1,7 @@
 //! `amt-relay`: an RFC 7450 AMT relay for the lab (command line; the relay
 //! is `sample_network::relay`, its protocol core `amt_gateway::relay`).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +20,7 @@ const LONG_ABOUT: &str = "\
 An RFC 7450 AMT relay for the lab.
 
 Gateways send Relay Discovery / Request / Membership Update to --listen
-(UDP, default port 2268). The relay answers with Advertisements and
+(UDP, default 0.0.0.0:2268). The relay answers with Advertisements and
 Membership Queries (IGMPv3 for IPv4 data, MLDv2 for IPv6 data) carrying a
 Response MAC derived from the gateway's address, port and nonce and a
 secret that rotates every --secret-rotation seconds (current and previous
@@ -32,10 +33,27 @@ IP header included, in a Multicast Data message to every subscribed
 gateway. A subscription expires QRV x QQI + QRI after the last report; a
 leave (BLOCK) stops forwarding at once.
 
+Many addresses in one process (scale labs): repeat --listen, or give
+--listen-range FIRST-LAST (port --listen-port), or both. Each address is a
+relay of its own as gateways see it: its own socket, secret and
+subscriptions; Advertisements, Queries and data come from the address the
+gateway sent to. Native joins are shared: a channel several addresses'
+gateways want is joined once. The open-file limit is raised to its hard
+limit (one socket per address).
+
+Native joins of thousands of channels are spread over raw sockets within
+the kernel's per-socket limits (net.ipv4.igmp_max_memberships groups,
+net.ipv4.igmp_max_msf / net.ipv6.mld_max_msf sources per group, option
+memory net.core.optmem_max); raising these sysctls means fewer sockets.
+
 Status: a JSON line on stdout every --status-interval seconds (and on
-SIGUSR1), with per-gateway channels and forwarded packet counts; the same
-object is written atomically to --status-file if given. Events (channel
-added/removed, joins) are JSON lines too.
+SIGUSR1), with per-gateway channels (and the listen address they use) and
+forwarded packet counts; the same object is written atomically to
+--status-file if given. Receive-buffer drops, as the kernel counts them
+per socket: stats.listen_rx_drops (all AMT sockets; 0 means no gateway
+datagram was lost at the relay), stats.native_rx_drops (native raw
+sockets), and per socket in listen[] and native_sockets[]. Events (channel
+added/removed/expired, native joins) are JSON lines too.
 
 Synthetic source (benchmarks): --synthetic S,G makes the relay generate
 Multicast Data for (S,G) itself once a gateway has subscribed it (after
@@ -51,14 +69,23 @@ Examples:
   amt-relay --lan-interface eth1
   amt-relay --listen 10.0.0.1:2268 --lan-address 10.1.0.1 --qqi 10 --status-file /run/relay.json
   amt-relay --listen [::]:2268 --lan-interface eth1 --refuse
+  amt-relay --listen-range 192.0.2.100-192.0.2.199 --lan-interface eth1 --status-file /run/relay.json
   amt-relay --listen 10.99.0.1:2268 --synthetic 10.99.0.1,232.9.9.9 --synthetic-rate 100000 --synthetic-size 1316 --synthetic-duration 5";
 
 #[derive(Debug, Parser)]
 #[command(name = "amt-relay", version, about = "RFC 7450 AMT relay for the lab", long_about = LONG_ABOUT)]
 struct Args {
-    /// AMT address and port to listen on ([::]:PORT is dual-stack).
-    #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), AMT_PORT))]
-    listen: SocketAddr,
+    /// AMT address and port to listen on ([::]:PORT is dual-stack); repeat
+    /// for several addresses. Default 0.0.0.0:2268 (unless --listen-range).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Also listen on every address FIRST..=LAST (IPv4 or IPv6, at most
+    /// 65536) at --listen-port; repeatable. The addresses must be local.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
+    listen_range: Vec<Vec<IpAddr>>,
+    /// Port of the --listen-range addresses.
+    #[arg(long, value_name = "PORT", default_value_t = AMT_PORT)]
+    listen_port: u16,
     /// LAN interface (name or one of its addresses) where native multicast
     /// is joined and received. Default: the kernel's choice by route.
     #[arg(long, value_name = "IFACE")]
@@ -67,7 +94,7 @@ struct Args {
     #[arg(long, value_name = "ADDR", conflicts_with = "lan_interface")]
     lan_address: Option<IpAddr>,
     /// Relay address to put in Relay Advertisements (default: the address
-    /// the Discovery arrived on, or the --listen address if specific).
+    /// the Discovery arrived on, or the listen address if specific).
     #[arg(long, value_name = "ADDR")]
     advertise: Option<IpAddr>,
     /// Query interval announced to gateways (they refresh this often).
@@ -170,9 +197,8 @@ fn options(args: &Args) -> anyhow::Result<Options> {
     let qqi = Duration::from_secs(args.qqi);
     let qri = Duration::from_secs_f64(args.qri.max(0.1)).min(qqi / 2);
     let config = RelayConfig {
-        advertised: args
-            .advertise
-            .or((!args.listen.ip().is_unspecified()).then_some(args.listen.ip())),
+        // None: each listen address advertises itself.
+        advertised: args.advertise,
         qqi,
         qrv: args.qrv.clamp(1, 7),
         qri,
@@ -186,7 +212,7 @@ fn options(args: &Args) -> anyhow::Result<Options> {
         None => None,
     };
     Ok(Options {
-        listen: args.listen,
+        listen: listen_addresses(args),
         iface,
         config,
         status_interval: (args.status_interval > 0.0)
@@ -195,6 +221,33 @@ fn options(args: &Args) -> anyhow::Result<Options> {
         recv_buffer: args.recv_buffer,
         synthetic,
     })
+}
+
+/// --listen and --listen-range addresses in order, without repeats; the
+/// default when neither is given.
+fn listen_addresses(args: &Args) -> Vec<SocketAddr> {
+    let ranges = args
+        .listen_range
+        .iter()
+        .flatten()
+        .map(|ip| SocketAddr::new(*ip, args.listen_port));
+    let mut seen = HashSet::new();
+    let listen: Vec<SocketAddr> = args
+        .listen
+        .iter()
+        .copied()
+        .chain(ranges)
+        .filter(|a| seen.insert(*a))
+        .collect();
+    if listen.is_empty() {
+        vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), AMT_PORT)]
+    } else {
+        listen
+    }
+}
+
+fn parse_range(text: &str) -> Result<Vec<IpAddr>, String> {
+    relay::parse_address_range(text).map_err(|e| e.to_string())
 }
 
 fn synthetic_options(args: &Args, channel: SourceGroup) -> anyhow::Result<SyntheticOptions> {

@@ -1,11 +1,14 @@
 //! The lab AMT relay (`amt-relay`): the I/O around the sans-IO relay core
 //! `amt_gateway::relay::Relay`, which holds all protocol logic.
 //!
-//! * [`server`]: the event loop: the AMT socket, timers, status.
+//! * [`server`]: the event loop: AMT sockets, timers, status.
+//! * [`listener`]: one AMT address with its own relay core (a relay may
+//!   answer on thousands of addresses in one process).
 //! * [`native`]: native reception of the subscribed (S,G) channels.
+//! * [`poll`]: readiness of many sockets (epoll).
 //! * [`output`]: JSON events and the status object.
 //! * [`synthetic`]: the `--synthetic` traffic generator for benchmarks.
-//! * [`udp`]: sending on the AMT socket.
+//! * [`udp`]: socket helpers (sending, options, receive drops).
 //!
 //! Native reception (decision): raw sockets of protocol UDP, which the
 //! kernel hands every local UDP datagram *with* the network header for IPv4.
@@ -18,11 +21,14 @@
 //! label and extension headers are not preserved. Raw sockets also see
 //! multicast looped back on the same host, so a one-namespace test works.
 
+pub mod listener;
 pub mod native;
 pub mod output;
+pub mod poll;
 pub mod server;
 pub mod synthetic;
 pub mod udp;
 
+pub use listener::{RangeError, parse_address_range};
 pub use server::{Options, ServeError, serve};
 pub use synthetic::SyntheticOptions;

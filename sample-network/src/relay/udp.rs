@@ -1,5 +1,5 @@
-//! Sending on the relay's AMT socket: destinations as that socket needs
-//! them, and Multicast Data without copying the packet.
+//! UDP socket helpers: destinations as a socket needs them, Multicast Data
+//! without copying the packet, int options, receive-drop counters.
 
 use std::io;
 use std::mem;
@@ -76,4 +76,30 @@ pub fn set_int(
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// SO_MEMINFO (asm-generic value, used by x86 and arm), which libc does not
+/// export for Linux: the socket's memory counters, drops included.
+const SO_MEMINFO: libc::c_int = 55;
+/// Counters SO_MEMINFO returns (`SK_MEMINFO_VARS` of linux/sock_diag.h).
+const SK_MEMINFO_VARS: usize = 9;
+
+/// Datagrams the kernel dropped for this socket since it was opened (full
+/// receive buffer, bad checksum, filter): the `drops` column of
+/// /proc/net/udp (and raw), read with SO_MEMINFO. None where unsupported.
+pub fn receive_drops(sock: &impl AsRawFd) -> Option<u64> {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: info is a writable u32 array of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let drops = libc::SK_MEMINFO_DROPS as usize;
+    (rc == 0 && (len as usize) > drops * mem::size_of::<u32>()).then(|| u64::from(info[drops]))
 }

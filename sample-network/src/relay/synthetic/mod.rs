@@ -10,13 +10,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use amt_gateway::relay::Relay;
 use ingest_types::SourceGroup;
 use serde_json::json;
 
 pub use pacer::Pacer;
 pub use template::{BatchSender, DataTemplate, TemplateError, UDP_HEADER_LEN};
 
+use super::listener::Listener;
 use super::output::{event, print_line, unix_ms, unix_ns};
 
 /// What `--synthetic*` asked for (checked by the command line).
@@ -68,7 +68,8 @@ pub struct SyntheticRun {
     phase: SyntheticPhase,
     pacer: Option<Pacer>,
     subscribed: bool,
-    gateways: Vec<SocketAddr>,
+    /// (listener, gateway) pairs of the current round.
+    targets: Vec<(usize, SocketAddr)>,
     max_gateways: usize,
     datagrams: u64,
     send_errors: u64,
@@ -90,7 +91,7 @@ impl SyntheticRun {
             phase: SyntheticPhase::Waiting,
             pacer: None,
             subscribed: false,
-            gateways: Vec::new(),
+            targets: Vec::new(),
             max_gateways: 0,
             datagrams: 0,
             send_errors: 0,
@@ -140,91 +141,112 @@ impl SyntheticRun {
         }
     }
 
-    /// Sends everything due at `now` (batched); prints the summary when done.
-    pub fn run(&mut self, now: Instant, relay: &mut Relay, fd: libc::c_int, v6_socket: bool) {
-        if let SyntheticPhase::Armed { start_at } = self.phase {
-            if now < start_at {
-                return;
-            }
-            self.phase = SyntheticPhase::Sending;
-            self.start = Some(start_at);
-            self.pacer = Some(Pacer::new(
-                self.rate,
-                start_at,
-                self.limit,
-                SYNTHETIC_MAX_BACKLOG,
-            ));
-            event(
-                "synthetic_started",
-                json!({
-                    "source": self.channel.source,
-                    "group": self.channel.group,
-                    "rate_pps": self.rate,
-                    "payload_bytes": self.payload_len,
-                    "limit": self.limit,
-                }),
-            );
-        }
+    /// Sends everything due at `now` (batched) to every gateway of every
+    /// listener subscribed to the channel; prints the summary when done.
+    pub fn run(&mut self, now: Instant, listeners: &mut [Listener]) {
+        self.start_when_due(now);
         if !matches!(self.phase, SyntheticPhase::Sending) {
             return;
         }
-        let Some(pacer) = self.pacer.as_mut() else {
-            return;
-        };
-        let channel = self.channel;
-        let packet_len = self.sender.packet_len();
-        loop {
-            let due = pacer.due(now);
-            if due == 0 || !self.subscribed {
-                break;
-            }
-            let count = (due as usize).min(self.sender.batch());
-            self.gateways.clear();
-            self.gateways
-                .extend_from_slice(relay.forward(channel, packet_len));
-            if self.gateways.is_empty() {
-                break;
-            }
-            self.max_gateways = self.max_gateways.max(self.gateways.len());
-            let first = pacer.taken();
-            self.sender.stamp(first, count, unix_ns());
-            // The sequence advances by what reached the first gateway; a
-            // shortfall towards the others is counted as send errors.
-            let mut advanced = 0;
-            for (i, gw) in self.gateways.iter().enumerate() {
-                let sent = match self.sender.send(fd, v6_socket, *gw, count) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                    Err(_) => {
-                        self.send_errors += 1;
-                        0
-                    }
-                };
-                self.datagrams += sent as u64;
-                if i == 0 {
-                    advanced = sent;
-                } else {
-                    self.send_errors += count.saturating_sub(sent) as u64;
-                }
-            }
-            // Count the rest of the batch for the relay's per-channel stats.
-            for _ in 1..advanced {
-                relay.forward(channel, packet_len);
-            }
-            pacer.take(advanced as u64);
-            if advanced > 0 {
-                self.last_send = Some(now);
-            }
-            if advanced < count {
-                // Socket buffer full: the rest stays due for the next round.
-                self.would_block += 1;
-                break;
-            }
-        }
-        if pacer.finished() {
+        while self.subscribed && self.send_round(now, listeners) {}
+        if self.pacer.as_ref().is_some_and(Pacer::finished) {
             self.phase = SyntheticPhase::Done;
             print_line(&self.summary("limit"));
         }
+    }
+
+    /// Armed and the delay passed: start sending.
+    fn start_when_due(&mut self, now: Instant) {
+        let SyntheticPhase::Armed { start_at } = self.phase else {
+            return;
+        };
+        if now < start_at {
+            return;
+        }
+        self.phase = SyntheticPhase::Sending;
+        self.start = Some(start_at);
+        self.pacer = Some(Pacer::new(
+            self.rate,
+            start_at,
+            self.limit,
+            SYNTHETIC_MAX_BACKLOG,
+        ));
+        event(
+            "synthetic_started",
+            json!({
+                "source": self.channel.source,
+                "group": self.channel.group,
+                "rate_pps": self.rate,
+                "payload_bytes": self.payload_len,
+                "limit": self.limit,
+            }),
+        );
+    }
+
+    /// Sends one batch of what is due; true when a full batch went out
+    /// (more may be due).
+    fn send_round(&mut self, now: Instant, listeners: &mut [Listener]) -> bool {
+        let Some(pacer) = self.pacer.as_mut() else {
+            return false;
+        };
+        let due = pacer.due(now);
+        if due == 0 {
+            return false;
+        }
+        let channel = self.channel;
+        let packet_len = self.sender.packet_len();
+        let count = (due as usize).min(self.sender.batch());
+        self.targets.clear();
+        for (index, listener) in listeners.iter_mut().enumerate() {
+            let gateways = listener.relay.forward(channel, packet_len);
+            self.targets.extend(gateways.iter().map(|gw| (index, *gw)));
+        }
+        if self.targets.is_empty() {
+            return false;
+        }
+        self.max_gateways = self.max_gateways.max(self.targets.len());
+        self.sender.stamp(pacer.taken(), count, unix_ns());
+        // The sequence advances by what reached the first gateway; a
+        // shortfall towards the others is counted as send errors.
+        let mut advanced = 0;
+        for (i, (index, gw)) in self.targets.iter().enumerate() {
+            let listener = &listeners[*index];
+            let sent = match self
+                .sender
+                .send(listener.fd(), listener.is_v6(), *gw, count)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    self.send_errors += 1;
+                    0
+                }
+            };
+            self.datagrams += sent as u64;
+            if i == 0 {
+                advanced = sent;
+            } else {
+                self.send_errors += count.saturating_sub(sent) as u64;
+            }
+        }
+        // Count the rest of the batch for the relay's per-channel stats.
+        for listener in listeners.iter_mut() {
+            if listener.relay.wants(channel) {
+                for _ in 1..advanced {
+                    listener.relay.forward(channel, packet_len);
+                }
+            }
+        }
+        pacer.take(advanced as u64);
+        if advanced > 0 {
+            self.last_send = Some(now);
+        }
+        if advanced < count {
+            // Socket buffer full: the rest stays due for the next round.
+            self.would_block += 1;
+            return false;
+        }
+        true
     }
 
     pub fn summary(&self, stopped_by: &str) -> serde_json::Value {
