@@ -38,7 +38,9 @@ use rand::{Rng, SeedableRng};
 use crate::gateway::Transmit;
 use crate::wire::amt::{self, MembershipQuery, Message, QueryKind, ResponseMac};
 use crate::wire::encap::{self, EncapReport};
-use crate::wire::{RecordType, encode_float_code_u8, encode_float_code_u16, igmp, mld};
+use crate::wire::{
+    GroupRecord, RecordType, encode_float_code_u8, encode_float_code_u16, igmp, mld,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
@@ -406,33 +408,22 @@ impl Relay {
     }
 
     fn apply_report(&mut self, now: Instant, gateway: SocketAddr, report: &EncapReport) -> bool {
-        let records: Vec<(RecordType, IpAddr, Vec<IpAddr>)> = match report {
-            EncapReport::Igmp { report, .. } => report
-                .records
-                .iter()
-                .map(|r| {
-                    (
-                        r.record_type,
-                        IpAddr::V4(r.group),
-                        r.sources.iter().map(|s| IpAddr::V4(*s)).collect(),
-                    )
-                })
-                .collect(),
-            EncapReport::Mld { report, .. } => report
-                .records
-                .iter()
-                .map(|r| {
-                    (
-                        r.record_type,
-                        IpAddr::V6(r.group),
-                        r.sources.iter().map(|s| IpAddr::V6(*s)).collect(),
-                    )
-                })
-                .collect(),
+        let records: Vec<GroupRecord<IpAddr>> = match report {
+            EncapReport::Igmp { report, .. } => {
+                report.records.iter().map(GroupRecord::to_ip).collect()
+            }
+            EncapReport::Mld { report, .. } => {
+                report.records.iter().map(GroupRecord::to_ip).collect()
+            }
         };
         let expires = now + self.cfg.membership_interval();
         let mut changed = false;
-        for (kind, group, sources) in records {
+        for GroupRecord {
+            record_type: kind,
+            group,
+            sources,
+        } in records
+        {
             if !group.is_multicast() {
                 continue;
             }
@@ -659,7 +650,6 @@ impl Relay {
 mod tests {
     use super::*;
     use crate::gateway::{Received, Tunnel, TunnelConfig, TunnelEvent, TunnelState};
-    use crate::wire::GroupRecord;
     use crate::wire::amt::MembershipUpdate;
 
     fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {

@@ -246,16 +246,20 @@ fn run(cmd: &mut Command) {
 pub fn make_pki(dir: &Path, dns_name: &str) {
     require_binary(OPENSSL);
     let p = |n: &str| dir.join(n);
-    run(Command::new(OPENSSL)
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(p("ca.key")));
+    // An EC P-256 private key at `path`.
+    let new_key = |path: PathBuf| {
+        run(Command::new(OPENSSL)
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(path));
+    };
+    new_key(p("ca.key"));
     run(Command::new(OPENSSL)
         .args([
             "req",
@@ -273,16 +277,7 @@ pub fn make_pki(dir: &Path, dns_name: &str) {
         .arg(p("ca.key"))
         .arg("-out")
         .arg(p("ca.crt")));
-    run(Command::new(OPENSSL)
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(p("server.key")));
+    new_key(p("server.key"));
     run(Command::new(OPENSSL)
         .args(["req", "-new", "-sha256", "-subj"])
         .arg(format!("/CN={dns_name}"))

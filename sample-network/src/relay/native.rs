@@ -25,9 +25,9 @@ use serde_json::json;
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
 use super::output::{IoStats, event};
-use super::udp::{receive_drops, set_int};
+use super::udp::receive_drops;
 use crate::iface::Interface;
-use crate::mcast::{force_recv_buffer, join_ssm, leave_ssm};
+use crate::mcast::{force_recv_buffer, join_ssm, leave_ssm, set_int};
 
 /// Why the raw sockets could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -346,21 +346,7 @@ impl Native {
             return Err(io::ErrorKind::NotFound.into());
         };
         match raw.family {
-            Family::V4 => {
-                // SAFETY: recv into our buffer; MSG_DONTWAIT keeps it non-blocking.
-                let n = unsafe {
-                    libc::recv(
-                        raw.fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                match usize::try_from(n) {
-                    Ok(n) => Ok(Some(n)),
-                    Err(_) => Err(io::Error::last_os_error()),
-                }
-            }
+            Family::V4 => recv_whole(&raw.socket, buf).map(Some),
             Family::V6 => recv_v6(&raw.socket, buf),
         }
     }
@@ -441,6 +427,21 @@ fn attach_multicast_filter(socket: &Socket, family: Family) -> io::Result<()> {
         SockFilter::new(RET, 0, 0, u32::MAX),
         SockFilter::new(RET, 0, 0, 0),
     ])
+}
+
+/// Receives one datagram from a raw IPv4 socket (IP header included),
+/// without blocking.
+fn recv_whole(sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv into our buffer; MSG_DONTWAIT keeps it non-blocking.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Receives one IPv6 UDP datagram from the raw socket into `buf[40..]` and
@@ -527,17 +528,10 @@ mod tests {
         let mut seen = 0;
         let deadline = Instant::now() + Duration::from_millis(200);
         while Instant::now() < deadline {
-            // SAFETY: recv into our buffer, non-blocking.
-            let n = unsafe {
-                libc::recv(
-                    raw.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
             // The raw socket sees every local UDP datagram; count ours.
-            if n >= 28 && u16::from_be_bytes([buf[22], buf[23]]) == port {
+            if recv_whole(raw, &mut buf).is_ok_and(|n| n >= 28)
+                && u16::from_be_bytes([buf[22], buf[23]]) == port
+            {
                 seen += 1;
             }
             std::thread::sleep(Duration::from_millis(5));

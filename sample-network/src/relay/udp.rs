@@ -1,5 +1,5 @@
 //! UDP socket helpers: destinations as a socket needs them, Multicast Data
-//! without copying the packet, int options, receive-drop counters.
+//! without copying the packet, receive-drop counters.
 
 use std::io;
 use std::mem;
@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use amt_gateway::wire::amt::MULTICAST_DATA_HEADER;
-use socket2::{SockAddr, Socket};
+use socket2::SockAddr;
 
 /// `dest` as a socket of the given family takes it: an IPv6 (dual-stack)
 /// socket reaches IPv4 gateways through v4-mapped addresses.
@@ -51,30 +51,6 @@ pub fn send_data(
         Err(io::Error::last_os_error())
     } else {
         Ok(())
-    }
-}
-
-/// `setsockopt` of an int option socket2 does not wrap.
-pub fn set_int(
-    sock: &Socket,
-    level: libc::c_int,
-    opt: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: pointer to a c_int with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
