@@ -110,21 +110,7 @@ fn source_group_request(
     request.gsr_interface = iface.map_or(0, |i| i.index);
     write_storage(&mut request.gsr_group, channel.group);
     write_storage(&mut request.gsr_source, channel.source);
-    // SAFETY: request is a valid group_source_req and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&request as *const libc::group_source_req).cast(),
-            mem::size_of::<libc::group_source_req>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_option(socket, level, option, &request)
 }
 
 fn write_storage(storage: &mut libc::sockaddr_storage, addr: IpAddr) {
@@ -155,14 +141,25 @@ pub fn set_int(
     option: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: value is a c_int and the length says so.
+    set_option(socket, level, option, &value)
+}
+
+/// `setsockopt` with `value` (a C struct or int the option expects).
+fn set_option<T>(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: value points at a live T and the length is its size; the
+    // kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             level,
             option,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
