@@ -190,6 +190,24 @@ impl TunnelHandle {
         rx.await.map_err(|_| DriverError::Gone)
     }
 
+    /// Joins (S,G) without waiting for the tunnel task (which logs a
+    /// refusal). `Err(Gone)` when the task has ended.
+    pub fn subscribe_nowait(&self, sg: SourceGroup) -> Result<(), DriverError> {
+        let (reply, _) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe { sg, reply })
+            .map_err(|_| DriverError::Gone)
+    }
+
+    /// Leaves (S,G) without waiting for the tunnel task. `Err(Gone)` when
+    /// the task has ended.
+    pub fn unsubscribe_nowait(&self, sg: SourceGroup) -> Result<(), DriverError> {
+        let (reply, _) = oneshot::channel();
+        self.commands
+            .send(Command::Unsubscribe { sg, reply })
+            .map_err(|_| DriverError::Gone)
+    }
+
     pub async fn snapshot(&self) -> Result<TunnelSnapshot, DriverError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -549,8 +567,9 @@ impl TunnelTask {
             }
             Some(Command::Subscribe { sg, reply }) => {
                 let r = self.tunnel.subscribe(sg, now);
-                if r.is_ok() {
-                    info!(%sg, "subscribe");
+                match &r {
+                    Ok(_) => info!(%sg, "subscribe"),
+                    Err(error) => warn!(%sg, %error, "subscribe refused"),
                 }
                 let _ = reply.send(r);
             }

@@ -1,10 +1,10 @@
-//! Where decapsulated packets go: the [`PacketSink`] trait and a TUN device
-//! (created with the `/dev/net/tun` TUNSETIFF ioctl, IFF_TUN | IFF_NO_PI, so
-//! every write is one bare IP packet).
+//! Where decapsulated packets go: the [`PacketSink`] trait, and the one
+//! place in the workspace that opens a TUN device ([`open_tun`]; the `tun`
+//! crate issues the TUNSETIFF ioctl with IFF_TUN | IFF_NO_PI, single queue,
+//! so every write is one bare IP packet).
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 /// Receives inner IP packets from tunnels. Called from the tunnel tasks
 /// (possibly several at once), once per packet: implementations must not
@@ -23,9 +23,54 @@ impl PacketSink for DiscardSink {
     }
 }
 
-/// Writes packets to a TUN file descriptor (IFF_NO_PI: one bare IP packet
-/// per `write`). The kernel accepts concurrent writes on one TUN fd, so one
-/// `TunWriter` can be shared by every tunnel task.
+/// Opens (creates, or attaches to an existing persistent) TUN device
+/// `name` in the calling thread's network namespace: layer 3, no packet
+/// information header, one queue, non-blocking (a full queue then drops the
+/// packet with `WouldBlock` instead of stalling a tunnel), close-on-exec.
+/// The device is left as it is (down, unaddressed when new): configuring
+/// it is the caller's job. It disappears when the fd is closed unless
+/// someone made it persistent. Needs CAP_NET_ADMIN.
+pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface names are 1-15 bytes, no '/'",
+        ));
+    }
+    // Only the name and the layer: no address, MTU or up flag is set
+    // through the crate, and its default is no packet information header
+    // (IFF_NO_PI) and one queue (no IFF_MULTI_QUEUE).
+    let mut config = tun::Configuration::default();
+    config.tun_name(name).layer(tun::Layer::L3);
+    let device = tun::create(&config).map_err(|e| match e {
+        tun::Error::Io(e) => e,
+        other => io::Error::other(other),
+    })?;
+    device.set_nonblock()?;
+    // SAFETY: into_raw_fd hands over ownership of the open device fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(device.into_raw_fd()) })
+}
+
+/// Writes one IP packet to a TUN fd, as if received on the device.
+pub fn write_packet(fd: &impl AsRawFd, packet: &[u8]) -> io::Result<()> {
+    // SAFETY: the fd is open for the duration of the call; the pointer and
+    // length describe a valid slice.
+    let n = unsafe { libc::write(fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != packet.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write to TUN",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes packets to a TUN file descriptor. The kernel accepts concurrent
+/// writes on one TUN fd, so one `TunWriter` can be shared by every tunnel
+/// task.
 #[derive(Debug)]
 pub struct TunWriter {
     fd: OwnedFd,
@@ -33,8 +78,7 @@ pub struct TunWriter {
 
 impl TunWriter {
     /// Wraps an already configured TUN fd (e.g. the daemon's `amt0`). It
-    /// should be non-blocking: a full queue then drops the packet
-    /// (`WouldBlock`) instead of stalling the tunnel.
+    /// should be non-blocking (see [`open_tun`]).
     pub fn from_fd(fd: OwnedFd) -> Self {
         Self { fd }
     }
@@ -48,24 +92,11 @@ impl AsFd for TunWriter {
 
 impl PacketSink for TunWriter {
     fn write_packet(&self, packet: &[u8]) -> io::Result<()> {
-        // SAFETY: the fd is owned and open for the life of self; the pointer
-        // and length describe a valid slice.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != packet.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short write to TUN",
-            ));
-        }
-        Ok(())
+        write_packet(&self.fd, packet)
     }
 }
 
-/// A TUN device owned by this process (it disappears when dropped unless it
-/// was made persistent by someone else).
+/// A TUN device owned by this process, for `amtgw --tun`.
 #[derive(Debug)]
 pub struct TunDevice {
     writer: TunWriter,
@@ -80,55 +111,13 @@ struct IfReqFlags {
 }
 
 impl TunDevice {
-    /// Creates (or attaches to an existing persistent) TUN device `name`,
-    /// non-blocking, without packet information headers. Needs
-    /// CAP_NET_ADMIN. The device is left down and unaddressed: configuring
-    /// it is the caller's job (`ip link set NAME up`, addresses, routes).
+    /// Opens TUN `name` (see [`open_tun`]).
     pub fn create(name: &str) -> io::Result<Self> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "bad interface name length",
-            ));
-        }
-        let cpath = CString::new("/dev/net/tun")
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: valid NUL-terminated path; flags are plain constants.
-        let raw = unsafe {
-            libc::open(
-                cpath.as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a freshly opened fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut req = IfReqFlags {
-            name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
-            _pad: [0; 22],
-        };
-        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        // SAFETY: TUNSETIFF reads/writes a struct ifreq (40 bytes); IfReqFlags
-        // has the same layout for the name and flags members and is 40 bytes.
-        let rc =
-            unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let len = req
-            .name
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(libc::IFNAMSIZ);
-        let actual: String = req.name[..len].iter().map(|&c| c as u8 as char).collect();
         Ok(Self {
-            writer: TunWriter { fd },
-            name: actual,
+            writer: TunWriter {
+                fd: open_tun(name)?,
+            },
+            name: name.to_owned(),
         })
     }
 
@@ -214,5 +203,6 @@ mod tests {
     fn name_length_is_checked() {
         assert!(TunDevice::create("").is_err());
         assert!(TunDevice::create("a-name-that-is-too-long").is_err());
+        assert!(open_tun("a/b").is_err());
     }
 }

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
@@ -15,12 +16,15 @@ use tokio_stream::wrappers::{BroadcastStream, UnixListenerStream};
 use tonic::{Request, Response, Status as GrpcStatus};
 use tracing::{info, warn};
 
-use crate::daemon::{FlowState, JoinChange, RelayTunnel, Shared};
 use crate::inject::{InjectSpec, MIN_PAYLOAD, build_packet};
+use crate::orchestrator::{FlowState, JoinChange};
+use crate::pipeline::Shared;
+use crate::southbound::tun::IngestTun;
 use crate::unix_ms;
 
 pub struct ApiService {
     shared: Shared,
+    tun: Arc<IngestTun>,
     info: ApiInfo,
 }
 
@@ -35,12 +39,13 @@ pub struct ApiInfo {
 }
 
 impl ApiService {
-    pub fn new(shared: Shared, info: ApiInfo) -> Self {
-        Self { shared, info }
+    pub fn new(shared: Shared, tun: Arc<IngestTun>, info: ApiInfo) -> Self {
+        Self { shared, tun, info }
     }
 }
 
-pub fn join_message(f: &FlowState) -> Join {
+/// A flow as the API shows it; `since` is when it appeared (wall clock).
+pub fn join_message(f: &FlowState, since: SystemTime) -> Join {
     Join {
         source: f.sg.source.to_string(),
         group: f.sg.group.to_string(),
@@ -51,7 +56,7 @@ pub fn join_message(f: &FlowState) -> Join {
             f.phase.as_str().to_string()
         },
         reason: f.reason.clone(),
-        since_unix_ms: unix_ms(f.since),
+        since_unix_ms: unix_ms(since),
         relay: f.relay.map(|r| r.to_string()).unwrap_or_default(),
     }
 }
@@ -73,6 +78,7 @@ impl Ingest for ApiService {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let st = self.shared.read();
+        let core = st.counters();
         let c = &self.shared.counters;
         let mut counters = std::collections::HashMap::new();
         counters.insert(
@@ -91,15 +97,18 @@ impl Ingest for ApiService {
             "injected_packets".into(),
             c.injected.load(Ordering::Relaxed),
         );
+        counters.insert(
+            "tunnels_opened".into(),
+            c.tunnels_opened.load(Ordering::Relaxed),
+        );
         for (name, value) in [
-            ("tunnels_opened", &c.tunnels_opened),
-            ("tunnels_closed", &c.tunnels_closed),
-            ("relay_failures_reported", &c.relay_failures_reported),
-            ("flows_moved_to_another_relay", &c.flows_moved),
+            ("tunnels_closed", core.tunnels_closed),
+            ("relay_failures_reported", core.relay_failures_reported),
+            ("flows_moved_to_another_relay", core.flows_moved),
+            ("route_errors", core.route_errors),
         ] {
-            counters.insert(name.into(), value.load(Ordering::Relaxed));
+            counters.insert(name.into(), value);
         }
-        counters.insert("route_errors".into(), st.route_errors);
         counters.insert("skipped_join_entries".into(), ws.skipped_entries);
         counters.insert("pimd_reconnects".into(), ws.reconnects);
         Ok(Response::new(Status {
@@ -112,11 +121,11 @@ impl Ingest for ApiService {
             },
             frr_vty_dir: self.info.frr_vty_dir.clone(),
             frr_netns: self.info.frr_netns.clone(),
-            tun_name: self.shared.tun.name().into(),
+            tun_name: self.tun.name().into(),
             tun_local: self.info.tun_local.clone(),
             tun_neighbor: self.info.tun_neighbor.clone(),
-            joins: st.flows.len() as u32,
-            served_sources: st.routed_sources.len() as u32,
+            joins: st.flows().len() as u32,
+            served_sources: st.routed_sources() as u32,
             polls: ws.polls,
             poll_errors: ws.poll_errors,
             last_poll_error: ws.last_error.clone(),
@@ -126,7 +135,7 @@ impl Ingest for ApiService {
                 .unwrap_or(0),
             pim_hellos_sent: c.hellos_sent.load(Ordering::Relaxed),
             pim_joinprunes_seen: c.joinprunes_seen.load(Ordering::Relaxed),
-            tunnels: st.tunnels.len() as u32,
+            tunnels: st.tunnels().len() as u32,
             join_source: self.info.join_source.clone(),
             counters,
         }))
@@ -138,7 +147,11 @@ impl Ingest for ApiService {
     ) -> Result<Response<JoinList>, GrpcStatus> {
         let st = self.shared.read();
         Ok(Response::new(JoinList {
-            joins: st.flows.values().map(join_message).collect(),
+            joins: st
+                .flows()
+                .values()
+                .map(|f| join_message(f, self.shared.wall(f.since)))
+                .collect(),
         }))
     }
 
@@ -154,9 +167,9 @@ impl Ingest for ApiService {
         let snapshot: Vec<Join> = self
             .shared
             .read()
-            .flows
+            .flows()
             .values()
-            .map(join_message)
+            .map(|f| join_message(f, self.shared.wall(f.since)))
             .collect();
         let now = unix_ms(SystemTime::now());
         let first = futures::stream::iter(snapshot.into_iter().map(move |j| {
@@ -166,25 +179,29 @@ impl Ingest for ApiService {
                 at_unix_ms: now,
             })
         }));
-        let live = BroadcastStream::new(rx).filter_map(|ev| async move {
-            match ev {
-                Ok((change, at)) => {
-                    let (kind, flow) = match change {
-                        JoinChange::Added(f) => (join_event::Kind::Added, f),
-                        JoinChange::Changed(f) => (join_event::Kind::Changed, f),
-                        JoinChange::Removed(f) => (join_event::Kind::Removed, f),
-                    };
-                    Some(Ok(JoinEvent {
-                        kind: kind as i32,
-                        join: Some(join_message(&flow)),
-                        at_unix_ms: unix_ms(at),
-                    }))
-                }
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    warn!("a WatchJoins client lagged; {n} events dropped");
-                    Some(Err(GrpcStatus::data_loss(format!(
-                        "{n} join events dropped (client too slow); re-watch to resync"
-                    ))))
+        let shared = self.shared.clone();
+        let live = BroadcastStream::new(rx).filter_map(move |ev| {
+            let shared = shared.clone();
+            async move {
+                match ev {
+                    Ok((change, at)) => {
+                        let (kind, flow) = match change {
+                            JoinChange::Added(f) => (join_event::Kind::Added, f),
+                            JoinChange::Changed(f) => (join_event::Kind::Changed, f),
+                            JoinChange::Removed(f) => (join_event::Kind::Removed, f),
+                        };
+                        Some(Ok(JoinEvent {
+                            kind: kind as i32,
+                            join: Some(join_message(&flow, shared.wall(flow.since))),
+                            at_unix_ms: unix_ms(at),
+                        }))
+                    }
+                    Err(BroadcastStreamRecvError::Lagged(n)) => {
+                        warn!("a WatchJoins client lagged; {n} events dropped");
+                        Some(Err(GrpcStatus::data_loss(format!(
+                            "{n} join events dropped (client too slow); re-watch to resync"
+                        ))))
+                    }
                 }
             }
         });
@@ -196,17 +213,22 @@ impl Ingest for ApiService {
         _: Request<ListTunnelsRequest>,
     ) -> Result<Response<TunnelList>, GrpcStatus> {
         // Copy what we need, then ask each tunnel task without the lock.
-        let tunnels: Vec<RelayTunnel> = self.shared.read().tunnels.values().cloned().collect();
+        let tunnels: Vec<_> = self.shared.read().tunnels().values().cloned().collect();
+        let ports: std::collections::BTreeMap<_, _> =
+            self.shared.tunnel_ports().into_iter().collect();
         let mut out = Vec::with_capacity(tunnels.len());
         for t in tunnels {
-            let snap = tokio::time::timeout(Duration::from_secs(1), t.handle.snapshot())
-                .await
-                .ok()
-                .and_then(Result::ok);
+            let snap = match ports.get(&t.relay) {
+                Some(port) => tokio::time::timeout(Duration::from_secs(1), port.snapshot())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
             let now = std::time::Instant::now();
             let mut msg = Tunnel {
                 relay: t.relay.to_string(),
-                state: t.status.clone(),
+                state: t.state_text(),
                 channels: t.channels.iter().map(|sg| sg.to_string()).collect(),
                 linger_remaining_ms: t
                     .linger_until
@@ -261,7 +283,7 @@ impl Ingest for ApiService {
     ) -> Result<Response<FlowList>, GrpcStatus> {
         let st = self.shared.read();
         let flows: Vec<Flow> = st
-            .flows
+            .flows()
             .values()
             .map(|f| {
                 let policy = f.policy.as_ref();
@@ -295,7 +317,7 @@ impl Ingest for ApiService {
             })
             .collect();
         let admitted_bps = st
-            .flows
+            .flows()
             .values()
             .filter_map(|f| f.policy.as_ref())
             .filter(|p| p.admitted)
@@ -303,7 +325,7 @@ impl Ingest for ApiService {
             .sum();
         Ok(Response::new(FlowList {
             flows,
-            limit_bps: st.limit_bps.unwrap_or(0),
+            limit_bps: self.shared.limit_bps.unwrap_or(0),
             admitted_bps,
         }))
     }
@@ -345,7 +367,7 @@ impl Ingest for ApiService {
             ttl: if r.ttl == 0 { 16 } else { r.ttl.min(255) as u8 },
             payload_size: (r.payload_size as usize).clamp(MIN_PAYLOAD, 8900),
         };
-        let tun = self.shared.tun.clone();
+        let tun = self.tun.clone();
         let counters = self.shared.counters.clone();
         let started = tokio::time::Instant::now();
         let (mut sent, mut failed) = (0u64, 0u64);

@@ -2,11 +2,15 @@
 //! `frr-ingestd --print-default-config`) plus command-line overrides.
 //! Errors name the key and the problem in one line.
 
-use ingest_types::AMT_PORT;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ingest_policy::admission::parse_bandwidth;
+use ingest_policy::dns::DnsConfig;
+use ingest_policy::dorms::DormsConfig;
+use ingest_policy::engine::{BITRATE_RETRY, EngineConfig, NetLookupsConfig};
+use ingest_types::AMT_PORT;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -22,6 +26,47 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key {key}: {problem}")]
     Invalid { key: &'static str, problem: String },
+}
+
+impl From<KeyProblem> for ConfigError {
+    fn from(KeyProblem(key, problem): KeyProblem) -> Self {
+        ConfigError::Invalid { key, problem }
+    }
+}
+
+/// A problem with one key: the full TOML key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}: {1}")]
+pub struct KeyProblem(pub &'static str, pub String);
+
+/// An address that is neither `ADDRESS` nor `ADDRESS:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0:?} is not ADDRESS or ADDRESS:PORT")]
+pub struct AddressError(pub String);
+
+/// A prefix that is not `ADDRESS/LENGTH`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PrefixError {
+    #[error("{0:?} is not ADDRESS/LENGTH")]
+    Syntax(String),
+    #[error("{0:?} is not an IP address")]
+    Address(String),
+    #[error("prefix length {text:?} is not 0..{max}")]
+    Length { text: String, max: u8 },
+}
+
+/// Why no DNS servers could be set up for DRIAD and DORMS.
+#[derive(Debug, Error)]
+pub enum DnsSetupError {
+    #[error("cannot read name servers from {path}: {error}")]
+    ResolvConf {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("no usable nameserver lines in {0}; set policy.dns_servers")]
+    NoServers(PathBuf),
+    #[error(transparent)]
+    Key(#[from] KeyProblem),
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -40,7 +85,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub ingest: IngestConfig,
     pub amt: AmtConfig,
-    pub policy: crate::policy_engine::PolicyConfig,
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,32 +257,39 @@ impl IpPrefix {
 }
 
 impl std::str::FromStr for IpPrefix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = PrefixError;
+    fn from_str(s: &str) -> Result<Self, PrefixError> {
         let (a, l) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IP address"))?;
+            .ok_or_else(|| PrefixError::Syntax(s.to_owned()))?;
+        let addr: IpAddr = a.parse().map_err(|_| PrefixError::Address(a.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len: u8 = l
             .parse()
             .ok()
             .filter(|n| *n <= max)
-            .ok_or_else(|| format!("prefix length {l:?} is not 0..{max}"))?;
+            .ok_or_else(|| PrefixError::Length {
+                text: l.to_owned(),
+                max,
+            })?;
         Ok(IpPrefix { addr, len })
     }
 }
 
 /// Parse a relay address with or without port (default 2268).
-pub fn parse_relay(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(sa) = s.parse::<SocketAddr>() {
+pub fn parse_relay(s: &str) -> Result<SocketAddr, AddressError> {
+    parse_address(s, AMT_PORT)
+}
+
+/// `ADDRESS` (with `default_port`) or `ADDRESS:PORT` (`[v6]:PORT`).
+fn parse_address(text: &str, default_port: u16) -> Result<SocketAddr, AddressError> {
+    let text = text.trim();
+    if let Ok(sa) = text.parse::<SocketAddr>() {
         return Ok(sa);
     }
-    s.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, AMT_PORT))
-        .map_err(|_| format!("{s:?} is not ADDRESS or ADDRESS:PORT"))
+    text.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .map_err(|_| AddressError(text.to_owned()))
 }
 
 /// The validated static relay map.
@@ -390,9 +442,7 @@ impl Config {
                 format!("{:?} is not a file path", p.display().to_string()),
             ));
         }
-        self.policy
-            .validate()
-            .map_err(|(key, problem)| invalid(key, problem))?;
+        self.policy.validate()?;
         if self.amt.linger_s > 86_400 {
             return Err(invalid("amt.linger_s", "must be at most 86400 seconds"));
         }
@@ -428,8 +478,9 @@ impl Config {
             let p: IpPrefix = r
                 .prefix
                 .parse()
-                .map_err(|e| invalid("amt.static_relays.prefix", e))?;
-            let relay = parse_relay(&r.relay).map_err(|e| invalid("amt.static_relays.relay", e))?;
+                .map_err(|e: PrefixError| invalid("amt.static_relays.prefix", e.to_string()))?;
+            let relay = parse_relay(&r.relay)
+                .map_err(|e| invalid("amt.static_relays.relay", e.to_string()))?;
             if relay.ip().is_multicast() || relay.ip().is_unspecified() {
                 return Err(invalid(
                     "amt.static_relays.relay",
@@ -475,6 +526,264 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Where name servers come from when `policy.dns_servers` is empty.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// `[policy]` section of the daemon config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// DNS servers for DRIAD and DORMS: "192.0.2.53", "192.0.2.53:5353",
+    /// `"[2001:db8::53]:53"`. Empty: the nameserver lines of /etc/resolv.conf.
+    pub dns_servers: Vec<String>,
+    /// Per-try DNS timeout in milliseconds (2 tries per server).
+    pub dns_timeout_ms: u64,
+    /// Find relays by DNS (AMTRELAY records, RFC 8777) for sources not in
+    /// the static relay map.
+    pub driad: bool,
+    /// Bandwidth limit for all ingested flows together, e.g. "50M", "1.5G"
+    /// (decimal SI, bit/s). Absent: no admission control, every flow is
+    /// admitted.
+    pub bandwidth_limit: Option<String>,
+    /// Look up flow bitrates from the senders' DORMS servers. Absent: on
+    /// when `bandwidth_limit` is set.
+    pub dorms: Option<bool>,
+    /// Rate assumed for flows without DORMS metadata, e.g. "1M". Absent:
+    /// such flows are blocked when a limit is set.
+    pub default_bitrate: Option<String>,
+    /// PEM file of the CA certificates trusted for DORMS servers. Absent:
+    /// the system roots.
+    pub dorms_ca_bundle: Option<PathBuf>,
+    /// Timeout of one DORMS HTTPS request, in milliseconds.
+    pub dorms_timeout_ms: u64,
+    /// Largest DORMS response body accepted, in bytes.
+    pub dorms_max_body_bytes: usize,
+    /// A failed relay is not used again for a random time in
+    /// min..=max seconds (RFC 8777: 3 to 10 minutes).
+    pub relay_holddown_min_s: u64,
+    pub relay_holddown_max_s: u64,
+    /// Decisions are re-evaluated at least this often (seconds), so DORMS
+    /// or DNS coming back is picked up without a restart.
+    pub recheck_interval_s: u64,
+    /// Seed for the random choices (relay order within a precedence,
+    /// hold-down lengths). Absent: random. For tests and labs.
+    pub seed: Option<u64>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dns_servers: Vec::new(),
+            dns_timeout_ms: 3000,
+            driad: true,
+            bandwidth_limit: None,
+            dorms: None,
+            default_bitrate: None,
+            dorms_ca_bundle: None,
+            dorms_timeout_ms: 10_000,
+            dorms_max_body_bytes: 256 * 1024,
+            relay_holddown_min_s: 180,
+            relay_holddown_max_s: 600,
+            recheck_interval_s: 5,
+            seed: None,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Whether bitrates are looked up (`dorms`, defaulting to "when a limit
+    /// is set").
+    pub fn dorms_enabled(&self) -> bool {
+        self.dorms.unwrap_or(self.bandwidth_limit.is_some())
+    }
+
+    /// Checks values that parse but cannot work. The key is the full TOML
+    /// key (`policy.<name>`).
+    pub fn validate(&self) -> Result<(), KeyProblem> {
+        self.engine_config(0)?;
+        self.name_servers()?;
+        if let Some(path) = &self.dorms_ca_bundle
+            && !path.is_file()
+        {
+            return Err(KeyProblem(
+                "policy.dorms_ca_bundle",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The policy engine's settings; `seed` is used unless `policy.seed`
+    /// fixes one.
+    pub fn engine_config(&self, seed: u64) -> Result<EngineConfig, KeyProblem> {
+        let limit = match &self.bandwidth_limit {
+            None => None,
+            Some(text) => Some(
+                parse_bandwidth(text)
+                    .map_err(|e| KeyProblem("policy.bandwidth_limit", e.to_string()))?,
+            ),
+        };
+        let default_bitrate = match &self.default_bitrate {
+            None => None,
+            Some(text) => {
+                let rate = parse_bandwidth(text)
+                    .map_err(|e| KeyProblem("policy.default_bitrate", e.to_string()))?;
+                if rate == 0 {
+                    return Err(KeyProblem(
+                        "policy.default_bitrate",
+                        "must be above 0".into(),
+                    ));
+                }
+                Some(rate)
+            }
+        };
+        let dorms = self.dorms_enabled();
+        if limit.is_some() && !dorms && default_bitrate.is_none() {
+            return Err(KeyProblem(
+                "policy.default_bitrate",
+                "with a bandwidth_limit and dorms = false every flow needs the default rate; set default_bitrate or dorms = true".into(),
+            ));
+        }
+        let range =
+            |key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>, text: String| {
+                if range.contains(&value) {
+                    Ok(())
+                } else {
+                    Err(KeyProblem(key, text))
+                }
+            };
+        range(
+            "policy.dns_timeout_ms",
+            self.dns_timeout_ms,
+            100..=60_000,
+            "must be 100..60000".into(),
+        )?;
+        range(
+            "policy.dorms_timeout_ms",
+            self.dorms_timeout_ms,
+            100..=300_000,
+            "must be 100..300000".into(),
+        )?;
+        range(
+            "policy.dorms_max_body_bytes",
+            self.dorms_max_body_bytes as u64,
+            1024..=16 * 1024 * 1024,
+            "must be 1024..16777216".into(),
+        )?;
+        range(
+            "policy.relay_holddown_min_s",
+            self.relay_holddown_min_s,
+            1..=86_400,
+            "must be 1..86400 seconds".into(),
+        )?;
+        range(
+            "policy.relay_holddown_max_s",
+            self.relay_holddown_max_s,
+            self.relay_holddown_min_s..=86_400,
+            format!(
+                "must be {}..86400 seconds (at least relay_holddown_min_s)",
+                self.relay_holddown_min_s
+            ),
+        )?;
+        range(
+            "policy.recheck_interval_s",
+            self.recheck_interval_s,
+            1..=3600,
+            "must be 1..3600 seconds".into(),
+        )?;
+        Ok(EngineConfig {
+            limit,
+            default_bitrate,
+            dorms,
+            driad: self.driad,
+            holddown_min: Duration::from_secs(self.relay_holddown_min_s),
+            holddown_max: Duration::from_secs(self.relay_holddown_max_s),
+            recheck: Duration::from_secs(self.recheck_interval_s),
+            seed: self.seed.unwrap_or(seed),
+        })
+    }
+
+    /// The configured name servers (port 53 unless given); empty when
+    /// resolv.conf is to be used.
+    fn name_servers(&self) -> Result<Vec<SocketAddr>, KeyProblem> {
+        self.dns_servers
+            .iter()
+            .map(|text| {
+                parse_server(text).map_err(|e| KeyProblem("policy.dns_servers", e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The DNS configuration for DRIAD and DORMS: `dns_servers`, else the
+    /// nameservers of /etc/resolv.conf.
+    pub fn dns_config(&self) -> Result<DnsConfig, DnsSetupError> {
+        dns_config_from(
+            &self.name_servers()?,
+            Path::new(RESOLV_CONF),
+            Duration::from_millis(self.dns_timeout_ms),
+        )
+    }
+
+    /// What the network lookups need: the DNS servers for DRIAD and the
+    /// DORMS client's settings, for the parts that are on.
+    pub fn net_lookups_config(&self) -> Result<NetLookupsConfig, DnsSetupError> {
+        let dorms_on = self.dorms_enabled();
+        if !self.driad && !dorms_on {
+            return Ok(NetLookupsConfig {
+                driad: None,
+                dorms: None,
+            });
+        }
+        let dns = self.dns_config()?;
+        let dorms = dorms_on.then(|| {
+            let mut dc = DormsConfig::new(dns.clone());
+            dc.ca_bundle.clone_from(&self.dorms_ca_bundle);
+            dc.request_timeout = Duration::from_millis(self.dorms_timeout_ms);
+            dc.connect_timeout = dc.request_timeout.min(Duration::from_secs(5));
+            dc.max_body_bytes = self.dorms_max_body_bytes;
+            dc.rng_seed = self.seed;
+            // The engine paces retries per flow (BITRATE_RETRY); the
+            // client's default one-minute failure cache would hide DORMS
+            // coming back for up to a minute after that.
+            dc.failure_ttl = BITRATE_RETRY / 2;
+            dc
+        });
+        Ok(NetLookupsConfig {
+            driad: self.driad.then_some(dns),
+            dorms,
+        })
+    }
+}
+
+/// `192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53`, `[2001:db8::53]:5353`.
+pub fn parse_server(text: &str) -> Result<SocketAddr, AddressError> {
+    parse_address(text, 53)
+}
+
+/// `servers`, or the nameservers of `resolv_conf` when empty.
+pub fn dns_config_from(
+    servers: &[SocketAddr],
+    resolv_conf: &Path,
+    timeout: Duration,
+) -> Result<DnsConfig, DnsSetupError> {
+    let mut dns = if servers.is_empty() {
+        let dns = DnsConfig::from_resolv_conf(resolv_conf).map_err(|error| {
+            DnsSetupError::ResolvConf {
+                path: resolv_conf.to_path_buf(),
+                error,
+            }
+        })?;
+        if dns.name_servers.is_empty() {
+            return Err(DnsSetupError::NoServers(resolv_conf.to_path_buf()));
+        }
+        dns
+    } else {
+        DnsConfig::new(servers.to_vec())
+    };
+    dns.timeout = timeout;
+    Ok(dns)
 }
 
 #[cfg(test)]
@@ -650,5 +959,99 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("local") || e.contains("invalid"), "{e}");
+    }
+
+    /// The `[policy]` defaults with `limit` and a fixed seed.
+    fn config(limit: Option<&str>) -> PolicyConfig {
+        PolicyConfig {
+            bandwidth_limit: limit.map(str::to_owned),
+            seed: Some(7),
+            ..PolicyConfig::default()
+        }
+    }
+
+    #[test]
+    fn config_defaults_validation_and_keys() {
+        let cfg = PolicyConfig::default();
+        assert_eq!(cfg.validate(), Ok(()));
+        assert!(cfg.driad);
+        assert!(!cfg.dorms_enabled(), "no limit: DORMS off unless asked");
+        assert!(config(Some("10M")).dorms_enabled());
+        let text = toml::to_string(&config(Some("50M"))).unwrap();
+        let back: PolicyConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, config(Some("50M")));
+        assert!(toml::from_str::<PolicyConfig>("bandwith_limit = \"5M\"").is_err());
+
+        let problem = |cfg: PolicyConfig| cfg.validate().unwrap_err();
+        assert_eq!(problem(config(Some("10 M"))).0, "policy.bandwidth_limit");
+        assert_eq!(
+            problem(PolicyConfig {
+                default_bitrate: Some("0".into()),
+                ..config(Some("10M"))
+            })
+            .0,
+            "policy.default_bitrate"
+        );
+        // A limit, no DORMS and no default rate would block everything.
+        assert_eq!(
+            problem(PolicyConfig {
+                dorms: Some(false),
+                ..config(Some("10M"))
+            })
+            .0,
+            "policy.default_bitrate"
+        );
+        assert_eq!(
+            problem(PolicyConfig {
+                dns_servers: vec!["dns.example".into()],
+                ..config(None)
+            })
+            .0,
+            "policy.dns_servers"
+        );
+        assert_eq!(
+            problem(PolicyConfig {
+                relay_holddown_min_s: 600,
+                relay_holddown_max_s: 180,
+                ..config(None)
+            })
+            .0,
+            "policy.relay_holddown_max_s"
+        );
+        assert_eq!(
+            problem(PolicyConfig {
+                dorms_ca_bundle: Some("/nonexistent/ca.pem".into()),
+                ..config(None)
+            })
+            .0,
+            "policy.dorms_ca_bundle"
+        );
+        assert_eq!(
+            parse_server("192.0.2.53"),
+            Ok("192.0.2.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("[2001:db8::53]:5353"),
+            Ok("[2001:db8::53]:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("2001:db8::53"),
+            Ok("[2001:db8::53]:53".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn resolv_conf_fallback() {
+        let dir = std::env::temp_dir().join(format!("policy-resolv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, "search lab\nnameserver 192.0.2.53\n").unwrap();
+        let dns = dns_config_from(&[], &path, Duration::from_millis(500)).unwrap();
+        assert_eq!(dns.name_servers, vec!["192.0.2.53:53".parse().unwrap()]);
+        assert_eq!(dns.timeout, Duration::from_millis(500));
+        std::fs::write(&path, "# nothing\n").unwrap();
+        let e = dns_config_from(&[], &path, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("policy.dns_servers"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`run_joinfile_source`] replaces the pimd watcher: it reads a joinfile
 //! (`source,group[,population]`, see [`ingest_policy::joinfile`]) at start
-//! and whenever it changes, and publishes it as a [`DesiredSet`]. The
+//! and whenever it changes, and publishes it as a [`WantedSet`]. The
 //! population column becomes that many pseudo-interfaces `joinfile#1..N`
 //! (so population = number of interfaces everywhere downstream), capped at
 //! [`MAX_JOINFILE_POPULATION`].
@@ -32,8 +32,9 @@ use ingest_types::SourceGroup;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::policy_engine::PolicySet;
-use crate::watcher::{DesiredSet, JoinSet, WatchStatus};
+use ingest_policy::engine::{PolicySet, WantedFlow, WantedSet};
+
+use crate::watcher::WatchStatus;
 
 /// Largest population taken from a joinfile line; larger values are cut to
 /// it (and logged). Each counts as one pseudo-interface in memory.
@@ -44,24 +45,27 @@ pub fn pseudo_interface(n: u32) -> String {
     format!("joinfile#{n}")
 }
 
-/// The desired set for a parsed joinfile, and the (S,G)s whose population
+/// The wanted set for a parsed joinfile, and the (S,G)s whose population
 /// was capped.
-pub fn desired_from_joinfile(joinfile: &Joinfile) -> (DesiredSet, Vec<(SourceGroup, u32)>) {
-    let mut joins = JoinSet::new();
+pub fn wanted_from_joinfile(joinfile: &Joinfile) -> (WantedSet, Vec<(SourceGroup, u32)>) {
+    let mut wanted = WantedSet::new();
     let mut capped = Vec::new();
     for entry in joinfile.iter() {
-        let sg = SourceGroup {
-            source: entry.sg.source,
-            group: entry.sg.group,
-        };
-        let wanted = entry.population.map_or(1, NonZeroU32::get);
-        if wanted > MAX_JOINFILE_POPULATION {
-            capped.push((sg, wanted));
+        let sg = entry.sg;
+        let asked = entry.population.map_or(1, NonZeroU32::get);
+        if asked > MAX_JOINFILE_POPULATION {
+            capped.push((sg, asked));
         }
-        let population = wanted.min(MAX_JOINFILE_POPULATION);
-        joins.insert(sg, (1..=population).map(pseudo_interface).collect());
+        let population = asked.min(MAX_JOINFILE_POPULATION);
+        wanted.insert(
+            sg,
+            WantedFlow {
+                interfaces: (1..=population).map(pseudo_interface).collect(),
+                held: false,
+            },
+        );
     }
-    (DesiredSet { joins, held: 0 }, capped)
+    (wanted, capped)
 }
 
 /// What identifies a file version cheaply.
@@ -153,7 +157,7 @@ impl Reader {
 pub async fn run_joinfile_source(
     path: PathBuf,
     poll_interval: Duration,
-    tx: watch::Sender<Arc<DesiredSet>>,
+    tx: watch::Sender<Arc<WantedSet>>,
     status: Arc<Mutex<WatchStatus>>,
 ) {
     let mut reader = Reader {
@@ -165,7 +169,7 @@ pub async fn run_joinfile_source(
     let state_ok = format!("joinfile: {}", path.display());
     loop {
         let result = reader.poll().await;
-        let kept = tx.borrow().joins.len();
+        let kept = tx.borrow().len();
         let lock = || status.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Poll::Unchanged => {
@@ -187,13 +191,13 @@ pub async fn run_joinfile_source(
                 for error in &errors {
                     warn!(path = %path.display(), "joinfile {error}: line ignored");
                 }
-                let (set, capped) = desired_from_joinfile(&joinfile);
+                let (set, capped) = wanted_from_joinfile(&joinfile);
                 for (sg, population) in capped {
                     warn!(%sg, population, "joinfile population cut to {MAX_JOINFILE_POPULATION}");
                 }
                 info!(
                     path = %path.display(),
-                    flows = set.joins.len(),
+                    flows = set.len(),
                     rejected_lines = errors.len(),
                     "joinfile read"
                 );
@@ -319,7 +323,7 @@ fn admitted_count(set: &PolicySet) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy_engine::{FlowPolicy, RelayVerdict};
+    use ingest_policy::engine::{FlowPolicy, RelayVerdict};
     use ingest_policy::joinfile::read_joinfile;
 
     fn sg(s: &str, g: &str) -> SourceGroup {
@@ -345,10 +349,10 @@ mod tests {
     }
 
     async fn wait_for(
-        rx: &mut watch::Receiver<Arc<DesiredSet>>,
+        rx: &mut watch::Receiver<Arc<WantedSet>>,
         what: &str,
-        check: impl Fn(&DesiredSet) -> bool,
-    ) -> Arc<DesiredSet> {
+        check: impl Fn(&WantedSet) -> bool,
+    ) -> Arc<WantedSet> {
         let waited = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 let current = rx.borrow_and_update().clone();
@@ -389,7 +393,7 @@ mod tests {
             "# from pimwatch\n198.51.100.1,232.1.1.1\n198.51.100.2, 232.1.1.2, 3\n",
         )
         .unwrap();
-        let (tx, mut rx) = watch::channel(Arc::new(DesiredSet::default()));
+        let (tx, mut rx) = watch::channel(Arc::new(WantedSet::default()));
         let status = Arc::new(Mutex::new(WatchStatus::default()));
         let task = tokio::spawn(run_joinfile_source(
             path.clone(),
@@ -397,12 +401,15 @@ mod tests {
             tx,
             status.clone(),
         ));
-        let set = wait_for(&mut rx, "two flows", |s| s.joins.len() == 2).await;
+        let set = wait_for(&mut rx, "two flows", |s| s.len() == 2).await;
         assert_eq!(
-            set.joins[&sg("198.51.100.1", "232.1.1.1")],
+            set[&sg("198.51.100.1", "232.1.1.1")].interfaces,
             vec!["joinfile#1"]
         );
-        assert_eq!(set.joins[&sg("198.51.100.2", "232.1.1.2")], interfaces(3));
+        assert_eq!(
+            set[&sg("198.51.100.2", "232.1.1.2")].interfaces,
+            interfaces(3)
+        );
         let st = wait_status(&status, |s| s.polls >= 2).await;
         assert_eq!(st.frr_state, format!("joinfile: {}", path.display()));
         assert_eq!(st.poll_errors, 0);
@@ -414,12 +421,15 @@ mod tests {
         )
         .unwrap();
         let set = wait_for(&mut rx, "new content", |s| {
-            s.joins.contains_key(&sg("2001:db8::1", "ff3e::1"))
+            s.contains_key(&sg("2001:db8::1", "ff3e::1"))
         })
         .await;
-        assert_eq!(set.joins.len(), 2);
-        assert_eq!(set.joins[&sg("198.51.100.2", "232.1.1.2")], interfaces(5));
-        assert_eq!(set.joins[&sg("2001:db8::1", "ff3e::1")], interfaces(2));
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            set[&sg("198.51.100.2", "232.1.1.2")].interfaces,
+            interfaces(5)
+        );
+        assert_eq!(set[&sg("2001:db8::1", "ff3e::1")].interfaces, interfaces(2));
         wait_status(&status, |s| s.skipped_entries == 2).await;
 
         // Deleted: the last good set stays, the error shows in the status.
@@ -427,16 +437,16 @@ mod tests {
         let st = wait_status(&status, |s| s.poll_errors >= 3).await;
         assert!(st.frr_state.contains("unreadable"), "{}", st.frr_state);
         assert!(st.last_error.contains("No such file"), "{}", st.last_error);
-        assert_eq!(rx.borrow().joins.len(), 2);
+        assert_eq!(rx.borrow().len(), 2);
         assert!(!rx.has_changed().unwrap());
 
         // Recreated (atomically, like our writer does): followed again.
         let tmp = dir.0.join(".pimwatch.sgs.tmp");
         std::fs::write(&tmp, "198.51.100.9,232.1.1.9,4000\n").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        let set = wait_for(&mut rx, "recreated", |s| s.joins.len() == 1).await;
+        let set = wait_for(&mut rx, "recreated", |s| s.len() == 1).await;
         assert_eq!(
-            set.joins[&sg("198.51.100.9", "232.1.1.9")].len(),
+            set[&sg("198.51.100.9", "232.1.1.9")].interfaces.len(),
             MAX_JOINFILE_POPULATION as usize,
             "population capped"
         );
@@ -460,7 +470,7 @@ mod tests {
     async fn missing_at_start_then_created() {
         let dir = Dir::new("late");
         let path = dir.0.join("cbacc.sgs");
-        let (tx, mut rx) = watch::channel(Arc::new(DesiredSet::default()));
+        let (tx, mut rx) = watch::channel(Arc::new(WantedSet::default()));
         let status = Arc::new(Mutex::new(WatchStatus::default()));
         let task = tokio::spawn(run_joinfile_source(
             path.clone(),
@@ -469,15 +479,17 @@ mod tests {
             status.clone(),
         ));
         wait_status(&status, |s| s.poll_errors >= 2).await;
-        assert!(rx.borrow().joins.is_empty());
+        assert!(rx.borrow().is_empty());
         std::fs::write(&path, "198.51.100.1,232.1.1.1\n").unwrap();
-        wait_for(&mut rx, "created", |s| s.joins.len() == 1).await;
+        wait_for(&mut rx, "created", |s| s.len() == 1).await;
         task.abort();
     }
 
     fn flow(s: &str, g: &str, population: u32, admitted: bool) -> FlowPolicy {
         FlowPolicy {
             sg: sg(s, g),
+            interfaces: Vec::new(),
+            held: false,
             population,
             bitrate: Some(1_000_000),
             bitrate_origin: "default".into(),
@@ -512,20 +524,28 @@ mod tests {
         assert_eq!(parsed.joinfile, admitted_joinfile(&set));
 
         // What the reader makes of it is the admitted set with populations.
-        let (tx, mut rx) = watch::channel(Arc::new(DesiredSet::default()));
+        let (tx, mut rx) = watch::channel(Arc::new(WantedSet::default()));
         let task = tokio::spawn(run_joinfile_source(
             path.clone(),
             Duration::from_millis(10),
             tx,
             Arc::new(Mutex::new(WatchStatus::default())),
         ));
-        let read = wait_for(&mut rx, "read back", |s| !s.joins.is_empty()).await;
-        let expected: JoinSet = set
+        let read = wait_for(&mut rx, "read back", |s| !s.is_empty()).await;
+        let expected: WantedSet = set
             .values()
             .filter(|f| f.admitted)
-            .map(|f| (f.sg, interfaces(f.population)))
+            .map(|f| {
+                (
+                    f.sg,
+                    WantedFlow {
+                        interfaces: interfaces(f.population),
+                        held: false,
+                    },
+                )
+            })
             .collect();
-        assert_eq!(read.joins, expected);
+        assert_eq!(*read, expected);
         task.abort();
 
         // The writer task follows the policy set and stops with it.

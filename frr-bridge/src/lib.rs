@@ -3,28 +3,32 @@
 //! Layout (holo-style separation):
 //! - [`frr`]: southbound to FRR: the vty socket client and pimd JSON parsers.
 //! - [`southbound`]: the kernel side: the ingest TUN, routes, PIM on the TUN.
-//! - [`watcher`]: turns pimd's join state into a stream of desired sets.
-//! - [`joinsource`]: joinfile mode: a joinfile instead of pimd as the desired
-//!   set; the admitted set written back as a joinfile.
-//! - [`policy_engine`]: per flow, the relays (static map, DRIAD) and the
-//!   admission under the bandwidth limit (CBACC/DORMS).
+//! - [`watcher`] (pimd/pim6d) and [`joinsource`] (a joinfile): the I/O
+//!   tasks that produce the wanted set; [`wanted`] is the pure core that
+//!   merges the families and holds joins through a daemon restart.
+//! - [`orchestrator`]: the pure core that turns the policy engine's
+//!   decisions (`ingest_policy::engine`) into tunnels, subscriptions and
+//!   routes, as actions.
+//! - [`pipeline`]: the async shell that runs the policy engine and the
+//!   orchestrator and carries out their actions.
+//! - [`api`] and [`metrics`]: northbound: the gRPC management service and
+//!   Prometheus metrics.
 //! - [`policy_cli`]: the `ingestctl driad` / `ingestctl dorms` reports.
-//! - [`daemon`]: orchestration: desired set → flows → routes (and tunnels).
-//! - [`api`]: northbound: the gRPC management service.
 //! - [`config`]: the TOML configuration and its validation.
 
 pub mod api;
 pub mod client;
 pub mod config;
-pub mod daemon;
 pub mod frr;
 pub mod inject;
 pub mod joinsource;
 pub mod metrics;
+pub mod orchestrator;
+pub mod pipeline;
 pub mod policy_cli;
-pub mod policy_engine;
 pub mod southbound;
 pub mod tasks;
+pub mod wanted;
 pub mod watcher;
 
 /// Milliseconds since the Unix epoch, for API timestamps.

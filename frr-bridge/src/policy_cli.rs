@@ -24,19 +24,34 @@ use ingest_types::{AMT_PORT, SourceGroup};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::policy_engine::{RESOLV_CONF, dns_config_from, parse_server, rate_text};
+use ingest_policy::text::rate_text;
+
+use crate::config::{DnsSetupError, RESOLV_CONF, dns_config_from, parse_server};
 
 /// DNS timeout per try for the tools.
 const TOOL_DNS_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTPS timeout per request for the tools.
 const TOOL_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn tool_dns(servers: &[String]) -> Result<DnsConfig, String> {
+/// Why a tool could not set up its DNS lookups.
+#[derive(Debug, thiserror::Error)]
+enum ToolDnsError {
+    #[error("--server: {0}")]
+    Server(#[from] crate::config::AddressError),
+    #[error(transparent)]
+    Setup(#[from] DnsSetupError),
+}
+
+fn tool_dns(servers: &[String]) -> Result<DnsConfig, ToolDnsError> {
     let servers: Vec<SocketAddr> = servers
         .iter()
-        .map(|s| parse_server(s).map_err(|e| format!("--server: {e}")))
+        .map(|s| parse_server(s))
         .collect::<Result<_, _>>()?;
-    dns_config_from(&servers, Path::new(RESOLV_CONF), TOOL_DNS_TIMEOUT)
+    Ok(dns_config_from(
+        &servers,
+        Path::new(RESOLV_CONF),
+        TOOL_DNS_TIMEOUT,
+    )?)
 }
 
 fn servers_text(dns: &DnsConfig) -> String {
@@ -68,7 +83,7 @@ fn setup_error(what: &str, error: String) -> (String, Value) {
 pub async fn driad_report(source: IpAddr, servers: Vec<String>) -> (String, Value) {
     let dns = match tool_dns(&servers) {
         Ok(dns) => dns,
-        Err(e) => return setup_error("cannot look up relays", e),
+        Err(e) => return setup_error("cannot look up relays", e.to_string()),
     };
     let resolver = match DriadResolver::new(DriadConfig::new(dns.clone())) {
         Ok(r) => r,
@@ -369,7 +384,7 @@ pub async fn dorms_report(
 ) -> (String, Value) {
     let dns = match tool_dns(&servers) {
         Ok(dns) => dns,
-        Err(e) => return setup_error("cannot fetch DORMS metadata", e),
+        Err(e) => return setup_error("cannot fetch DORMS metadata", e.to_string()),
     };
     let mut config = DormsConfig::new(dns.clone());
     config.ca_bundle = ca;

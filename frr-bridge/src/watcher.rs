@@ -1,40 +1,32 @@
-//! The join watcher: reads pimd's join state over its vty socket and
-//! publishes the desired set of (S,G)s with their downstream interfaces.
+//! The join watcher: reads pimd's (and pim6d's) join state over their vty
+//! sockets and publishes the wanted set of (S,G)s with their downstream
+//! interfaces.
 //!
 //! It polls on a short period and re-polls at once when triggered (a PIM
 //! Join/Prune from pimd on the TUN, a kernel multicast-route change). The
-//! poll is the source of truth: triggers only make it sooner. When pimd is
-//! unreachable the last good set is kept, errors are logged once per burst
-//! and retried with backoff. When pimd comes back (a restart), it knows
-//! nothing until the downstream routers re-send their periodic Joins, so
-//! for a grace period the set held before the outage is kept (joined with
-//! whatever pimd reports) instead of tearing every flow down.
+//! poll is the source of truth: triggers only make it sooner. Errors are
+//! logged once per burst and retried with backoff. What the polls mean (last
+//! good set kept through an outage, the restart grace, the two families
+//! merged) is decided by the pure [`WantedTracker`].
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use amt_gateway::Family;
+use ingest_policy::engine::WantedSet;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::frr::joins::{ParsedJoins, parse_join_json};
-use crate::frr::vty::VtyClient;
-use ingest_types::SourceGroup;
-
-/// Downstream interfaces per wanted (S,G).
-pub type JoinSet = BTreeMap<SourceGroup, Vec<String>>;
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DesiredSet {
-    pub joins: JoinSet,
-    /// (S,G)s kept only because pimd restarted recently (grace period).
-    pub held: usize,
-}
+use crate::frr::joins::{JoinParseError, ParsedJoins, parse_join_json};
+use crate::frr::vty::{VtyClient, VtyError};
+use crate::wanted::{DaemonHealth, JoinSet, WantedTracker};
 
 #[derive(Debug, Clone, Default)]
 pub struct WatchStatus {
     pub frr_state: String,
+    /// pim6d's state: "" when not asked, else like `frr_state`.
+    pub pim6d_state: String,
     pub polls: u64,
     pub poll_errors: u64,
     pub last_error: String,
@@ -90,30 +82,32 @@ impl BurstLog {
     }
 }
 
+/// Why one poll of a daemon gave no join set.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error(transparent)]
+    Vty(#[from] VtyError),
+    #[error(transparent)]
+    Json(#[from] JoinParseError),
+}
+
 pub struct JoinWatcher {
     cfg: WatcherConfig,
     pimd: VtyClient,
     pim6d: Option<VtyClient>,
     trigger: Arc<Notify>,
-    tx: watch::Sender<Arc<DesiredSet>>,
+    tx: watch::Sender<Arc<WantedSet>>,
     status: Arc<Mutex<WatchStatus>>,
     log4: BurstLog,
     log6: BurstLog,
-    last_v4: Option<JoinSet>,
-    last_v6: JoinSet,
-    /// Set held across a pimd outage, and until when.
-    grace: Option<(JoinSet, Instant)>,
-}
-
-fn poll_error_text(e: &dyn std::fmt::Display) -> String {
-    e.to_string()
+    tracker: WantedTracker,
 }
 
 impl JoinWatcher {
     pub fn new(
         cfg: WatcherConfig,
         trigger: Arc<Notify>,
-        tx: watch::Sender<Arc<DesiredSet>>,
+        tx: watch::Sender<Arc<WantedSet>>,
         status: Arc<Mutex<WatchStatus>>,
     ) -> Self {
         let pimd = VtyClient::new(cfg.pimd_socket.clone(), cfg.command_timeout);
@@ -121,6 +115,7 @@ impl JoinWatcher {
             .pim6d_socket
             .clone()
             .map(|p| VtyClient::new(p, cfg.command_timeout));
+        let tracker = WantedTracker::new(cfg.restart_grace);
         Self {
             cfg,
             pimd,
@@ -130,9 +125,7 @@ impl JoinWatcher {
             status,
             log4: BurstLog::default(),
             log6: BurstLog::default(),
-            last_v4: None,
-            last_v6: JoinSet::new(),
-            grace: None,
+            tracker,
         }
     }
 
@@ -151,17 +144,18 @@ impl JoinWatcher {
         out
     }
 
-    async fn query(client: &mut VtyClient, command: &str) -> Result<ParsedJoins, String> {
-        let text = client
-            .command(command)
-            .await
-            .map_err(|e| poll_error_text(&e))?;
-        parse_join_json(&text).map_err(|e| poll_error_text(&e))
+    async fn query(client: &mut VtyClient, command: &str) -> Result<ParsedJoins, PollError> {
+        let text = client.command(command).await?;
+        Ok(parse_join_json(&text)?)
     }
 
     /// One poll of pimd (and pim6d). Returns whether pimd answered.
     pub async fn poll_once(&mut self) -> bool {
-        let now = Instant::now();
+        self.poll_at(Instant::now()).await
+    }
+
+    /// [`JoinWatcher::poll_once`] with the time of the poll given.
+    async fn poll_at(&mut self, now: Instant) -> bool {
         let v4 = Self::query(&mut self.pimd, "show ip pim join json").await;
         let ok = match v4 {
             Ok(parsed) => {
@@ -170,33 +164,24 @@ impl JoinWatcher {
                     debug!("pimd join json: skipped {:?}", parsed.skipped);
                 }
                 let set = self.to_set(parsed);
-                if self.log4.ok("pimd") {
+                self.log4.ok("pimd");
+                if self.tracker.on_answer(Family::V4, set, now) {
                     self.status().reconnects += 1;
-                    if let Some(held) = self.last_v4.clone()
-                        && !held.is_empty()
-                    {
-                        info!(
-                            "keeping {} joins for {} s while pimd relearns its state",
-                            held.len(),
-                            self.cfg.restart_grace.as_secs()
-                        );
-                        self.grace = Some((held, now + self.cfg.restart_grace));
-                    }
                 }
                 let mut st = self.status();
                 st.polls += 1;
                 st.last_ok = Some(now);
                 st.skipped_entries += skipped;
                 st.frr_state = "connected".into();
-                drop(st);
-                self.last_v4 = Some(set);
                 true
             }
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 self.log4.error(
                     &format!("pimd at {}", self.cfg.pimd_socket.display()),
                     msg.clone(),
                 );
+                self.tracker.on_failure(Family::V4);
                 let mut st = self.status();
                 st.polls += 1;
                 st.poll_errors += 1;
@@ -205,46 +190,47 @@ impl JoinWatcher {
                 false
             }
         };
-        self.poll_v6().await;
+        self.poll_v6(now).await;
         self.publish(now);
         ok
     }
 
-    async fn poll_v6(&mut self) {
+    async fn poll_v6(&mut self, now: Instant) {
         let Some(client) = self.pim6d.as_mut() else {
             return;
         };
         if self.cfg.pim6_auto && !client.path().exists() {
-            self.last_v6.clear();
+            if self.tracker.health(Family::V6) != &DaemonHealth::Absent {
+                info!(
+                    "pim6d's vty socket {} is absent: no IPv6 joins (frr.pim6 = \"auto\")",
+                    client.path().display()
+                );
+            }
+            self.tracker.on_absent(Family::V6);
+            self.status().pim6d_state = "absent (no vty socket)".into();
             return;
         }
         match Self::query(client, "show ipv6 pim join json").await {
             Ok(parsed) => {
+                let skipped = parsed.skipped.len() as u64;
+                let set = self.to_set(parsed);
                 self.log6.ok("pim6d");
-                self.last_v6 = self.to_set(parsed);
+                self.tracker.on_answer(Family::V6, set, now);
+                let mut st = self.status();
+                st.skipped_entries += skipped;
+                st.pim6d_state = "connected".into();
             }
-            Err(msg) => self.log6.error("pim6d", msg),
+            Err(e) => {
+                let msg = e.to_string();
+                self.log6.error("pim6d", msg.clone());
+                self.tracker.on_failure(Family::V6);
+                self.status().pim6d_state = format!("unreachable: {msg}");
+            }
         }
     }
 
     fn publish(&mut self, now: Instant) {
-        let mut joins = self.last_v4.clone().unwrap_or_default();
-        joins.extend(self.last_v6.iter().map(|(k, v)| (*k, v.clone())));
-        let mut held = 0;
-        if let Some((grace_set, until)) = &self.grace {
-            if now < *until {
-                for (sg, ifaces) in grace_set {
-                    if !joins.contains_key(sg) {
-                        joins.insert(*sg, ifaces.clone());
-                        held += 1;
-                    }
-                }
-            } else {
-                info!("pimd restart grace over; following pimd's join state again");
-                self.grace = None;
-            }
-        }
-        let new = DesiredSet { joins, held };
+        let new = self.tracker.wanted(now);
         self.tx.send_if_modified(|cur| {
             if **cur != new {
                 *cur = Arc::new(new);
@@ -273,7 +259,7 @@ impl JoinWatcher {
                 (delay.max(base) * 2).min(Duration::from_secs(5))
             };
             // Grace expiry must publish even without a new trigger.
-            if let Some((_, until)) = &self.grace {
+            if let Some(until) = self.tracker.next_deadline() {
                 let left = until.saturating_duration_since(Instant::now());
                 delay = delay.min(left.max(Duration::from_millis(1)));
             }
@@ -326,10 +312,10 @@ mod tests {
         grace: Duration,
     ) -> (
         JoinWatcher,
-        watch::Receiver<Arc<DesiredSet>>,
+        watch::Receiver<Arc<WantedSet>>,
         Arc<Mutex<WatchStatus>>,
     ) {
-        let (tx, rx) = watch::channel(Arc::new(DesiredSet::default()));
+        let (tx, rx) = watch::channel(Arc::new(WantedSet::default()));
         let status = Arc::new(Mutex::new(WatchStatus::default()));
         let w = JoinWatcher::new(
             WatcherConfig {
@@ -374,10 +360,10 @@ mod tests {
         let (mut w, rx, status) = watcher(path.clone(), Duration::from_secs(60));
         assert!(w.poll_once().await);
         let set = rx.borrow().clone();
-        assert_eq!(set.joins.len(), 2, "amt0 is not a downstream interface");
+        assert_eq!(set.len(), 2, "amt0 is not a downstream interface");
         for _ in 0..3 {
             assert!(!w.poll_once().await);
-            assert_eq!(rx.borrow().joins.len(), 2, "last good set kept");
+            assert_eq!(rx.borrow().len(), 2, "last good set kept");
         }
         {
             let st = status.lock().unwrap();
@@ -387,13 +373,12 @@ mod tests {
         // pimd is back with an empty state: the grace keeps the flows.
         assert!(w.poll_once().await);
         let set = rx.borrow().clone();
-        assert_eq!(set.joins.len(), 2);
-        assert_eq!(set.held, 2);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.values().filter(|f| f.held).count(), 2);
         assert_eq!(status.lock().unwrap().reconnects, 1);
         // Grace over: pimd's (empty) state wins.
-        w.grace = w.grace.take().map(|(s, _)| (s, Instant::now()));
-        assert!(w.poll_once().await);
-        assert!(rx.borrow().joins.is_empty());
+        assert!(w.poll_at(Instant::now() + Duration::from_secs(61)).await);
+        assert!(rx.borrow().is_empty());
         server.abort();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
@@ -412,7 +397,7 @@ mod tests {
             st.poll_errors
         );
         assert!(st.last_error.contains("pimd.vty"), "{}", st.last_error);
-        assert!(rx.borrow().joins.is_empty());
+        assert!(rx.borrow().is_empty());
         drop(rx);
         task.abort();
     }

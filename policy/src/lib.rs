@@ -1,19 +1,25 @@
 //! Policy layer of frr-ingest: joinfiles, DRIAD relay discovery (RFC 8777),
 //! DORMS/CBACC flow metadata and bandwidth admission.
 //!
-//! Pure logic (parsers, codecs, ordering, hold-downs, admission) takes time as
-//! an `Instant` argument and randomness as an injected `Rng`, so it is tested
-//! without I/O. The I/O layers (`driad::DriadResolver`, `dorms::DormsClient`)
-//! are thin async wrappers around hickory-resolver and reqwest.
+//! Pure logic (parsers, codecs, ordering, hold-downs, admission, and the
+//! sans-IO policy [`engine`] that combines them) takes time as an `Instant`
+//! argument and randomness as an injected `Rng` or seed, so it is tested
+//! without I/O. The I/O layers (`driad::DriadResolver`,
+//! `dorms::DormsClient`, `engine::NetLookups`) are thin async wrappers
+//! around hickory-resolver and reqwest, behind the default feature `net`:
+//! without it the crate pulls in no tokio, hickory or reqwest.
+//! [`text`] holds the words people read (rates, reasons, times).
 
 pub mod admission;
 pub mod cache;
 pub mod dns;
 pub mod dorms;
 pub mod driad;
+pub mod engine;
 pub mod joinfile;
+pub mod text;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "net"))]
 mod send_sync {
     use crate::dorms::DormsClient;
     use crate::driad::DriadResolver;

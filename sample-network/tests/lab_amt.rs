@@ -512,7 +512,8 @@ fn receiver_on_the_ingest_router_itself() {
     sh(&["-n", &lan.ns, "link", "set", "lrcv0", "up"]);
     sh(&["-n", &lan.ns, "link", "set", "lo", "up"]);
     sh(&["-n", &lan.ns, "route", "add", "default", "via", "10.77.9.1"]);
-    let out = Command::new("vtysh")
+    let out = lab
+        .vtysh_command()
         .arg("--vty_socket")
         .arg(lab.node_dir("ingest"))
         .args(["-c", "configure terminal", "-c", "interface ing-lan"])

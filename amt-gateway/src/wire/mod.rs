@@ -12,6 +12,8 @@ pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 pub mod mld;
+pub mod pim;
+pub mod udp;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -40,6 +42,10 @@ pub enum DecodeError {
     MessageType { what: &'static str, value: u8 },
     #[error("malformed IPv6 extension header chain")]
     ExtensionHeaders,
+    #[error("PIM version {0} is not 2")]
+    PimVersion(u8),
+    #[error("unknown address family {0} in {1}")]
+    AddressFamily(u8, &'static str),
 }
 
 /// Why encoding failed (the caller's buffer is too small, or a value does

@@ -1,20 +1,22 @@
 //! frr-ingestd: the frr-ingest sidecar daemon. See `frr-ingestd --help`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
 use frr_bridge::api::{ApiInfo, ApiService, bind_unix, serve};
 use frr_bridge::config::{Config, ConfigError, JoinSource};
-use frr_bridge::daemon::{AmtSettings, Counters, DaemonState, Orchestrator, Shared};
 use frr_bridge::joinsource::{JoinfileWriter, run_joinfile_source};
-use frr_bridge::policy_engine::{PolicyEngine, PolicySet};
+use frr_bridge::orchestrator::{Orchestrator, OrchestratorConfig};
+use frr_bridge::pipeline::{AmtSettings, Counters, DaemonSouthbound, Deciding, Pipeline, Shared};
 use frr_bridge::southbound::tun::{IngestTun, TunConfig};
 use frr_bridge::tasks::{run_mroute_monitor, run_pim};
-use frr_bridge::watcher::{DesiredSet, JoinWatcher, WatchStatus, WatcherConfig};
+use frr_bridge::watcher::{JoinWatcher, WatchStatus, WatcherConfig};
+use ingest_policy::engine::{Engine, NetLookups, PolicySet, WantedSet};
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::{error, info, warn};
 
@@ -275,17 +277,28 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (set_tx, set_rx) = watch::channel(Arc::new(DesiredSet::default()));
+    let (set_tx, set_rx) = watch::channel(Arc::new(WantedSet::new()));
     let trigger = Arc::new(Notify::new());
     let watch_status = Arc::new(Mutex::new(WatchStatus::default()));
     let (events, _) = broadcast::channel(4096);
+    let limit_bps = cfg
+        .policy
+        .bandwidth_limit
+        .as_deref()
+        .and_then(|t| ingest_policy::admission::parse_bandwidth(t).ok());
+    let tun = Arc::new(tun);
     let shared = Shared {
-        state: Arc::new(RwLock::new(DaemonState::default())),
+        orchestrator: Arc::new(RwLock::new(Orchestrator::new(OrchestratorConfig {
+            serve_all: cfg.ingest.serve_all_sources,
+            linger: std::time::Duration::from_secs(cfg.amt.linger_s),
+        }))),
+        tunnels: Arc::new(RwLock::new(BTreeMap::new())),
         watch_status: watch_status.clone(),
         events,
-        tun: Arc::new(tun),
         counters: Arc::new(Counters::default()),
         started: Instant::now(),
+        started_wall: SystemTime::now(),
+        limit_bps,
     };
 
     let join_source = cfg.join_source()?;
@@ -323,32 +336,31 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let relay_map = cfg.relay_map()?;
     let amt = AmtSettings {
-        linger: std::time::Duration::from_secs(cfg.amt.linger_s),
         bind: cfg.amt.bind,
         no_data_timeout: (cfg.amt.no_data_timeout_s > 0)
             .then(|| std::time::Duration::from_secs(cfg.amt.no_data_timeout_s)),
     };
-    // The policy stage sits between the join source and the orchestrator
-    // (not in serve_all_sources mode, which routes everything unasked).
-    let (policy_rx, failures_tx) = if cfg.ingest.serve_all_sources {
+    // The policy engine decides (not in serve_all_sources mode, which
+    // routes everything unasked).
+    let deciding = if cfg.ingest.serve_all_sources {
         warn!(
             "serve_all_sources: every joined source is routed into the TUN without a tunnel or policy (lab mode)"
         );
-        (None, None)
+        Deciding::ServeAll
     } else {
-        let engine = PolicyEngine::new(
-            &cfg.policy,
+        let settings = cfg.policy.engine_config(rand::random())?;
+        let lookups = NetLookups::new(cfg.policy.net_lookups_config()?)
+            .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+        let engine = Engine::new(
+            settings,
             Box::new(move |source| relay_map.lookup(source)),
-        )
-        .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
-        let (policy_tx, policy_rx) = watch::channel(Arc::new(PolicySet::new()));
-        let (failures_tx, failures_rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(engine.run(set_rx.clone(), failures_rx, policy_tx));
-        if let Some(path) = &cfg.ingest.write_joinfile {
-            info!(path = %path.display(), "writing the admitted flows as a joinfile");
-            tokio::spawn(JoinfileWriter::new(path.clone()).run(policy_rx.clone()));
+            Instant::now(),
+            SystemTime::now(),
+        );
+        Deciding::Policy {
+            engine: Box::new(engine),
+            lookups: Arc::new(lookups),
         }
-        (Some(policy_rx), Some(failures_tx))
     };
     info!(
         driad = cfg.policy.driad,
@@ -357,22 +369,24 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         dorms = cfg.policy.dorms_enabled(),
         "policy"
     );
-    shared.write_limit(
-        cfg.policy
-            .bandwidth_limit
-            .as_deref()
-            .and_then(|t| ingest_policy::admission::parse_bandwidth(t).ok()),
-    );
-    let orch = Orchestrator::new(
-        shared.clone(),
-        cfg.ingest.serve_all_sources,
+    let southbound = Arc::new(DaemonSouthbound {
+        tun: tun.clone(),
         amt,
-        failures_tx,
-    );
-    let orch_task = tokio::spawn(orch.run(set_rx, policy_rx, stop_rx.clone()));
+    });
+    let mut pipeline = Pipeline::new(shared.clone(), deciding, southbound);
+    if let Some(path) = &cfg.ingest.write_joinfile
+        && !cfg.ingest.serve_all_sources
+    {
+        info!(path = %path.display(), "writing the admitted flows as a joinfile");
+        let (decisions_tx, decisions_rx) = watch::channel(Arc::new(PolicySet::new()));
+        pipeline.publish_decisions(decisions_tx);
+        tokio::spawn(JoinfileWriter::new(path.clone()).run(decisions_rx));
+    }
+    let orch_task = tokio::spawn(pipeline.run(set_rx, stop_rx.clone()));
     let pim_task = tokio::spawn(run_pim(
         shared.clone(),
-        cfg.tun.neighbor,
+        tun.clone(),
+        vec![cfg.tun.neighbor],
         std::time::Duration::from_secs(cfg.tun.hello_interval_s),
         trigger.clone(),
         stop_rx.clone(),
@@ -401,12 +415,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         tokio::spawn(frr_bridge::metrics::serve_metrics(
             listener,
-            ApiService::new(shared.clone(), info.clone()),
+            ApiService::new(shared.clone(), tun.clone(), info.clone()),
             stop_rx.clone(),
         ));
     }
     let api_task = tokio::spawn(serve(
-        ApiService::new(shared.clone(), info),
+        ApiService::new(shared.clone(), tun.clone(), info),
         unix,
         cfg.api.socket.clone(),
         cfg.api.tcp,

@@ -380,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if bps == 0 {
                         "-".to_string()
                     } else {
-                        frr_bridge::policy_engine::rate_text(bps)
+                        ingest_policy::text::rate_text(bps)
                     }
                 };
                 println!(

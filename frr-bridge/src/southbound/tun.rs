@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -42,10 +42,6 @@ pub enum TunError {
     Netns { path: PathBuf, error: io::Error },
     #[error("cannot enter network namespace {path} (needs CAP_SYS_ADMIN): {error}")]
     Setns { path: PathBuf, error: io::Error },
-    #[error(
-        "cannot open /dev/net/tun: {0} (needs CAP_NET_ADMIN and read/write access to the device)"
-    )]
-    DevTun(io::Error),
     #[error("cannot create TUN {name}: {error}{hint}")]
     Create {
         name: String,
@@ -71,67 +67,27 @@ pub struct IngestTun {
     neighbor: IpAddr,
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_NO_PI: libc::c_short = 0x1000;
-
+/// Opens the TUN (in the calling thread's namespace) with the workspace's
+/// one TUN opener, naming what the operator must fix when it fails.
 fn create_tun(name: &str) -> Result<OwnedFd, TunError> {
-    let path = b"/dev/net/tun\0";
-    // SAFETY: NUL-terminated path; flags are plain ints.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr() as *const libc::c_char,
-            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-        )
-    };
-    if fd < 0 {
-        return Err(TunError::DevTun(io::Error::last_os_error()));
-    }
-    // SAFETY: fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI,
-        _pad: [0; 22],
-    };
-    let bytes = name.as_bytes();
-    if bytes.is_empty()
-        || bytes.len() >= libc::IFNAMSIZ
-        || bytes.contains(&0)
-        || bytes.contains(&b'/')
-    {
-        return Err(TunError::Create {
-            name: name.to_string(),
-            hint: " (interface names are 1-15 bytes, no '/')",
-            error: io::Error::from_raw_os_error(libc::EINVAL),
-        });
-    }
-    req.name[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: TUNSETIFF takes a struct ifreq; IfReq has its layout (40 bytes).
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        let hint = match e.raw_os_error() {
+    amt_gateway::tun::open_tun(name).map_err(|error| {
+        let hint = match error.raw_os_error() {
             Some(libc::EBUSY) => {
                 " (it exists and is held by another process: is another frr-ingestd running?)"
             }
             Some(libc::EINVAL) => " (an interface with that name exists and is not a TUN)",
             Some(libc::EPERM) => " (needs CAP_NET_ADMIN)",
+            Some(libc::ENOENT | libc::EACCES) => {
+                " (cannot open /dev/net/tun: needs CAP_NET_ADMIN and read/write access to the device)"
+            }
             _ => "",
         };
-        return Err(TunError::Create {
+        TunError::Create {
             name: name.to_string(),
             hint,
-            error: e,
-        });
-    }
-    Ok(fd)
+            error,
+        }
+    })
 }
 
 fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
@@ -221,7 +177,7 @@ impl IngestTun {
 
     /// Write one IP packet into FRR's namespace as if received on the TUN.
     pub fn write_packet(&self, packet: &[u8]) -> io::Result<()> {
-        write_packet(&self.fd, packet)
+        amt_gateway::tun::write_packet(&*self.fd, packet)
     }
 
     fn route_for(&self, source: IpAddr) -> SourceRoute {
@@ -300,19 +256,8 @@ impl IngestTun {
     }
 }
 
-/// Write one packet to a TUN fd. TUN writes do not block (the packet is
-/// handed to the stack at once); EAGAIN is reported as an error like others.
-pub fn write_packet(fd: &OwnedFd, packet: &[u8]) -> io::Result<()> {
-    // SAFETY: packet is a valid buffer of packet.len() bytes.
-    let n = unsafe {
-        libc::write(
-            fd.as_raw_fd(),
-            packet.as_ptr() as *const libc::c_void,
-            packet.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+impl amt_gateway::tun::PacketSink for IngestTun {
+    fn write_packet(&self, packet: &[u8]) -> io::Result<()> {
+        amt_gateway::tun::write_packet(&*self.fd, packet)
     }
-    Ok(())
 }

@@ -27,15 +27,16 @@ use rand::rngs::StdRng;
 use reqwest::header::{ACCEPT, CACHE_CONTROL};
 use tracing::Instrument;
 
-use super::hostmeta::{HostMetaError, parse_host_meta_json, parse_host_meta_xml};
+use super::hostmeta::{parse_host_meta_json, parse_host_meta_xml};
 use super::metadata::{
-    FlowMetadata, KeyEncoding, MetadataError, MetadataLayout, base_url, metadata_url,
-    parse_metadata, restconf_root,
+    FlowMetadata, KeyEncoding, MetadataLayout, base_url, metadata_url, parse_metadata,
+    restconf_root,
 };
+use super::outcome::{DormsError, DormsStep, FlowBitrate};
 use super::srv::{SrvTarget, cache_lifetime, order_srv};
 use crate::admission::BitrateOrigin;
 use crate::cache::TtlCache;
-use crate::dns::{DnsClient, DnsConfig, DnsFailure};
+use crate::dns::{DnsClient, DnsConfig};
 use crate::driad::dorms_srv_name;
 use ingest_types::SourceGroup;
 
@@ -87,82 +88,6 @@ impl DormsConfig {
             rng_seed: None,
         }
     }
-}
-
-/// Why no metadata was obtained.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DormsError {
-    #[error("DORMS SRV lookup {name}: {failure}")]
-    Srv { name: String, failure: DnsFailure },
-    #[error("no usable DORMS SRV targets at {name}")]
-    NoServers { name: String },
-    #[error("{url}: HTTP status {status}")]
-    HttpStatus { url: String, status: u16 },
-    #[error("{url}: {error}")]
-    HostMeta { url: String, error: HostMetaError },
-    #[error("host-meta restconf href {href:?} is not usable (https only)")]
-    BadHref { href: String },
-    #[error("{url}: {error}")]
-    Metadata { url: String, error: MetadataError },
-    #[error("{url}: body larger than {limit} bytes")]
-    BodyTooLarge { url: String, limit: usize },
-    #[error("{url}: TLS: {detail}")]
-    Tls { url: String, detail: String },
-    #[error("{url}: timed out")]
-    Timeout { url: String },
-    #[error("{url}: {detail}")]
-    Transport { url: String, detail: String },
-    #[error("DORMS client configuration: {0}")]
-    Config(String),
-}
-
-impl DormsError {
-    /// Worth retrying soon: the server or the path may recover.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            DormsError::Timeout { .. } | DormsError::Transport { .. } => true,
-            DormsError::HttpStatus { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
-        }
-    }
-}
-
-/// A flow's rate for admission.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowBitrate {
-    /// Bits per second; `None` = no metadata and no default (block).
-    pub bitrate: Option<u64>,
-    pub origin: BitrateOrigin,
-    pub metadata: Option<FlowMetadata>,
-    /// The metadata URL the rate came from (when `metadata` is set).
-    pub url: Option<String>,
-    /// Why metadata is missing, when it is.
-    pub error: Option<DormsError>,
-}
-
-/// One step of a DORMS fetch, in the order taken (see
-/// [`DormsClient::fetch_traced`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DormsStep {
-    /// The SRV query: its owner name and the targets in the order they are
-    /// tried (RFC 2782), or the DNS failure.
-    Srv {
-        name: String,
-        result: Result<Vec<SrvTarget>, DnsFailure>,
-    },
-    /// A host-meta request: the RESTCONF root it gave, or why not. `cached`
-    /// when the root came from the per-server cache (no request made).
-    HostMeta {
-        url: String,
-        result: Result<String, DormsError>,
-        cached: bool,
-    },
-    /// A metadata request in one tree layout.
-    Metadata {
-        url: String,
-        layout: MetadataLayout,
-        result: Result<FlowMetadata, DormsError>,
-    },
 }
 
 /// A successful fetch: metadata, its URL and its cache lifetime.

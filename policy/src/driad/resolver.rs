@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use hickory_resolver::proto::rr::{RData, RecordType};
 use tracing::Instrument;
 
+use super::answer::{DriadAnswer, DriadOutcome, RejectedRecord, UnresolvedName};
 use super::name::RelayName;
-use super::rdata::{AMTRELAY_RR_TYPE, AmtRelayRecord, RdataError};
+use super::rdata::{AMTRELAY_RR_TYPE, AmtRelayRecord};
 use super::reverse::reverse_name;
 use super::select::{RelayAddress, RelayCandidate, candidates_from_records, push_dedup};
 use crate::cache::{TtlBounds, TtlCache};
@@ -48,64 +49,6 @@ impl DriadConfig {
                 max: Duration::from_secs(600),
             },
             failure_retry: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A record whose RDATA did not decode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RejectedRecord {
-    pub rdata: Vec<u8>,
-    pub error: RdataError,
-}
-
-/// A type 3 name that did not resolve to any address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnresolvedName {
-    pub name: RelayName,
-    pub precedence: u8,
-    /// Failure of the A query, then of the AAAA query.
-    pub ipv4: DnsFailure,
-    pub ipv6: DnsFailure,
-}
-
-/// A successful AMTRELAY answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriadAnswer {
-    pub source: IpAddr,
-    /// The queried reverse name.
-    pub query_name: String,
-    /// Records as published (decoded; unassigned types included).
-    pub records: Vec<AmtRelayRecord>,
-    /// Records whose RDATA was malformed.
-    pub rejected: Vec<RejectedRecord>,
-    /// Selection input: type 0, IP relays, and addresses of resolved names
-    /// (`via_name` set). Unassigned types are dropped.
-    pub candidates: Vec<RelayCandidate>,
-    /// Type 3 names with no address.
-    pub unresolved: Vec<UnresolvedName>,
-    /// How long this answer is cached.
-    pub ttl: Duration,
-}
-
-/// Result of a DRIAD lookup for one source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriadOutcome {
-    Answer(DriadAnswer),
-    /// No AMTRELAY answer. `retry_after` is how long it is cached.
-    Failed {
-        source: IpAddr,
-        query_name: String,
-        failure: DnsFailure,
-        retry_after: Duration,
-    },
-}
-
-impl DriadOutcome {
-    pub fn source(&self) -> IpAddr {
-        match self {
-            DriadOutcome::Answer(a) => a.source,
-            DriadOutcome::Failed { source, .. } => *source,
         }
     }
 }

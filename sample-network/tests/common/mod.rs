@@ -1,17 +1,26 @@
 //! Harness of the lab tests: a lab per test (own namespace prefix and run
 //! directory, torn down on drop), the daemon, the receiver and vtysh.
 //!
-//! Lab tests need root (network namespaces, TUN, FRR). They do not skip:
-//! without root or without FRR they fail with the reason, so CI cannot
-//! report success for a test that did not run.
+//! Lab tests need root (network namespaces, TUN, FRR) and a kernel with
+//! multicast routing. They do not skip: without root, FRR or multicast
+//! routing they fail with the reason, so CI cannot report success for a test
+//! that did not run.
+//!
+//! The FRR version is `LAB_FRR` (8, the default: the host's FRR; 10: the root
+//! of scripts/install-frr10 at `FRR10_ROOT`); `lab up` records it and the
+//! harness runs the matching vtysh. Addresses come from the lab's topology
+//! file (`sample-network/clab/frr-ingest.clab.yml`, see [`topology`]).
 
 #![allow(dead_code)]
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use sample_network::topology::Topology;
 use serde_json::Value;
 
 /// Lab tests in one binary run one at a time (2 cores, FRR timing).
@@ -48,6 +57,87 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The lab's topology (nodes, links, addresses), read once from
+/// `$LAB_TOPOLOGY` or `sample-network/clab/frr-ingest.clab.yml`.
+pub fn topology() -> &'static Topology {
+    static TOPOLOGY: OnceLock<Topology> = OnceLock::new();
+    TOPOLOGY.get_or_init(|| Topology::load_default().unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The first IPv4 address of `node` on `iface` in the topology.
+pub fn ipv4(node: &str, iface: &str) -> Ipv4Addr {
+    topology()
+        .ipv4(node, iface)
+        .unwrap_or_else(|| panic!("the topology gives {node} no IPv4 address on {iface}"))
+}
+
+/// The first IPv6 address of `node` on `iface` in the topology.
+pub fn ipv6(node: &str, iface: &str) -> Ipv6Addr {
+    topology()
+        .ipv6(node, iface)
+        .unwrap_or_else(|| panic!("the topology gives {node} no IPv6 address on {iface}"))
+}
+
+/// The lab's DNS server (node dns, dns0).
+pub fn dns_addr() -> Ipv4Addr {
+    ipv4("dns", "dns0")
+}
+
+/// frr-ingestd's address toward the relays (node border, bdr0).
+pub fn border_addr() -> Ipv4Addr {
+    ipv4("border", "bdr0")
+}
+
+/// FRR version a lab runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frr {
+    /// The host's FRR (Debian 12: 8.4.4): /usr/bin/vtysh, /usr/lib/frr.
+    V8,
+    /// FRR 10.x from a Debian 13 root, run through its loader.
+    V10 { root: PathBuf },
+}
+
+impl Frr {
+    /// The version `LAB_FRR` asks for (8 when unset).
+    pub fn from_env() -> Frr {
+        match std::env::var("LAB_FRR").as_deref() {
+            Err(_) | Ok("") | Ok("8") => Frr::V8,
+            Ok("10") => Frr::V10 { root: frr10_root() },
+            Ok(other) => panic!("LAB_FRR={other}: the lab runs FRR 8 or 10"),
+        }
+    }
+
+    /// A command running FRR program `path` (/usr/bin/vtysh,
+    /// /usr/lib/frr/pimd, ...) of this version.
+    pub fn command(&self, path: &str) -> Command {
+        match self {
+            Frr::V8 => Command::new(path),
+            Frr::V10 { root } => {
+                let lib = root.join("usr/lib/x86_64-linux-gnu");
+                let mut cmd = Command::new(lib.join("ld-linux-x86-64.so.2"));
+                cmd.arg("--library-path")
+                    .arg(format!("{}:{}", lib.join("frr").display(), lib.display()))
+                    .args(["--argv0", path])
+                    .arg(root.join(path.trim_start_matches('/')));
+                cmd
+            }
+        }
+    }
+
+    /// A vtysh command of this version.
+    pub fn vtysh(&self) -> Command {
+        self.command("/usr/bin/vtysh")
+    }
+}
+
+/// The FRR 10 root: `FRR10_ROOT`, default /var/cache/frr-ingest/trixie.
+pub fn frr10_root() -> PathBuf {
+    std::env::var_os("FRR10_ROOT")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/frr-ingest/trixie"))
+}
+
 pub fn require_lab_prerequisites() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -55,15 +145,38 @@ pub fn require_lab_prerequisites() {
         euid, 0,
         "lab tests need root (network namespaces, TUN, FRR); run them as root"
     );
-    assert!(
-        Path::new("/usr/lib/frr/pimd").exists(),
-        "FRR is not installed (/usr/lib/frr/pimd): run scripts/install-deps"
-    );
+    match Frr::from_env() {
+        Frr::V8 => assert!(
+            Path::new("/usr/lib/frr/pimd").exists(),
+            "FRR is not installed (/usr/lib/frr/pimd): run scripts/install-deps"
+        ),
+        Frr::V10 { root } => assert!(
+            root.join(".frr-ingest-root").exists()
+                && root.join("usr/lib/frr/pimd").exists()
+                && root.join("usr/lib/frr/pim6d").exists(),
+            "LAB_FRR=10 but there is no complete FRR 10 root at {} (FRR10_ROOT): run scripts/install-frr10",
+            root.display()
+        ),
+    }
     let ok = Command::new("ip")
         .args(["netns", "list"])
         .output()
         .map(|o| o.status.success());
     assert!(matches!(ok, Ok(true)), "'ip netns' is not available");
+    // pimd needs the kernel's multicast routing (MRT_INIT); without it, it
+    // forms neighbours but never joins or forwards, and every lab test would
+    // fail later with a misleading symptom. LAB_ALLOW_NO_MROUTE=1 lets the
+    // tests run anyway to diagnose the rest of the lab on such a kernel (the
+    // ones that need a join then fail at it; nothing is skipped).
+    assert!(
+        Path::new("/proc/net/ip_mr_vif").exists()
+            || std::env::var_os("LAB_ALLOW_NO_MROUTE").is_some_and(|v| v == "1"),
+        "this kernel ({}) has no IPv4 multicast routing (CONFIG_IP_MROUTE is not set): \
+         pimd cannot join or forward, so the lab tests cannot run here",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
 }
 
 pub fn wait_until<T>(
@@ -88,9 +201,41 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
+/// Runs `cmd` with stdout and stderr in files under `dir` and waits for the
+/// command itself only. A daemon it starts (FRR's `-d` since 9.0 keeps the
+/// stdout/stderr it inherited when they are not a terminal) therefore cannot
+/// keep us waiting for pipes to close.
+fn run_to_files(cmd: &mut Command, dir: &Path) -> Output {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let path = |what: &str| dir.join(format!(".exec-{}-{n}.{what}", std::process::id()));
+    let (out_path, err_path) = (path("out"), path("err"));
+    let file = |p: &Path| {
+        std::fs::File::create(p).unwrap_or_else(|e| panic!("cannot create {}: {e}", p.display()))
+    };
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(file(&out_path))
+        .stderr(file(&err_path))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let read = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap_or_default();
+        let _ = std::fs::remove_file(p);
+        bytes
+    };
+    Output {
+        status,
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+    }
+}
+
 pub struct Lab {
     pub prefix: String,
     pub run_dir: PathBuf,
+    /// The FRR version this lab runs (recorded by `lab up`).
+    pub frr: Frr,
     daemons: Vec<Child>,
     /// Command (and arguments) the daemon is started through inside the
     /// border namespace, e.g. `setpriv ...` to drop root; empty: none.
@@ -109,9 +254,10 @@ impl Lab {
         );
         let prefix = prefix.as_str();
         let run_dir = PathBuf::from(format!("/run/frr-ingest-lab/{prefix}"));
-        let lab = Lab {
+        let mut lab = Lab {
             prefix: prefix.to_string(),
             run_dir,
+            frr: Frr::from_env(),
             daemons: Vec::new(),
             daemon_wrapper: Vec::new(),
         };
@@ -124,6 +270,13 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // The version 'lab up' ran is the one to talk to.
+        let recorded = std::fs::read_to_string(lab.run_dir.join("frr-version")).unwrap_or_default();
+        lab.frr = match recorded.trim() {
+            "10" => Frr::V10 { root: frr10_root() },
+            "8" => Frr::V8,
+            other => panic!("lab up recorded FRR version {other:?}"),
+        };
         lab
     }
 
@@ -142,11 +295,15 @@ impl Lab {
         self.run_dir.join(node)
     }
 
-    /// Run a command in a node's namespace and return its output.
+    /// Run a command in a node's namespace and return its output (waiting
+    /// for the command, not for daemons it starts: see [`run_to_files`]).
     pub fn exec(&self, node: &str, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.ns(node)])
-            .args(args))
+        run_to_files(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns(node)])
+                .args(args),
+            &self.run_dir,
+        )
     }
 
     pub fn exec_ok(&self, node: &str, args: &[&str]) -> String {
@@ -159,9 +316,15 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A vtysh command of the lab's FRR version (add --vty_socket and -c).
+    pub fn vtysh_command(&self) -> Command {
+        self.frr.vtysh()
+    }
+
     /// One vtysh command on a node's FRR.
     pub fn vtysh(&self, node: &str, cmd: &str) -> String {
-        let out = run(Command::new("vtysh")
+        let out = run(self
+            .vtysh_command()
             .arg("--vty_socket")
             .arg(self.node_dir(node))
             .args(["-c", cmd]));
@@ -377,7 +540,7 @@ impl Lab {
     pub fn policy_args(&self) -> Vec<String> {
         vec![
             "--dns-server".into(),
-            "192.0.2.53".into(),
+            dns_addr().to_string(),
             "--dorms-ca".into(),
             self.node_dir("dorms").join("ca.pem").display().to_string(),
         ]
@@ -400,16 +563,13 @@ impl Lab {
     }
 
     /// (source, group) channels a lab relay holds for our gateway
-    /// (192.0.2.1, the border's address), with their packet counts.
+    /// (the border's address, 192.0.2.1), with their packet counts.
     pub fn relay_channels(&self, relay: &str) -> Vec<(String, String, u64)> {
         let v = self.relay_status(relay);
+        let ours = format!("{}:", border_addr());
         let mut out = Vec::new();
         for gw in v["gateways"].as_array().into_iter().flatten() {
-            if !gw["gateway"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("192.0.2.1:")
-            {
+            if !gw["gateway"].as_str().unwrap_or("").starts_with(&ours) {
                 continue;
             }
             for ch in gw["channels"].as_array().into_iter().flatten() {

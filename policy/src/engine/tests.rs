@@ -1,9 +1,9 @@
-//! Policy engine tests: the sans-IO core with an injected clock, and the
-//! async shell with fake lookups in paused tokio time.
+//! Policy engine tests: the sans-IO engine with an injected clock.
 
-use std::sync::Mutex;
-
-use ingest_policy::driad::{AmtRelayRecord, candidates_from_records, reverse_name};
+use crate::dns::DnsFailure;
+use crate::dorms::DormsError;
+use crate::driad::{AmtRelayRecord, candidates_from_records, reverse_name};
+use crate::text::{limit_text, rate_text};
 
 use super::*;
 
@@ -25,15 +25,22 @@ fn relay(text: &str) -> SocketAddr {
     SocketAddr::new(ip(text), AMT_PORT)
 }
 
-/// A desired set: each (S,G) with `n` downstream interfaces.
-fn desired(flows: &[(SourceGroup, usize)]) -> Arc<DesiredSet> {
-    Arc::new(DesiredSet {
-        joins: flows
+/// A wanted set: each (S,G) with `n` downstream interfaces.
+fn desired(flows: &[(SourceGroup, usize)]) -> Arc<WantedSet> {
+    Arc::new(
+        flows
             .iter()
-            .map(|(sg, n)| (*sg, (1..=*n).map(|i| format!("eth{i}")).collect()))
+            .map(|(sg, n)| {
+                (
+                    *sg,
+                    WantedFlow {
+                        interfaces: (1..=*n).map(|i| format!("eth{i}")).collect(),
+                        held: false,
+                    },
+                )
+            })
             .collect(),
-        held: 0,
-    })
+    )
 }
 
 fn answer(source: &str, records: &[&str]) -> DriadOutcome {
@@ -84,12 +91,24 @@ fn no_static() -> StaticRelayMap {
     Box::new(|_| None)
 }
 
-fn config(limit: Option<&str>) -> PolicyConfig {
-    PolicyConfig {
-        bandwidth_limit: limit.map(str::to_owned),
-        seed: Some(7),
-        ..PolicyConfig::default()
+/// The daemon's defaults with `limit` (DORMS on when there is a limit).
+fn config(limit: Option<&str>) -> EngineConfig {
+    let limit = limit.map(|text| crate::admission::parse_bandwidth(text).unwrap());
+    EngineConfig {
+        limit,
+        default_bitrate: None,
+        dorms: limit.is_some(),
+        driad: true,
+        holddown_min: Duration::from_secs(180),
+        holddown_max: Duration::from_secs(600),
+        recheck: Duration::from_secs(5),
+        seed: 7,
     }
+}
+
+/// An engine started at `t0`.
+fn engine(cfg: EngineConfig, static_map: StaticRelayMap, t0: Instant) -> Engine {
+    Engine::new(cfg, static_map, t0, SystemTime::now())
 }
 
 fn relays_of(set: &PolicySet, flow: SourceGroup) -> Vec<SocketAddr> {
@@ -106,91 +125,6 @@ fn no_relay_reason(set: &PolicySet, flow: SourceGroup) -> String {
     }
 }
 
-#[test]
-fn config_defaults_validation_and_keys() {
-    let cfg = PolicyConfig::default();
-    assert_eq!(cfg.validate(), Ok(()));
-    assert!(cfg.driad);
-    assert!(!cfg.dorms_enabled(), "no limit: DORMS off unless asked");
-    assert!(config(Some("10M")).dorms_enabled());
-    let text = toml::to_string(&config(Some("50M"))).unwrap();
-    let back: PolicyConfig = toml::from_str(&text).unwrap();
-    assert_eq!(back, config(Some("50M")));
-    assert!(toml::from_str::<PolicyConfig>("bandwith_limit = \"5M\"").is_err());
-
-    let problem = |cfg: PolicyConfig| cfg.validate().unwrap_err();
-    assert_eq!(problem(config(Some("10 M"))).0, "policy.bandwidth_limit");
-    assert_eq!(
-        problem(PolicyConfig {
-            default_bitrate: Some("0".into()),
-            ..config(Some("10M"))
-        })
-        .0,
-        "policy.default_bitrate"
-    );
-    // A limit, no DORMS and no default rate would block everything.
-    assert_eq!(
-        problem(PolicyConfig {
-            dorms: Some(false),
-            ..config(Some("10M"))
-        })
-        .0,
-        "policy.default_bitrate"
-    );
-    assert_eq!(
-        problem(PolicyConfig {
-            dns_servers: vec!["dns.example".into()],
-            ..config(None)
-        })
-        .0,
-        "policy.dns_servers"
-    );
-    assert_eq!(
-        problem(PolicyConfig {
-            relay_holddown_min_s: 600,
-            relay_holddown_max_s: 180,
-            ..config(None)
-        })
-        .0,
-        "policy.relay_holddown_max_s"
-    );
-    assert_eq!(
-        problem(PolicyConfig {
-            dorms_ca_bundle: Some("/nonexistent/ca.pem".into()),
-            ..config(None)
-        })
-        .0,
-        "policy.dorms_ca_bundle"
-    );
-    assert_eq!(
-        parse_server("192.0.2.53"),
-        Ok("192.0.2.53:53".parse().unwrap())
-    );
-    assert_eq!(
-        parse_server("[2001:db8::53]:5353"),
-        Ok("[2001:db8::53]:5353".parse().unwrap())
-    );
-    assert_eq!(
-        parse_server("2001:db8::53"),
-        Ok("[2001:db8::53]:53".parse().unwrap())
-    );
-}
-
-#[test]
-fn resolv_conf_fallback() {
-    let dir = std::env::temp_dir().join(format!("policy-resolv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("resolv.conf");
-    std::fs::write(&path, "search lab\nnameserver 192.0.2.53\n").unwrap();
-    let dns = dns_config_from(&[], &path, Duration::from_millis(500)).unwrap();
-    assert_eq!(dns.name_servers, vec!["192.0.2.53:53".parse().unwrap()]);
-    assert_eq!(dns.timeout, Duration::from_millis(500));
-    std::fs::write(&path, "# nothing\n").unwrap();
-    let e = dns_config_from(&[], &path, Duration::from_secs(1)).unwrap_err();
-    assert!(e.contains("policy.dns_servers"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 /// Limit 10M; 6M/3M/2M at population 1: the 3M and 2M flows fit, the 6M
 /// one is blocked with its reason. Then the 6M flow gets 3 receivers:
 /// offload 12M puts it first, and the 3M flow is blocked.
@@ -198,20 +132,20 @@ fn resolv_conf_fallback() {
 fn must_show_scenario() {
     let t0 = Instant::now();
     let static_relay: StaticRelayMap = Box::new(|_| Some((relay("192.0.2.10"), true)));
-    let mut core = Core::new(&config(Some("10M")), static_relay, t0).unwrap();
+    let mut core = engine(config(Some("10M")), static_relay, t0);
     let (a, b, c) = (
         sg("198.51.100.1", "232.1.1.1"),
         sg("198.51.100.2", "232.1.1.2"),
         sg("198.51.100.3", "232.1.1.3"),
     );
-    core.set_desired(desired(&[(a, 1), (b, 1), (c, 1)]));
-    let lookups = core.take_lookups(t0);
+    core.set_wanted(desired(&[(a, 1), (b, 1), (c, 1)]));
+    let lookups = core.poll_lookups(t0);
     assert_eq!(
         lookups,
         vec![Lookup::Bitrate(a), Lookup::Bitrate(b), Lookup::Bitrate(c)],
         "static relays: no DRIAD lookups"
     );
-    assert!(core.take_lookups(t0).is_empty(), "in flight once");
+    assert!(core.poll_lookups(t0).is_empty(), "in flight once");
 
     // Before DORMS answers nothing is admitted, nothing counted.
     let set = core.evaluate(t0);
@@ -247,22 +181,21 @@ fn must_show_scenario() {
     assert_eq!(set[&b].serve().map(|r| r.relay), Some(relay("192.0.2.10")));
 
     // The blocked flow's hold-down is a re-evaluation deadline.
-    let mut patient = Core::new(
-        &PolicyConfig {
-            recheck_interval_s: 3600,
+    let mut patient = engine(
+        EngineConfig {
+            recheck: Duration::from_secs(3600),
             ..config(Some("10M"))
         },
         Box::new(|_| Some((relay("192.0.2.10"), true))),
         t0,
-    )
-    .unwrap();
-    patient.set_desired(desired(&[(a, 1), (b, 1), (c, 1)]));
-    patient.take_lookups(t0);
+    );
+    patient.set_wanted(desired(&[(a, 1), (b, 1), (c, 1)]));
+    patient.poll_lookups(t0);
     for (flow, rate) in [(a, 6 * M), (b, 3 * M), (c, 2 * M)] {
         patient.on_lookup(LookupDone::Bitrate(flow, dorms_ok(rate)), t0);
     }
     patient.evaluate(t0);
-    let deadline = patient.next_deadline(t0);
+    let deadline = patient.next_wakeup(t0);
     assert!(
         deadline >= t0 + Duration::from_secs(30) && deadline <= t0 + Duration::from_secs(180),
         "{:?}",
@@ -270,7 +203,7 @@ fn must_show_scenario() {
     );
 
     let t1 = t0 + Duration::from_secs(10);
-    core.set_desired(desired(&[(a, 3), (b, 1), (c, 1)]));
+    core.set_wanted(desired(&[(a, 3), (b, 1), (c, 1)]));
     let set = core.evaluate(t1);
     assert_eq!(set[&a].population, 3);
     assert!(set[&a].admitted, "{}", set[&a].admission_reason);
@@ -292,10 +225,10 @@ fn must_show_scenario() {
 #[test]
 fn no_limit_admits_everything_without_lookups() {
     let t0 = Instant::now();
-    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let mut core = engine(config(None), no_static(), t0);
     let a = sg("198.51.100.1", "232.1.1.1");
-    core.set_desired(desired(&[(a, 2)]));
-    assert_eq!(core.take_lookups(t0), vec![Lookup::Relays(a.source)]);
+    core.set_wanted(desired(&[(a, 2)]));
+    assert_eq!(core.poll_lookups(t0), vec![Lookup::Relays(a.source)]);
     let set = core.evaluate(t0);
     assert!(set[&a].admitted);
     assert_eq!(set[&a].admission_reason, "no bandwidth limit");
@@ -307,13 +240,13 @@ fn no_limit_admits_everything_without_lookups() {
 #[test]
 fn failover_holds_the_relay_down_for_every_source() {
     let t0 = Instant::now();
-    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let mut core = engine(config(None), no_static(), t0);
     let (a, b) = (
         sg("198.51.100.1", "232.1.1.1"),
         sg("198.51.100.2", "232.1.1.2"),
     );
-    core.set_desired(desired(&[(a, 1), (b, 1)]));
-    assert_eq!(core.take_lookups(t0).len(), 2);
+    core.set_wanted(desired(&[(a, 1), (b, 1)]));
+    assert_eq!(core.poll_lookups(t0).len(), 2);
     let records = ["10 0 1 192.0.2.1", "20 1 1 192.0.2.2"];
     core.on_lookup(
         LookupDone::Relays(a.source, answer("198.51.100.1", &records)),
@@ -350,7 +283,7 @@ fn failover_holds_the_relay_down_for_every_source() {
         .collect();
     assert_eq!(outcomes, ["chosen", "next"]);
 
-    core.on_failure(
+    core.on_relay_failure(
         RelayFailure {
             relay: relay("192.0.2.1"),
             sg: Some(a),
@@ -375,7 +308,7 @@ fn failover_holds_the_relay_down_for_every_source() {
     }
 
     // The backup fails too: nothing left until the first hold-down ends.
-    core.on_failure(
+    core.on_relay_failure(
         RelayFailure {
             relay: relay("192.0.2.2"),
             sg: None,
@@ -404,10 +337,10 @@ fn failover_holds_the_relay_down_for_every_source() {
 #[test]
 fn random_order_within_a_precedence_is_stable() {
     let t0 = Instant::now();
-    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let mut core = engine(config(None), no_static(), t0);
     let a = sg("198.51.100.1", "232.1.1.1");
-    core.set_desired(desired(&[(a, 1)]));
-    core.take_lookups(t0);
+    core.set_wanted(desired(&[(a, 1)]));
+    core.poll_lookups(t0);
     let records: Vec<String> = (1..=6).map(|i| format!("10 0 1 192.0.2.{i}")).collect();
     let records: Vec<&str> = records.iter().map(String::as_str).collect();
     core.on_lookup(
@@ -432,7 +365,7 @@ fn random_order_within_a_precedence_is_stable() {
 #[test]
 fn type0_and_missing_records() {
     let t0 = Instant::now();
-    let mut core = Core::new(&config(Some("10M")), no_static(), t0).unwrap();
+    let mut core = engine(config(Some("10M")), no_static(), t0);
     let (zero, mixed, none, broken, fine) = (
         sg("198.51.100.1", "232.1.1.1"),
         sg("198.51.100.2", "232.1.1.2"),
@@ -440,14 +373,14 @@ fn type0_and_missing_records() {
         sg("198.51.100.4", "232.1.1.4"),
         sg("198.51.100.5", "232.1.1.5"),
     );
-    core.set_desired(desired(&[
+    core.set_wanted(desired(&[
         (zero, 1),
         (mixed, 1),
         (none, 1),
         (broken, 1),
         (fine, 1),
     ]));
-    core.take_lookups(t0);
+    core.poll_lookups(t0);
     let done = [
         (zero, answer("198.51.100.1", &["10 0 0 ."])),
         (
@@ -509,7 +442,7 @@ fn type0_and_missing_records() {
     // Once the type 0 relay is held down... (a relay failure cannot touch
     // a type 0 record): the mixed source falls to type 0 when 192.0.2.1
     // fails, and that is not permanent.
-    core.on_failure(
+    core.on_relay_failure(
         RelayFailure {
             relay: relay("192.0.2.1"),
             sg: Some(mixed),
@@ -533,25 +466,25 @@ fn type0_and_missing_records() {
 #[test]
 fn failed_refresh_keeps_the_last_answer_and_negative_answers_win() {
     let t0 = Instant::now();
-    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let mut core = engine(config(None), no_static(), t0);
     let a = sg("198.51.100.1", "232.1.1.1");
-    core.set_desired(desired(&[(a, 1)]));
-    assert_eq!(core.take_lookups(t0), vec![Lookup::Relays(a.source)]);
+    core.set_wanted(desired(&[(a, 1)]));
+    assert_eq!(core.poll_lookups(t0), vec![Lookup::Relays(a.source)]);
     core.on_lookup(
         LookupDone::Relays(a.source, answer("198.51.100.1", &["10 0 1 192.0.2.1"])),
         t0,
     );
-    assert!(core.take_lookups(t0).is_empty());
+    assert!(core.poll_lookups(t0).is_empty());
     // The answer's TTL (300 s) is the refresh time.
     let t1 = t0 + Duration::from_secs(300);
-    assert_eq!(core.take_lookups(t1), vec![Lookup::Relays(a.source)]);
+    assert_eq!(core.poll_lookups(t1), vec![Lookup::Relays(a.source)]);
     core.on_lookup(
         LookupDone::Relays(a.source, failed("198.51.100.1", DnsFailure::Timeout)),
         t1,
     );
     assert_eq!(relays_of(&core.evaluate(t1), a), vec![relay("192.0.2.1")]);
     let t2 = t1 + Duration::from_secs(30);
-    assert_eq!(core.take_lookups(t2), vec![Lookup::Relays(a.source)]);
+    assert_eq!(core.poll_lookups(t2), vec![Lookup::Relays(a.source)]);
     core.on_lookup(
         LookupDone::Relays(a.source, failed("198.51.100.1", DnsFailure::NxDomain)),
         t2,
@@ -565,9 +498,9 @@ fn dorms_down_with_and_without_default_then_recovery() {
     let a = sg("198.51.100.1", "232.1.1.1");
     let static_map = || -> StaticRelayMap { Box::new(|_| Some((relay("192.0.2.10"), true))) };
 
-    let mut strict = Core::new(&config(Some("10M")), static_map(), t0).unwrap();
-    strict.set_desired(desired(&[(a, 1)]));
-    strict.take_lookups(t0);
+    let mut strict = engine(config(Some("10M")), static_map(), t0);
+    strict.set_wanted(desired(&[(a, 1)]));
+    strict.poll_lookups(t0);
     strict.on_lookup(LookupDone::Bitrate(a, dorms_down()), t0);
     let set = strict.evaluate(t0);
     assert!(!set[&a].admitted);
@@ -580,17 +513,16 @@ fn dorms_down_with_and_without_default_then_recovery() {
         "unknown: https://dorms.lab.test/.well-known/host-meta: timed out"
     );
 
-    let mut lenient = Core::new(
-        &PolicyConfig {
-            default_bitrate: Some("1M".into()),
+    let mut lenient = engine(
+        EngineConfig {
+            default_bitrate: Some(1_000_000),
             ..config(Some("10M"))
         },
         static_map(),
         t0,
-    )
-    .unwrap();
-    lenient.set_desired(desired(&[(a, 1)]));
-    lenient.take_lookups(t0);
+    );
+    lenient.set_wanted(desired(&[(a, 1)]));
+    lenient.poll_lookups(t0);
     lenient.on_lookup(LookupDone::Bitrate(a, dorms_down()), t0);
     let set = lenient.evaluate(t0);
     assert!(set[&a].admitted);
@@ -606,9 +538,9 @@ fn dorms_down_with_and_without_default_then_recovery() {
     // A failure is asked again 10 s later; DORMS is back with 12M, which
     // does not fit.
     for core in [&mut strict, &mut lenient] {
-        assert!(core.take_lookups(t0 + Duration::from_secs(9)).is_empty());
+        assert!(core.poll_lookups(t0 + Duration::from_secs(9)).is_empty());
         let t1 = t0 + Duration::from_secs(10);
-        assert_eq!(core.take_lookups(t1), vec![Lookup::Bitrate(a)]);
+        assert_eq!(core.poll_lookups(t1), vec![Lookup::Bitrate(a)]);
         core.on_lookup(LookupDone::Bitrate(a, dorms_ok(12 * M)), t1);
         let set = core.evaluate(t1);
         assert_eq!(set[&a].bitrate, Some(12 * M));
@@ -627,21 +559,20 @@ fn dorms_down_with_and_without_default_then_recovery() {
 #[test]
 fn driad_off_and_gone_flows() {
     let t0 = Instant::now();
-    let mut core = Core::new(
-        &PolicyConfig {
+    let mut core = engine(
+        EngineConfig {
             driad: false,
             ..config(None)
         },
         Box::new(|s: IpAddr| (s == ip("198.51.100.1")).then(|| (relay("192.0.2.10"), false))),
         t0,
-    )
-    .unwrap();
+    );
     let (a, b) = (
         sg("198.51.100.1", "232.1.1.1"),
         sg("198.51.100.2", "232.1.1.2"),
     );
-    core.set_desired(desired(&[(a, 1), (b, 1)]));
-    assert!(core.take_lookups(t0).is_empty());
+    core.set_wanted(desired(&[(a, 1), (b, 1)]));
+    assert!(core.poll_lookups(t0).is_empty());
     let set = core.evaluate(t0);
     assert_eq!(
         set[&a].relays,
@@ -656,7 +587,7 @@ fn driad_off_and_gone_flows() {
         no_relay_reason(&set, b),
         "no static relay for 198.51.100.2 and DRIAD discovery is off"
     );
-    core.set_desired(desired(&[(a, 1)]));
+    core.set_wanted(desired(&[(a, 1)]));
     let set = core.evaluate(t0);
     assert_eq!(set.keys().copied().collect::<Vec<_>>(), vec![a]);
     // A late result for a gone source is ignored.
@@ -693,165 +624,11 @@ fn verdict_text() {
     assert_eq!(limit_text(1_500_000_000), "1.5 Gbit/s");
 }
 
-/// Fake lookups: a source without an entry hangs forever.
-#[derive(Default)]
-struct Fake {
-    relays: Mutex<HashMap<IpAddr, DriadOutcome>>,
-    rates: Mutex<HashMap<SourceGroup, FlowBitrate>>,
-    relay_calls: Mutex<Vec<IpAddr>>,
-}
-
-impl PolicyLookups for Fake {
-    fn relays(&self, source: IpAddr) -> BoxFuture<'_, DriadOutcome> {
-        self.relay_calls.lock().unwrap().push(source);
-        let outcome = self.relays.lock().unwrap().get(&source).cloned();
-        Box::pin(async move {
-            match outcome {
-                Some(outcome) => outcome,
-                None => futures::future::pending().await,
-            }
-        })
-    }
-
-    fn bitrate(&self, sg: SourceGroup) -> BoxFuture<'_, FlowBitrate> {
-        let rate = self
-            .rates
-            .lock()
-            .unwrap()
-            .get(&sg)
-            .cloned()
-            .unwrap_or_else(dorms_down);
-        Box::pin(async move { rate })
-    }
-}
-
-struct Running {
-    desired: watch::Sender<Arc<DesiredSet>>,
-    failures: mpsc::UnboundedSender<RelayFailure>,
-    out: watch::Receiver<Arc<PolicySet>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn start(cfg: &PolicyConfig, fake: Arc<Fake>, flows: &[(SourceGroup, usize)]) -> Running {
-    let engine = PolicyEngine::with_lookups(cfg, no_static(), fake).unwrap();
-    let (desired_tx, desired_rx) = watch::channel(desired(flows));
-    let (failures_tx, failures_rx) = mpsc::unbounded_channel();
-    let (out_tx, out_rx) = watch::channel(Arc::new(PolicySet::new()));
-    let task = tokio::spawn(engine.run(desired_rx, failures_rx, out_tx));
-    Running {
-        desired: desired_tx,
-        failures: failures_tx,
-        out: out_rx,
-        task,
-    }
-}
-
-/// Waits (in paused time) until the published set satisfies `check`.
-async fn wait_for(
-    out: &mut watch::Receiver<Arc<PolicySet>>,
-    what: &str,
-    check: impl Fn(&PolicySet) -> bool,
-) -> Arc<PolicySet> {
-    let waited = tokio::time::timeout(Duration::from_secs(3600), async {
-        loop {
-            let current = out.borrow_and_update().clone();
-            if check(&current) {
-                return current;
-            }
-            out.changed().await.expect("engine stopped");
-        }
-    })
-    .await;
-    waited.unwrap_or_else(|_| panic!("never published: {what}; last: {:#?}", out.borrow()))
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_hanging_lookup_does_not_hold_back_other_sources() {
-    let (slow, fast) = (
-        sg("198.51.100.1", "232.1.1.1"),
-        sg("198.51.100.2", "232.1.1.2"),
-    );
-    let fake = Arc::new(Fake::default());
-    fake.relays
-        .lock()
-        .unwrap()
-        .insert(fast.source, answer("198.51.100.2", &["10 0 1 192.0.2.2"]));
-    let mut run = start(&config(None), fake.clone(), &[(slow, 1), (fast, 1)]);
-    let set = wait_for(&mut run.out, "fast source relayed", |s| {
-        s.get(&fast).is_some_and(|f| f.relays.first().is_some())
-    })
-    .await;
-    assert_eq!(set[&slow].relays, RelayVerdict::Pending);
-    assert_eq!(relays_of(&set, fast), vec![relay("192.0.2.2")]);
-
-    // Minutes later the slow one is still pending, asked only once, and
-    // nothing is republished while nothing changes.
-    tokio::time::sleep(Duration::from_secs(600)).await;
-    assert!(
-        !run.out.has_changed().unwrap(),
-        "republished without change"
-    );
-    assert_eq!(run.out.borrow()[&slow].relays, RelayVerdict::Pending);
-    let calls = fake.relay_calls.lock().unwrap().clone();
-    assert_eq!(calls.iter().filter(|s| **s == slow.source).count(), 1);
-
-    drop(run.desired);
-    run.task.await.unwrap();
-}
-
-#[tokio::test(start_paused = true)]
-async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
-    let a = sg("198.51.100.1", "232.1.1.1");
-    let fake = Arc::new(Fake::default());
-    fake.relays.lock().unwrap().insert(
-        a.source,
-        answer("198.51.100.1", &["10 0 1 192.0.2.1", "20 0 1 192.0.2.2"]),
-    );
-    let mut run = start(&config(Some("10M")), fake.clone(), &[(a, 2)]);
-    let set = wait_for(&mut run.out, "DORMS failure shown", |s| {
-        s.get(&a)
-            .is_some_and(|f| f.bitrate_origin.starts_with("unknown: "))
-    })
-    .await;
-    assert!(!set[&a].admitted);
-    assert!(set[&a].admission_reason.starts_with("blocked: no bitrate"));
-    assert_eq!(relays_of(&set, a)[0], relay("192.0.2.1"));
-
-    // DORMS comes back: picked up without any input change.
-    fake.rates.lock().unwrap().insert(a, dorms_ok(4 * M));
-    let set = wait_for(&mut run.out, "admitted after DORMS recovery", |s| {
-        s.get(&a).is_some_and(|f| f.admitted)
-    })
-    .await;
-    assert_eq!(set[&a].bitrate, Some(4 * M));
-    assert_eq!(set[&a].serve().map(|r| r.relay), Some(relay("192.0.2.1")));
-
-    run.failures
-        .send(RelayFailure {
-            relay: relay("192.0.2.1"),
-            sg: Some(a),
-            reason: "no membership query".into(),
-            hold_down: true,
-        })
-        .unwrap();
-    let set = wait_for(&mut run.out, "moved to the next relay", |s| {
-        s.get(&a).and_then(|f| f.relays.first()).map(|r| r.relay) == Some(relay("192.0.2.2"))
-    })
-    .await;
-    assert_eq!(relays_of(&set, a), vec![relay("192.0.2.2")]);
-
-    // The flow leaves: it disappears from the set.
-    run.desired.send(desired(&[])).unwrap();
-    wait_for(&mut run.out, "empty set", |s| s.is_empty()).await;
-    drop(run.desired);
-    run.task.await.unwrap();
-}
-
 fn dorms_with_priority(bits: u64, priority: u16) -> FlowBitrate {
     FlowBitrate {
-        metadata: Some(ingest_policy::dorms::FlowMetadata {
+        metadata: Some(crate::dorms::FlowMetadata {
             max_bitrate: bits,
-            rate_field: ingest_policy::dorms::RateField::MaxBitsPerSecond,
+            rate_field: crate::dorms::RateField::MaxBitsPerSecond,
             priority,
             max_packet_size: 1400,
             data_rate_window_ms: 2000,
@@ -866,17 +643,16 @@ fn dorms_with_priority(bits: u64, priority: u16) -> FlowBitrate {
 #[test]
 fn sender_priority_from_dorms_holds_back_lower_flow() {
     let t0 = Instant::now();
-    let mut core = Core::new(
-        &config(Some("10M")),
+    let mut core = engine(
+        config(Some("10M")),
         Box::new(|_| Some((relay("192.0.2.10"), true))),
         t0,
-    )
-    .unwrap();
+    );
     let preferred = sg("198.51.100.1", "232.1.1.1");
     let lower = sg("198.51.100.1", "232.1.1.2");
     let other = sg("203.0.113.7", "232.1.1.3");
-    core.set_desired(desired(&[(preferred, 1), (lower, 1), (other, 1)]));
-    core.take_lookups(t0);
+    core.set_wanted(desired(&[(preferred, 1), (lower, 1), (other, 1)]));
+    core.poll_lookups(t0);
     for (flow, result) in [
         (preferred, dorms_with_priority(9 * M, 300)),
         (lower, dorms_with_priority(3 * M, 100)),
@@ -911,18 +687,18 @@ fn sender_priority_from_dorms_holds_back_lower_flow() {
 #[test]
 fn all_relays_failed_asks_dns_again() {
     let t0 = Instant::now();
-    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let mut core = engine(config(None), no_static(), t0);
     let a = sg("198.51.100.1", "232.1.1.1");
-    core.set_desired(desired(&[(a, 1)]));
-    assert_eq!(core.take_lookups(t0), vec![Lookup::Relays(a.source)]);
+    core.set_wanted(desired(&[(a, 1)]));
+    assert_eq!(core.poll_lookups(t0), vec![Lookup::Relays(a.source)]);
     let records = ["10 0 1 192.0.2.1", "20 0 1 192.0.2.2"];
     core.on_lookup(
         LookupDone::Relays(a.source, answer("198.51.100.1", &records)),
         t0,
     );
     core.evaluate(t0);
-    let fail = |core: &mut Core, ip: &str, hold_down: bool, at: Instant| {
-        core.on_failure(
+    let fail = |core: &mut Engine, ip: &str, hold_down: bool, at: Instant| {
+        core.on_relay_failure(
             RelayFailure {
                 relay: relay(ip),
                 sg: Some(a),
@@ -936,7 +712,7 @@ fn all_relays_failed_asks_dns_again() {
     // One of two fails: the other is used, no new query.
     let t1 = t0 + Duration::from_secs(5);
     fail(&mut core, "192.0.2.1", true, t1);
-    assert!(core.take_lookups(t1).is_empty());
+    assert!(core.poll_lookups(t1).is_empty());
     assert_eq!(relays_of(&core.evaluate(t1), a), vec![relay("192.0.2.2")]);
 
     // The last one fails 10 s after the answer: it stays in use, and DNS
@@ -945,16 +721,16 @@ fn all_relays_failed_asks_dns_again() {
     fail(&mut core, "192.0.2.2", false, t2);
     assert_eq!(relays_of(&core.evaluate(t2), a), vec![relay("192.0.2.2")]);
     assert!(
-        core.take_lookups(t2).is_empty(),
+        core.poll_lookups(t2).is_empty(),
         "too soon after the answer"
     );
     let requery = t0 + Duration::from_secs(30);
-    assert!(core.next_deadline(t2) <= requery);
+    assert!(core.next_wakeup(t2) <= requery);
     assert!(
-        core.take_lookups(requery - Duration::from_secs(1))
+        core.poll_lookups(requery - Duration::from_secs(1))
             .is_empty()
     );
-    assert_eq!(core.take_lookups(requery), vec![Lookup::Relays(a.source)]);
+    assert_eq!(core.poll_lookups(requery), vec![Lookup::Relays(a.source)]);
 
     // The owner moved the source to a new relay: it is used at once.
     core.on_lookup(
@@ -969,7 +745,7 @@ fn all_relays_failed_asks_dns_again() {
 
     // Failures of relays the answer does not name change nothing.
     fail(&mut core, "192.0.2.99", false, requery);
-    assert!(core.take_lookups(requery).is_empty());
+    assert!(core.poll_lookups(requery).is_empty());
 }
 
 /// A source with a single relay: its failures never hold it down, but
@@ -977,10 +753,10 @@ fn all_relays_failed_asks_dns_again() {
 #[test]
 fn single_relay_failure_asks_dns_again_without_hold_down() {
     let t0 = Instant::now();
-    let mut core = Core::new(&config(None), no_static(), t0).unwrap();
+    let mut core = engine(config(None), no_static(), t0);
     let a = sg("198.51.100.1", "232.1.1.1");
-    core.set_desired(desired(&[(a, 1)]));
-    core.take_lookups(t0);
+    core.set_wanted(desired(&[(a, 1)]));
+    core.poll_lookups(t0);
     core.on_lookup(
         LookupDone::Relays(a.source, answer("198.51.100.1", &["10 0 1 192.0.2.1"])),
         t0,
@@ -992,9 +768,9 @@ fn single_relay_failure_asks_dns_again_without_hold_down() {
         hold_down: false,
     };
     let t1 = t0 + Duration::from_secs(40);
-    core.on_failure(lost.clone(), t1);
+    core.on_relay_failure(lost.clone(), t1);
     assert_eq!(relays_of(&core.evaluate(t1), a), vec![relay("192.0.2.1")]);
-    assert_eq!(core.take_lookups(t1), vec![Lookup::Relays(a.source)]);
+    assert_eq!(core.poll_lookups(t1), vec![Lookup::Relays(a.source)]);
     core.on_lookup(
         LookupDone::Relays(a.source, answer("198.51.100.1", &["10 0 1 192.0.2.1"])),
         t1,
@@ -1002,10 +778,10 @@ fn single_relay_failure_asks_dns_again_without_hold_down() {
     // Lost again 10 s later: the next query waits until 30 s after the
     // last answer.
     let t2 = t1 + Duration::from_secs(10);
-    core.on_failure(lost, t2);
-    assert!(core.take_lookups(t2).is_empty());
+    core.on_relay_failure(lost, t2);
+    assert!(core.poll_lookups(t2).is_empty());
     assert_eq!(
-        core.take_lookups(t1 + Duration::from_secs(30)),
+        core.poll_lookups(t1 + Duration::from_secs(30)),
         vec![Lookup::Relays(a.source)]
     );
 }

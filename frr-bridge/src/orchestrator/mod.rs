@@ -1,0 +1,821 @@
+//! The orchestrator: the policy engine's decisions become flows, tunnels
+//! and routes.
+//!
+//! A pure core in the style of holo's `events.rs`: every input is an event
+//! handed to a method with the time ([`Orchestrator::on_decisions`],
+//! [`Orchestrator::on_tunnel_event`], [`Orchestrator::on_route_added`], ...),
+//! and every effect on the world comes back as an [`Action`] for the shell
+//! (`crate::pipeline`) to carry out: open or close an AMT tunnel, subscribe
+//! or leave an (S,G) on it, add or remove a source route in FRR's
+//! namespace, report a relay failure to the policy engine. It never does
+//! I/O, never reads a clock and never awaits; the shell feeds the outcome
+//! of an action (a failed open, a route result) back as another event.
+//!
+//! One state struct per thing: [`FlowState`] per wanted (S,G),
+//! [`RelayTunnel`] per relay, a reference count per routed source.
+//!
+//! What happens to one flow:
+//! 1. A decision admits it with a relay: the relay's tunnel is opened (or
+//!    reused, cancelling its linger) and subscribes the (S,G); the flow
+//!    waits for the tunnel.
+//! 2. The tunnel is up (a valid Membership Query arrived): the flow's
+//!    source is routed via the sidecar's PIM neighbour on amt0, so pimd's
+//!    RPF check points at amt0. Once the route is in, the flow forwards.
+//! 3. The relay fails (lost, refused, no data): the failure goes to the
+//!    policy engine, whose next decision may move the flow to another relay
+//!    (leave the old tunnel, join the new one). The route stays while the
+//!    flow waits, so pimd's state survives a relay that comes back.
+//! 4. The join goes: the (S,G) is left, the route released with the last
+//!    flow of its source, and a tunnel without channels lingers, then
+//!    closes (leaves, Teardown).
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amt_gateway::{LossReason, TunnelEvent};
+use ingest_policy::engine::{FlowPolicy, PolicySet, RelayFailure, RelayVerdict};
+use ingest_types::SourceGroup;
+use tracing::{debug, info, info_span, warn};
+
+/// Settings of the orchestrator.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Lab mode: route every wanted source without a tunnel.
+    pub serve_all: bool,
+    /// How long a tunnel without channels stays open.
+    pub linger: Duration,
+}
+
+/// What the sidecar is doing about one wanted (S,G). The strings are the
+/// ones `ingestctl show joins/flows` and the API show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowPhase {
+    /// Source routed into the TUN; packets for it reach FRR.
+    Forwarding,
+    /// Subscribed on a tunnel that is not (or no longer) up.
+    WaitingTunnel,
+    /// Nothing can carry it (no relay known, or blocked by policy).
+    NotServed,
+    /// Opening the tunnel or installing the route failed; retried.
+    Error,
+}
+
+impl FlowPhase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FlowPhase::Forwarding => "forwarding",
+            FlowPhase::WaitingTunnel => "waiting-tunnel",
+            FlowPhase::NotServed => "not-served",
+            FlowPhase::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for FlowPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One wanted (S,G).
+#[derive(Debug, Clone)]
+pub struct FlowState {
+    pub sg: SourceGroup,
+    /// Downstream interfaces with the (S,G) joined (population = len).
+    pub interfaces: Vec<String>,
+    /// Kept only through the join source's restart grace period.
+    pub held: bool,
+    pub since: Instant,
+    pub phase: FlowPhase,
+    pub reason: String,
+    /// Relay whose tunnel carries (or will carry) the flow.
+    pub relay: Option<SocketAddr>,
+    /// Where the relay came from ("static map", "DRIAD", ...).
+    pub relay_origin: String,
+    /// Whether this flow holds a reference on its source's route.
+    pub routed: bool,
+    /// The policy engine's latest decision (None in serve_all_sources
+    /// mode).
+    pub policy: Option<FlowPolicy>,
+}
+
+/// A change to one flow, for `WatchJoins`.
+#[derive(Debug, Clone)]
+pub enum JoinChange {
+    Added(FlowState),
+    Changed(FlowState),
+    Removed(FlowState),
+}
+
+/// What the tunnel's protocol last said, as people read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelStatus {
+    /// Relay Discovery sent.
+    Discovering,
+    /// Request sent (to the advertised relay, when discovery named one).
+    Requesting { advertised: Option<SocketAddr> },
+    /// A valid Query arrived.
+    Up,
+    /// The relay stopped answering; the tunnel retries with backoff.
+    Lost(LossReason),
+    /// The relay refused new gateways (L flag).
+    Refused { relay: SocketAddr },
+}
+
+impl fmt::Display for TunnelStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TunnelStatus::Discovering => f.write_str("discovering"),
+            TunnelStatus::Requesting { advertised: None } => f.write_str("requesting"),
+            TunnelStatus::Requesting {
+                advertised: Some(relay),
+            } => write!(f, "requesting (relay {relay})"),
+            TunnelStatus::Up => f.write_str("up"),
+            TunnelStatus::Lost(reason) => write!(f, "relay lost ({reason:?}); retrying"),
+            TunnelStatus::Refused { relay } => write!(f, "refused by relay {relay} (L flag)"),
+        }
+    }
+}
+
+/// One AMT tunnel (one per relay) as the orchestrator sees it.
+#[derive(Debug, Clone)]
+pub struct RelayTunnel {
+    pub relay: SocketAddr,
+    pub skip_discovery: bool,
+    pub channels: BTreeSet<SourceGroup>,
+    /// A valid Query arrived and the relay is answering.
+    pub up: bool,
+    pub status: TunnelStatus,
+    /// Set when the last channel left: closed when this passes.
+    pub linger_until: Option<Instant>,
+    pub opened: Instant,
+}
+
+impl RelayTunnel {
+    /// The state people see: "lingering" while it waits to close, else
+    /// what the protocol last said.
+    pub fn state_text(&self) -> String {
+        if self.linger_until.is_some() {
+            "lingering".into()
+        } else {
+            self.status.to_string()
+        }
+    }
+}
+
+/// Work for the shell. Carried out in order; outcomes that matter come
+/// back as events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a tunnel to `relay`; on failure call
+    /// [`Orchestrator::on_tunnel_open_failed`].
+    OpenTunnel {
+        relay: SocketAddr,
+        skip_discovery: bool,
+    },
+    /// Leave everything, send Teardown, end the tunnel.
+    CloseTunnel {
+        relay: SocketAddr,
+    },
+    Subscribe {
+        relay: SocketAddr,
+        sg: SourceGroup,
+    },
+    Unsubscribe {
+        relay: SocketAddr,
+        sg: SourceGroup,
+    },
+    /// Route `source` into the TUN; report with
+    /// [`Orchestrator::on_route_added`].
+    AddRoute {
+        source: IpAddr,
+    },
+    /// Remove the route of `source`; report with
+    /// [`Orchestrator::on_route_removed`].
+    RemoveRoute {
+        source: IpAddr,
+    },
+    /// Hand the failure to the policy engine.
+    ReportRelayFailure(RelayFailure),
+    /// Tell API watchers.
+    Announce(Box<JoinChange>),
+}
+
+impl Action {
+    pub(crate) fn announce(change: JoinChange) -> Action {
+        Action::Announce(Box::new(change))
+    }
+}
+
+// Announce carries a FlowState (Instants, a decision): compare by kind and
+// (S,G), which is what tests assert on.
+impl PartialEq for JoinChange {
+    fn eq(&self, other: &Self) -> bool {
+        let key = |c: &JoinChange| match c {
+            JoinChange::Added(f) => (0, f.sg, f.phase),
+            JoinChange::Changed(f) => (1, f.sg, f.phase),
+            JoinChange::Removed(f) => (2, f.sg, f.phase),
+        };
+        key(self) == key(other)
+    }
+}
+impl Eq for JoinChange {}
+
+/// Counters the orchestrator keeps (the shell keeps the I/O ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrchestratorCounters {
+    pub relay_failures_reported: u64,
+    pub flows_moved: u64,
+    pub tunnels_closed: u64,
+    pub route_errors: u64,
+}
+
+/// A source's route and the flows using it.
+#[derive(Debug, Clone, Default)]
+struct SourceRoute {
+    users: usize,
+    /// The shell confirmed the route is in.
+    installed: bool,
+}
+
+/// Why a flow the policy does not serve is not served, for people.
+fn not_served_reason(policy: &FlowPolicy) -> String {
+    match (&policy.relays, policy.admitted) {
+        (RelayVerdict::NoRelay(reason), _) => reason.clone(),
+        (_, false) => policy.admission_reason.clone(),
+        (RelayVerdict::Pending, true) => "looking up the source's AMT relay (DRIAD)".into(),
+        (RelayVerdict::Relays(_), true) => "no usable relay".into(),
+    }
+}
+
+/// The orchestrator core. See the module documentation.
+#[derive(Debug)]
+pub struct Orchestrator {
+    cfg: OrchestratorConfig,
+    flows: BTreeMap<SourceGroup, FlowState>,
+    tunnels: BTreeMap<SocketAddr, RelayTunnel>,
+    routes: BTreeMap<IpAddr, SourceRoute>,
+    /// The latest decisions (re-applied when a flow must be served again).
+    decisions: Arc<PolicySet>,
+    counters: OrchestratorCounters,
+}
+
+impl Orchestrator {
+    pub fn new(cfg: OrchestratorConfig) -> Self {
+        Self {
+            cfg,
+            flows: BTreeMap::new(),
+            tunnels: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            decisions: Arc::new(PolicySet::new()),
+            counters: OrchestratorCounters::default(),
+        }
+    }
+
+    pub fn flows(&self) -> &BTreeMap<SourceGroup, FlowState> {
+        &self.flows
+    }
+
+    pub fn tunnels(&self) -> &BTreeMap<SocketAddr, RelayTunnel> {
+        &self.tunnels
+    }
+
+    /// Sources whose route is installed or being installed.
+    pub fn routed_sources(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn counters(&self) -> &OrchestratorCounters {
+        &self.counters
+    }
+
+    // ---- events -------------------------------------------------------
+
+    /// New decisions from the policy engine: flows appear, change, move to
+    /// another relay or go.
+    pub fn on_decisions(&mut self, decisions: Arc<PolicySet>, now: Instant) -> Vec<Action> {
+        self.decisions = decisions;
+        let decisions = self.decisions.clone();
+        let mut out = Vec::new();
+        let gone: Vec<SourceGroup> = self
+            .flows
+            .keys()
+            .filter(|sg| !decisions.contains_key(sg))
+            .copied()
+            .collect();
+        for sg in gone {
+            if let Some(mut flow) = self.flows.remove(&sg) {
+                let _span = info_span!("flow", %sg).entered();
+                self.unserve(&mut flow, now, &mut out);
+                info!("join gone: flow removed");
+                out.push(Action::announce(JoinChange::Removed(flow)));
+            }
+        }
+        for (sg, decision) in decisions.iter() {
+            let _span = info_span!("flow", %sg).entered();
+            match self.flows.remove(sg) {
+                Some(mut flow) => {
+                    let mut changed = false;
+                    if flow.interfaces != decision.interfaces {
+                        flow.interfaces = decision.interfaces.clone();
+                        info!(
+                            population = flow.interfaces.len(),
+                            "downstream interfaces changed: {:?}", flow.interfaces
+                        );
+                        changed = true;
+                    }
+                    if flow.held != decision.held {
+                        flow.held = decision.held;
+                        changed = true;
+                    }
+                    changed |= self.reconcile(&mut flow, now, &mut out);
+                    if changed {
+                        out.push(Action::announce(JoinChange::Changed(flow.clone())));
+                    }
+                    self.flows.insert(*sg, flow);
+                }
+                None => {
+                    let mut flow = FlowState {
+                        sg: *sg,
+                        interfaces: decision.interfaces.clone(),
+                        held: decision.held,
+                        since: now,
+                        phase: FlowPhase::NotServed,
+                        reason: String::new(),
+                        relay: None,
+                        relay_origin: String::new(),
+                        routed: false,
+                        policy: None,
+                    };
+                    self.serve(&mut flow, now, &mut out);
+                    info!(
+                        population = flow.interfaces.len(),
+                        phase = flow.phase.as_str(),
+                        "new join: {}",
+                        flow.reason
+                    );
+                    out.push(Action::announce(JoinChange::Added(flow.clone())));
+                    self.flows.insert(*sg, flow);
+                }
+            }
+        }
+        out
+    }
+
+    /// An event of the tunnel to `relay`.
+    pub fn on_tunnel_event(&mut self, relay: SocketAddr, event: &TunnelEvent) -> Vec<Action> {
+        let _span = info_span!("relay", %relay).entered();
+        let mut out = Vec::new();
+        let Some(tunnel) = self.tunnels.get_mut(&relay) else {
+            debug!("event for a tunnel no longer tracked: {event:?}");
+            return out;
+        };
+        // (up now?, the flows' reason when it went down)
+        let (up, down_reason) = match event {
+            TunnelEvent::RelayDiscovered { relay: advertised } => {
+                info!(%advertised, "relay discovered");
+                tunnel.status = TunnelStatus::Requesting {
+                    advertised: Some(*advertised),
+                };
+                return out;
+            }
+            TunnelEvent::Up { relay: r, family } => {
+                info!(relay_address = %r, ?family, "tunnel up");
+                tunnel.status = TunnelStatus::Up;
+                (true, None)
+            }
+            TunnelEvent::RelayLost { reason } => {
+                warn!(?reason, "relay lost; the tunnel retries with backoff");
+                tunnel.status = TunnelStatus::Lost(*reason);
+                (false, Some(tunnel.status.to_string()))
+            }
+            TunnelEvent::RelayRefused { relay: r } => {
+                warn!(refusing = %r, "relay refused new gateways (L flag); held down");
+                tunnel.status = TunnelStatus::Refused { relay: *r };
+                (false, Some(tunnel.status.to_string()))
+            }
+            TunnelEvent::GatewayAddressChanged { old, new } => {
+                info!(%old, %new, "relay sees us at a new address (NAT rebinding)");
+                return out;
+            }
+            TunnelEvent::NoData { sg } => {
+                warn!(%sg, "no data from the relay since subscribing");
+                self.report_failure(relay, &[*sg], "no data (RFC 8777 3.3.3)", &mut out);
+                return out;
+            }
+            TunnelEvent::Closed => {
+                if tunnel.channels.is_empty() {
+                    self.tunnels.remove(&relay);
+                }
+                return out;
+            }
+        };
+        tunnel.up = up;
+        let channels: Vec<SourceGroup> = tunnel.channels.iter().copied().collect();
+        if let Some(reason) = &down_reason {
+            self.report_failure(relay, &channels, reason, &mut out);
+        }
+        for sg in channels {
+            let Some(mut flow) = self.flows.remove(&sg) else {
+                continue;
+            };
+            let before = (flow.phase, flow.reason.clone());
+            if up {
+                self.make_forwarding(&mut flow, &mut out);
+            } else if let Some(reason) = &down_reason {
+                // Keep the route: when the relay answers again, pimd's
+                // forwarding state is still in place.
+                flow.phase = FlowPhase::WaitingTunnel;
+                flow.reason.clone_from(reason);
+            }
+            if (flow.phase, flow.reason.clone()) != before {
+                out.push(Action::announce(JoinChange::Changed(flow.clone())));
+            }
+            self.flows.insert(sg, flow);
+        }
+        out
+    }
+
+    /// The tunnel to `relay` could not be opened (no socket): its flows
+    /// are in error and retried by [`Orchestrator::on_timeout`].
+    pub fn on_tunnel_open_failed(&mut self, relay: SocketAddr, error: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(tunnel) = self.tunnels.remove(&relay) else {
+            return out;
+        };
+        warn!(%relay, "{error}");
+        for sg in tunnel.channels {
+            let Some(flow) = self.flows.get_mut(&sg) else {
+                continue;
+            };
+            flow.phase = FlowPhase::Error;
+            flow.reason = format!("cannot open a UDP socket for relay {relay}: {error}");
+            out.push(Action::announce(JoinChange::Changed(flow.clone())));
+        }
+        out
+    }
+
+    /// The task of the tunnel to `relay` ended without being closed: open
+    /// it again with its channels.
+    pub fn on_tunnel_task_ended(&mut self, relay: SocketAddr, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(old) = self.tunnels.remove(&relay) else {
+            return out;
+        };
+        if old.channels.is_empty() {
+            return out;
+        }
+        warn!(%relay, "tunnel task ended unexpectedly; reopening");
+        let mut tunnel = Self::new_tunnel(relay, old.skip_discovery, now);
+        out.push(Action::OpenTunnel {
+            relay,
+            skip_discovery: old.skip_discovery,
+        });
+        for sg in &old.channels {
+            out.push(Action::Subscribe { relay, sg: *sg });
+        }
+        tunnel.channels = old.channels;
+        self.tunnels.insert(relay, tunnel);
+        out
+    }
+
+    /// The shell added (or failed to add) the route of `source`.
+    pub fn on_route_added(&mut self, source: IpAddr, result: Result<(), String>) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(route) = self.routes.get_mut(&source) else {
+            // Every flow of the source went while the route was being
+            // added: take it away again.
+            if result.is_ok() {
+                out.push(Action::RemoveRoute { source });
+            }
+            return out;
+        };
+        let users: Vec<SourceGroup> = self
+            .flows
+            .values()
+            .filter(|f| f.routed && f.sg.source == source)
+            .map(|f| f.sg)
+            .collect();
+        match result {
+            Ok(()) => {
+                route.installed = true;
+                info!(%source, "source routed into the TUN");
+                for sg in users {
+                    let Some(mut flow) = self.flows.remove(&sg) else {
+                        continue;
+                    };
+                    if self.carrying(&flow) {
+                        flow.phase = FlowPhase::Forwarding;
+                        flow.reason = self.forwarding_reason(&flow);
+                        out.push(Action::announce(JoinChange::Changed(flow.clone())));
+                    }
+                    self.flows.insert(sg, flow);
+                }
+            }
+            Err(error) => {
+                self.routes.remove(&source);
+                self.counters.route_errors += 1;
+                for sg in users {
+                    let Some(flow) = self.flows.get_mut(&sg) else {
+                        continue;
+                    };
+                    flow.routed = false;
+                    flow.phase = FlowPhase::Error;
+                    flow.reason = format!("cannot add route for {source}: {error}");
+                    out.push(Action::announce(JoinChange::Changed(flow.clone())));
+                }
+            }
+        }
+        out
+    }
+
+    /// The shell removed (or failed to remove) the route of `source`.
+    pub fn on_route_removed(&mut self, source: IpAddr, result: Result<(), String>) {
+        match result {
+            Ok(()) => info!(%source, "last flow of source gone: route removed"),
+            Err(error) => {
+                self.counters.route_errors += 1;
+                warn!(%source, "cannot remove route: {error}");
+            }
+        }
+    }
+
+    /// Periodic work: close tunnels whose linger ran out, retry flows in
+    /// error.
+    pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let expired: Vec<SocketAddr> = self
+            .tunnels
+            .values()
+            .filter(|t| t.channels.is_empty() && t.linger_until.is_some_and(|u| u <= now))
+            .map(|t| t.relay)
+            .collect();
+        for relay in expired {
+            self.tunnels.remove(&relay);
+            info!(%relay, "linger over: closing the tunnel (leave + Teardown)");
+            self.counters.tunnels_closed += 1;
+            out.push(Action::CloseTunnel { relay });
+        }
+        let failed: Vec<SourceGroup> = self
+            .flows
+            .values()
+            .filter(|f| f.phase == FlowPhase::Error)
+            .map(|f| f.sg)
+            .collect();
+        for sg in failed {
+            if let Some(mut flow) = self.flows.remove(&sg) {
+                self.serve(&mut flow, now, &mut out);
+                if flow.phase != FlowPhase::Error {
+                    out.push(Action::announce(JoinChange::Changed(flow.clone())));
+                }
+                self.flows.insert(sg, flow);
+            }
+        }
+        out
+    }
+
+    /// Stop: every route removed and every tunnel closed. The state is
+    /// empty afterwards.
+    pub fn shutdown(&mut self) -> Vec<Action> {
+        let mut out: Vec<Action> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.installed)
+            .map(|(source, _)| Action::RemoveRoute { source: *source })
+            .collect();
+        out.extend(
+            self.tunnels
+                .keys()
+                .map(|relay| Action::CloseTunnel { relay: *relay }),
+        );
+        self.routes.clear();
+        self.tunnels.clear();
+        for flow in self.flows.values_mut() {
+            flow.routed = false;
+        }
+        out
+    }
+
+    // ---- the flow state machine ---------------------------------------
+
+    fn new_tunnel(relay: SocketAddr, skip_discovery: bool, now: Instant) -> RelayTunnel {
+        RelayTunnel {
+            relay,
+            skip_discovery,
+            channels: BTreeSet::new(),
+            up: false,
+            status: if skip_discovery {
+                TunnelStatus::Requesting { advertised: None }
+            } else {
+                TunnelStatus::Discovering
+            },
+            linger_until: None,
+            opened: now,
+        }
+    }
+
+    /// Whether the flow's carrier is ready for it to forward: its tunnel is
+    /// up, or no tunnel is needed.
+    fn carrying(&self, flow: &FlowState) -> bool {
+        if self.cfg.serve_all {
+            return true;
+        }
+        flow.relay
+            .and_then(|r| self.tunnels.get(&r))
+            .is_some_and(|t| t.up && t.channels.contains(&flow.sg))
+    }
+
+    fn forwarding_reason(&self, flow: &FlowState) -> String {
+        match flow.relay {
+            Some(relay) if !self.cfg.serve_all => format!("tunnel to relay {relay} is up"),
+            _ => "serve_all_sources: routed without a tunnel".into(),
+        }
+    }
+
+    /// Take a reference on the flow's source route (added when it is the
+    /// first) and forward once the route is in.
+    fn make_forwarding(&mut self, flow: &mut FlowState, out: &mut Vec<Action>) {
+        if !flow.routed {
+            flow.routed = true;
+            let route = self.routes.entry(flow.sg.source).or_default();
+            route.users += 1;
+            if route.users == 1 && !route.installed {
+                out.push(Action::AddRoute {
+                    source: flow.sg.source,
+                });
+            }
+        }
+        if self
+            .routes
+            .get(&flow.sg.source)
+            .is_some_and(|r| r.installed)
+        {
+            flow.phase = FlowPhase::Forwarding;
+            flow.reason = self.forwarding_reason(flow);
+        }
+    }
+
+    fn release_route(&mut self, flow: &mut FlowState, out: &mut Vec<Action>) {
+        if !flow.routed {
+            return;
+        }
+        flow.routed = false;
+        let source = flow.sg.source;
+        let Some(route) = self.routes.get_mut(&source) else {
+            return;
+        };
+        route.users = route.users.saturating_sub(1);
+        if route.users > 0 {
+            return;
+        }
+        let installed = route.installed;
+        self.routes.remove(&source);
+        if installed {
+            out.push(Action::RemoveRoute { source });
+        }
+    }
+
+    /// Try to serve one flow (sets its phase and reason).
+    fn serve(&mut self, flow: &mut FlowState, now: Instant, out: &mut Vec<Action>) {
+        if self.cfg.serve_all {
+            self.make_forwarding(flow, out);
+            if flow.phase != FlowPhase::Forwarding {
+                flow.phase = FlowPhase::WaitingTunnel;
+                flow.reason = "adding the source route".into();
+            }
+            return;
+        }
+        flow.policy = self.decisions.get(&flow.sg).cloned();
+        let Some(policy) = &flow.policy else {
+            flow.phase = FlowPhase::NotServed;
+            flow.reason = "waiting for the policy decision".into();
+            return;
+        };
+        let Some(choice) = policy.serve().copied() else {
+            flow.phase = FlowPhase::NotServed;
+            flow.reason = not_served_reason(policy);
+            return;
+        };
+        let relay = choice.relay;
+        flow.relay = Some(relay);
+        flow.relay_origin = choice.origin.to_string();
+        let tunnel = self.tunnels.entry(relay).or_insert_with(|| {
+            out.push(Action::OpenTunnel {
+                relay,
+                skip_discovery: choice.skip_discovery,
+            });
+            Self::new_tunnel(relay, choice.skip_discovery, now)
+        });
+        tunnel.channels.insert(flow.sg);
+        if tunnel.linger_until.take().is_some() {
+            info!(%relay, "tunnel reused before its linger ran out");
+        }
+        out.push(Action::Subscribe { relay, sg: flow.sg });
+        if tunnel.up {
+            self.make_forwarding(flow, out);
+            if flow.phase != FlowPhase::Forwarding {
+                flow.phase = FlowPhase::WaitingTunnel;
+                flow.reason = format!("tunnel to relay {relay} is up; adding the source route");
+            }
+        } else {
+            flow.phase = FlowPhase::WaitingTunnel;
+            flow.reason = format!("waiting for relay {relay} ({})", tunnel.status);
+        }
+    }
+
+    /// A flow is gone or no longer served here: release its route and its
+    /// subscription.
+    fn unserve(&mut self, flow: &mut FlowState, now: Instant, out: &mut Vec<Action>) {
+        self.release_route(flow, out);
+        let Some(relay) = flow.relay.take() else {
+            return;
+        };
+        flow.relay_origin.clear();
+        let linger = self.cfg.linger;
+        let Some(tunnel) = self.tunnels.get_mut(&relay) else {
+            return;
+        };
+        if tunnel.channels.remove(&flow.sg) {
+            out.push(Action::Unsubscribe { relay, sg: flow.sg });
+        }
+        if tunnel.channels.is_empty() && tunnel.linger_until.is_none() {
+            tunnel.linger_until = Some(now + linger);
+            info!(%relay, linger_s = linger.as_secs(), "last channel left the tunnel; closing after linger");
+        }
+    }
+
+    /// Bring an existing flow in line with the current decision: serve it,
+    /// move it to another relay, or stop serving it. Returns whether
+    /// anything people see changed.
+    fn reconcile(&mut self, flow: &mut FlowState, now: Instant, out: &mut Vec<Action>) -> bool {
+        if self.cfg.serve_all {
+            return false;
+        }
+        let before = (flow.phase, flow.reason.clone(), flow.relay);
+        let decision = self.decisions.get(&flow.sg).cloned();
+        let policy_changed = flow.policy != decision;
+        let wanted = decision
+            .as_ref()
+            .and_then(|p| p.serve())
+            .map(|choice| choice.relay);
+        if flow.relay != wanted {
+            if let Some(old) = flow.relay {
+                match wanted {
+                    Some(new) => {
+                        info!(from = %old, to = %new, "policy moves the flow to another relay");
+                        self.counters.flows_moved += 1;
+                    }
+                    None => info!(relay = %old, "policy stops serving the flow"),
+                }
+            }
+            self.unserve(flow, now, out);
+            self.serve(flow, now, out);
+            if flow.phase == FlowPhase::NotServed {
+                info!("not served: {}", flow.reason);
+            }
+        } else if policy_changed {
+            flow.policy = decision;
+            if flow.phase == FlowPhase::NotServed
+                && let Some(p) = &flow.policy
+            {
+                flow.reason = not_served_reason(p);
+            }
+        }
+        policy_changed || (flow.phase, flow.reason.clone(), flow.relay) != before
+    }
+
+    /// Tell the policy engine that `relay` failed for `flows`. The relay is
+    /// held down (so flows move on) only when some flow on it has another
+    /// candidate: a relay that is a flow's only choice keeps being retried
+    /// by its tunnel (with backoff) instead of leaving the flow with
+    /// nothing for minutes, and the engine only asks DNS again.
+    fn report_failure(
+        &mut self,
+        relay: SocketAddr,
+        flows: &[SourceGroup],
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if self.cfg.serve_all {
+            return;
+        }
+        let with_fallback = flows.iter().find(|sg| {
+            self.decisions
+                .get(sg)
+                .is_some_and(|p| matches!(&p.relays, RelayVerdict::Relays(r) if r.len() > 1))
+        });
+        self.counters.relay_failures_reported += 1;
+        out.push(Action::ReportRelayFailure(RelayFailure {
+            relay,
+            sg: with_fallback.or(flows.first()).copied(),
+            reason: reason.into(),
+            hold_down: with_fallback.is_some(),
+        }));
+    }
+}

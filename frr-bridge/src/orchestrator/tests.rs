@@ -1,0 +1,584 @@
+//! Orchestrator tests: event sequences in, actions out, no I/O. Some run
+//! the pure cores together (join tracker → policy engine → orchestrator)
+//! the way the pipeline does, feeding actions' outcomes back by hand.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use amt_gateway::{Family, LossReason, TunnelEvent};
+use ingest_policy::driad::{
+    AmtRelayRecord, DriadAnswer, DriadOutcome, candidates_from_records, reverse_name,
+};
+use ingest_policy::engine::{
+    Engine, EngineConfig, FlowPolicy, Lookup, LookupDone, PolicySet, RelayChoice, RelaySource,
+    RelayVerdict, StaticRelayMap, WantedSet,
+};
+use ingest_types::{AMT_PORT, SourceGroup};
+
+use super::*;
+use crate::wanted::{JoinSet, WantedTracker};
+
+const LINGER: Duration = Duration::from_secs(60);
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn sg(s: &str, g: &str) -> SourceGroup {
+    SourceGroup::new(ip(s), ip(g)).unwrap()
+}
+
+fn relay(text: &str) -> SocketAddr {
+    SocketAddr::new(ip(text), AMT_PORT)
+}
+
+fn orchestrator() -> Orchestrator {
+    Orchestrator::new(OrchestratorConfig {
+        serve_all: false,
+        linger: LINGER,
+    })
+}
+
+/// An admitted flow with these relays (best first), one interface.
+fn decision(flow: SourceGroup, relays: &[&str]) -> FlowPolicy {
+    FlowPolicy {
+        sg: flow,
+        interfaces: vec!["ing-dn".into()],
+        held: false,
+        population: 1,
+        bitrate: None,
+        bitrate_origin: "not looked up".into(),
+        admitted: true,
+        admission_reason: "no bandwidth limit".into(),
+        relays: RelayVerdict::Relays(
+            relays
+                .iter()
+                .map(|r| RelayChoice {
+                    relay: relay(r),
+                    skip_discovery: true,
+                    precedence: 0,
+                    origin: RelaySource::Driad,
+                })
+                .collect(),
+        ),
+        candidates: Vec::new(),
+    }
+}
+
+fn decisions(flows: &[FlowPolicy]) -> Arc<PolicySet> {
+    Arc::new(flows.iter().map(|f| (f.sg, f.clone())).collect())
+}
+
+/// The actions without the API announcements (asserted separately).
+fn work(actions: &[Action]) -> Vec<Action> {
+    actions
+        .iter()
+        .filter(|a| !matches!(a, Action::Announce(_)))
+        .cloned()
+        .collect()
+}
+
+fn up(relay: SocketAddr) -> TunnelEvent {
+    TunnelEvent::Up {
+        relay,
+        family: Family::V4,
+    }
+}
+
+fn phase(o: &Orchestrator, flow: SourceGroup) -> FlowPhase {
+    o.flows()[&flow].phase
+}
+
+/// A flow on `relay` taken to forwarding: decided, tunnel up, route in.
+fn forwarding(o: &mut Orchestrator, flow: &FlowPolicy, t0: Instant) {
+    o.on_decisions(decisions(std::slice::from_ref(flow)), t0);
+    let r = flow.serve().unwrap().relay;
+    o.on_tunnel_event(r, &up(r));
+    o.on_route_added(flow.sg.source, Ok(()));
+    assert_eq!(phase(o, flow.sg), FlowPhase::Forwarding);
+}
+
+#[test]
+fn route_added_only_after_the_tunnel_is_up() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    let actions = o.on_decisions(decisions(&[decision(a, &["192.0.2.10"])]), t0);
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::OpenTunnel {
+                relay: relay("192.0.2.10"),
+                skip_discovery: true
+            },
+            Action::Subscribe {
+                relay: relay("192.0.2.10"),
+                sg: a
+            },
+        ],
+        "no route before the relay answers"
+    );
+    assert!(actions.contains(&Action::announce(JoinChange::Added(o.flows()[&a].clone()))));
+    assert_eq!(phase(&o, a), FlowPhase::WaitingTunnel);
+    assert_eq!(
+        o.flows()[&a].reason,
+        "waiting for relay 192.0.2.10:2268 (requesting)"
+    );
+
+    // The relay names another address during discovery: still no route.
+    let discovered = o.on_tunnel_event(
+        relay("192.0.2.10"),
+        &TunnelEvent::RelayDiscovered {
+            relay: relay("192.0.2.11"),
+        },
+    );
+    assert!(work(&discovered).is_empty());
+    assert_eq!(
+        o.tunnels()[&relay("192.0.2.10")].state_text(),
+        "requesting (relay 192.0.2.11:2268)"
+    );
+
+    let actions = o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.11")));
+    assert_eq!(
+        work(&actions),
+        vec![Action::AddRoute {
+            source: ip("198.51.100.4")
+        }]
+    );
+    assert_eq!(
+        phase(&o, a),
+        FlowPhase::WaitingTunnel,
+        "until the route is in"
+    );
+    let actions = o.on_route_added(ip("198.51.100.4"), Ok(()));
+    assert!(work(&actions).is_empty());
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+    assert_eq!(
+        o.flows()[&a].reason,
+        "tunnel to relay 192.0.2.10:2268 is up"
+    );
+    assert_eq!(o.routed_sources(), 1);
+
+    // A second flow of the same source on the up tunnel shares the route.
+    let b = sg("198.51.100.4", "232.1.1.2");
+    let actions = o.on_decisions(
+        decisions(&[decision(a, &["192.0.2.10"]), decision(b, &["192.0.2.10"])]),
+        t0,
+    );
+    assert_eq!(
+        work(&actions),
+        vec![Action::Subscribe {
+            relay: relay("192.0.2.10"),
+            sg: b
+        }]
+    );
+    assert_eq!(phase(&o, b), FlowPhase::Forwarding);
+}
+
+#[test]
+fn failover_to_another_relay() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.7", "232.1.1.1");
+    let both = decision(a, &["192.0.2.12", "192.0.2.11"]);
+    forwarding(&mut o, &both, t0);
+
+    // The preferred relay stops answering: reported with hold-down (the
+    // flow has another candidate); the route stays while the flow waits.
+    let actions = o.on_tunnel_event(
+        relay("192.0.2.12"),
+        &TunnelEvent::RelayLost {
+            reason: LossReason::NoQuery,
+        },
+    );
+    assert_eq!(
+        work(&actions),
+        vec![Action::ReportRelayFailure(RelayFailure {
+            relay: relay("192.0.2.12"),
+            sg: Some(a),
+            reason: "relay lost (NoQuery); retrying".into(),
+            hold_down: true,
+        })]
+    );
+    assert_eq!(phase(&o, a), FlowPhase::WaitingTunnel);
+    assert_eq!(o.counters().relay_failures_reported, 1);
+
+    // The engine moves the flow to its next relay.
+    let t1 = t0 + Duration::from_secs(1);
+    let actions = o.on_decisions(decisions(&[decision(a, &["192.0.2.11"])]), t1);
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::RemoveRoute {
+                source: ip("198.51.100.7")
+            },
+            Action::Unsubscribe {
+                relay: relay("192.0.2.12"),
+                sg: a
+            },
+            Action::OpenTunnel {
+                relay: relay("192.0.2.11"),
+                skip_discovery: true
+            },
+            Action::Subscribe {
+                relay: relay("192.0.2.11"),
+                sg: a
+            },
+        ]
+    );
+    assert_eq!(o.counters().flows_moved, 1);
+    assert_eq!(o.flows()[&a].relay, Some(relay("192.0.2.11")));
+    assert_eq!(
+        o.tunnels()[&relay("192.0.2.12")].linger_until,
+        Some(t1 + LINGER),
+        "the old tunnel lingers"
+    );
+    let actions = o.on_tunnel_event(relay("192.0.2.11"), &up(relay("192.0.2.11")));
+    assert_eq!(
+        work(&actions),
+        vec![Action::AddRoute {
+            source: ip("198.51.100.7")
+        }]
+    );
+    o.on_route_added(ip("198.51.100.7"), Ok(()));
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+}
+
+#[test]
+fn linger_close_after_the_last_leave() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    let flow = decision(a, &["192.0.2.10"]);
+    forwarding(&mut o, &flow, t0);
+
+    let t1 = t0 + Duration::from_secs(5);
+    let actions = o.on_decisions(decisions(&[]), t1);
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::RemoveRoute {
+                source: ip("198.51.100.4")
+            },
+            Action::Unsubscribe {
+                relay: relay("192.0.2.10"),
+                sg: a
+            },
+        ]
+    );
+    assert!(
+        matches!(actions.last(), Some(Action::Announce(change)) if matches!(**change, JoinChange::Removed(_)))
+    );
+    assert!(o.flows().is_empty());
+    assert_eq!(o.tunnels()[&relay("192.0.2.10")].state_text(), "lingering");
+
+    // Not before the linger ends; then closed once.
+    assert!(work(&o.on_timeout(t1 + LINGER - Duration::from_millis(1))).is_empty());
+    assert_eq!(
+        work(&o.on_timeout(t1 + LINGER)),
+        vec![Action::CloseTunnel {
+            relay: relay("192.0.2.10")
+        }]
+    );
+    assert!(o.tunnels().is_empty());
+    assert_eq!(o.counters().tunnels_closed, 1);
+    assert!(work(&o.on_timeout(t1 + LINGER * 2)).is_empty());
+}
+
+#[test]
+fn a_join_within_the_linger_reuses_the_tunnel() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    let flow = decision(a, &["192.0.2.10"]);
+    forwarding(&mut o, &flow, t0);
+    o.on_decisions(decisions(&[]), t0);
+    let t1 = t0 + Duration::from_secs(10);
+    let actions = o.on_decisions(decisions(&[flow]), t1);
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::Subscribe {
+                relay: relay("192.0.2.10"),
+                sg: a
+            },
+            Action::AddRoute {
+                source: ip("198.51.100.4")
+            },
+        ],
+        "no new tunnel: the lingering one is up"
+    );
+    assert_eq!(o.tunnels()[&relay("192.0.2.10")].linger_until, None);
+    assert!(work(&o.on_timeout(t1 + LINGER)).is_empty());
+}
+
+#[test]
+fn tunnel_open_and_route_failures_are_retried() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    let flow = decision(a, &["192.0.2.10"]);
+    o.on_decisions(decisions(std::slice::from_ref(&flow)), t0);
+    o.on_tunnel_open_failed(relay("192.0.2.10"), "Address family not supported");
+    assert_eq!(phase(&o, a), FlowPhase::Error);
+    assert_eq!(
+        o.flows()[&a].reason,
+        "cannot open a UDP socket for relay 192.0.2.10:2268: Address family not supported"
+    );
+    assert_eq!(
+        work(&o.on_timeout(t0 + Duration::from_secs(1))),
+        vec![
+            Action::OpenTunnel {
+                relay: relay("192.0.2.10"),
+                skip_discovery: true
+            },
+            Action::Subscribe {
+                relay: relay("192.0.2.10"),
+                sg: a
+            },
+        ]
+    );
+    o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.10")));
+    o.on_route_added(ip("198.51.100.4"), Err("File exists".into()));
+    assert_eq!(phase(&o, a), FlowPhase::Error);
+    assert_eq!(o.counters().route_errors, 1);
+    assert_eq!(o.routed_sources(), 0);
+    let retry = o.on_timeout(t0 + Duration::from_secs(2));
+    assert!(work(&retry).contains(&Action::AddRoute {
+        source: ip("198.51.100.4")
+    }));
+    o.on_route_added(ip("198.51.100.4"), Ok(()));
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+}
+
+#[test]
+fn a_tunnel_task_that_ends_is_reopened_with_its_channels() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    forwarding(&mut o, &decision(a, &["192.0.2.10"]), t0);
+    let actions = o.on_tunnel_task_ended(relay("192.0.2.10"), t0);
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::OpenTunnel {
+                relay: relay("192.0.2.10"),
+                skip_discovery: true
+            },
+            Action::Subscribe {
+                relay: relay("192.0.2.10"),
+                sg: a
+            },
+        ]
+    );
+    assert!(!o.tunnels()[&relay("192.0.2.10")].up);
+}
+
+// ---- the cores together ------------------------------------------------
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        limit: None,
+        default_bitrate: None,
+        dorms: false,
+        driad: true,
+        holddown_min: Duration::from_secs(180),
+        holddown_max: Duration::from_secs(600),
+        recheck: Duration::from_secs(5),
+        seed: 7,
+    }
+}
+
+fn answer(source: &str, records: &[&str]) -> DriadOutcome {
+    let records: Vec<AmtRelayRecord> = records.iter().map(|r| r.parse().unwrap()).collect();
+    DriadOutcome::Answer(DriadAnswer {
+        source: ip(source),
+        query_name: reverse_name(ip(source)),
+        candidates: candidates_from_records(&records),
+        records,
+        rejected: Vec::new(),
+        unresolved: Vec::new(),
+        ttl: Duration::from_secs(3600),
+    })
+}
+
+/// Feeds the engine's relay failures back, as the pipeline does.
+fn feed_failures(engine: &mut Engine, actions: &[Action], now: Instant) -> usize {
+    let mut n = 0;
+    for action in actions {
+        if let Action::ReportRelayFailure(failure) = action {
+            engine.on_relay_failure(failure.clone(), now);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn last_relay_failing_asks_dns_again() {
+    let t0 = Instant::now();
+    let no_static: StaticRelayMap = Box::new(|_| None);
+    let mut engine = Engine::new(engine_config(), no_static, t0, SystemTime::now());
+    let mut o = orchestrator();
+    let a = sg("203.0.113.6", "232.1.1.1");
+    let wanted: WantedSet = [(
+        a,
+        ingest_policy::engine::WantedFlow {
+            interfaces: vec!["ing-dn".into()],
+            held: false,
+        },
+    )]
+    .into();
+    engine.set_wanted(Arc::new(wanted));
+    assert_eq!(engine.poll_lookups(t0), vec![Lookup::Relays(a.source)]);
+    engine.on_lookup(
+        LookupDone::Relays(a.source, answer("203.0.113.6", &["10 0 1 192.0.2.12"])),
+        t0,
+    );
+    let actions = o.on_decisions(Arc::new(engine.evaluate(t0)), t0);
+    assert!(actions.contains(&Action::Subscribe {
+        relay: relay("192.0.2.12"),
+        sg: a
+    }));
+
+    // The only relay never answers: reported without hold-down (nothing
+    // else to move to), so its tunnel keeps retrying...
+    let t1 = t0 + Duration::from_secs(10);
+    let actions = o.on_tunnel_event(
+        relay("192.0.2.12"),
+        &TunnelEvent::RelayLost {
+            reason: LossReason::NoQuery,
+        },
+    );
+    assert!(actions.contains(&Action::ReportRelayFailure(RelayFailure {
+        relay: relay("192.0.2.12"),
+        sg: Some(a),
+        reason: "relay lost (NoQuery); retrying".into(),
+        hold_down: false,
+    })));
+    assert_eq!(feed_failures(&mut engine, &actions, t1), 1);
+    let set = engine.evaluate(t1);
+    assert_eq!(
+        set[&a].serve().map(|c| c.relay),
+        Some(relay("192.0.2.12")),
+        "still the relay to use"
+    );
+    assert!(work(&o.on_decisions(Arc::new(set), t1)).is_empty());
+
+    // ... and DNS is asked again 30 s after the answer, not at its TTL
+    // (an hour): the owner may have moved the source to another relay.
+    assert!(engine.poll_lookups(t1).is_empty());
+    assert!(engine.poll_lookups(t0 + Duration::from_secs(29)).is_empty());
+    assert_eq!(
+        engine.poll_lookups(t0 + Duration::from_secs(30)),
+        vec![Lookup::Relays(a.source)]
+    );
+    engine.on_lookup(
+        LookupDone::Relays(a.source, answer("203.0.113.6", &["10 0 1 192.0.2.11"])),
+        t0 + Duration::from_secs(31),
+    );
+    let t2 = t0 + Duration::from_secs(31);
+    let actions = o.on_decisions(Arc::new(engine.evaluate(t2)), t2);
+    assert!(work(&actions).contains(&Action::Subscribe {
+        relay: relay("192.0.2.11"),
+        sg: a
+    }));
+}
+
+#[test]
+fn pimd_restart_grace_keeps_flows_forwarding() {
+    let t0 = Instant::now();
+    let static_map: StaticRelayMap = Box::new(|_| Some((relay("192.0.2.10"), false)));
+    let mut engine = Engine::new(engine_config(), static_map, t0, SystemTime::now());
+    let mut tracker = WantedTracker::new(Duration::from_secs(75));
+    let mut o = orchestrator();
+    let (a, b) = (
+        sg("198.51.100.4", "232.1.1.1"),
+        sg("198.51.100.5", "232.1.1.1"),
+    );
+    let joins: JoinSet = [
+        (a, vec!["ing-dn".to_string()]),
+        (b, vec!["ing-dn2".to_string()]),
+    ]
+    .into();
+    let mut step = |tracker: &mut WantedTracker, o: &mut Orchestrator, now: Instant| {
+        engine.set_wanted(Arc::new(tracker.wanted(now)));
+        o.on_decisions(Arc::new(engine.evaluate(now)), now)
+    };
+    tracker.on_answer(Family::V4, joins.clone(), t0);
+    step(&mut tracker, &mut o, t0);
+    o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.10")));
+    o.on_route_added(a.source, Ok(()));
+    o.on_route_added(b.source, Ok(()));
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+    assert_eq!(phase(&o, b), FlowPhase::Forwarding);
+
+    // pimd restarts: unreachable, then back knowing nothing.
+    tracker.on_failure(Family::V4);
+    let t1 = t0 + Duration::from_secs(2);
+    assert!(work(&step(&mut tracker, &mut o, t1)).is_empty());
+    let t2 = t0 + Duration::from_secs(4);
+    tracker.on_answer(Family::V4, JoinSet::new(), t2);
+    let actions = step(&mut tracker, &mut o, t2);
+    assert!(
+        work(&actions).is_empty(),
+        "held through the grace: {actions:?}"
+    );
+    assert!(o.flows()[&a].held && o.flows()[&b].held);
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+
+    // The downstream router re-sends a's Join; b's receiver left meanwhile.
+    let t3 = t0 + Duration::from_secs(30);
+    tracker.on_answer(Family::V4, [(a, vec!["ing-dn".to_string()])].into(), t3);
+    assert!(work(&step(&mut tracker, &mut o, t3)).is_empty());
+    assert!(!o.flows()[&a].held && o.flows()[&b].held);
+
+    // Grace over: b goes, a stays.
+    let t4 = t2 + Duration::from_secs(75);
+    let actions = step(&mut tracker, &mut o, t4);
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::RemoveRoute { source: b.source },
+            Action::Unsubscribe {
+                relay: relay("192.0.2.10"),
+                sg: b
+            },
+        ]
+    );
+    assert_eq!(o.flows().keys().copied().collect::<Vec<_>>(), vec![a]);
+}
+
+#[test]
+fn serve_all_routes_without_tunnels_and_shutdown_cleans_up() {
+    let t0 = Instant::now();
+    let mut o = Orchestrator::new(OrchestratorConfig {
+        serve_all: true,
+        linger: LINGER,
+    });
+    let a = sg("198.51.100.4", "232.1.1.1");
+    let mut flow = decision(a, &[]);
+    flow.relays = RelayVerdict::NoRelay("serve_all_sources: no tunnel".into());
+    let actions = o.on_decisions(decisions(&[flow]), t0);
+    assert_eq!(
+        work(&actions),
+        vec![Action::AddRoute {
+            source: ip("198.51.100.4")
+        }]
+    );
+    o.on_route_added(ip("198.51.100.4"), Ok(()));
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+    assert_eq!(
+        o.flows()[&a].reason,
+        "serve_all_sources: routed without a tunnel"
+    );
+    assert_eq!(o.flows()[&a].policy, None);
+    assert_eq!(
+        o.shutdown(),
+        vec![Action::RemoveRoute {
+            source: ip("198.51.100.4")
+        }]
+    );
+    assert_eq!(o.routed_sources(), 0);
+}
