@@ -543,12 +543,16 @@ impl TunnelTask {
             }
         }
         while let Some(event) = self.tunnel.poll_event() {
+            // Per-(S,G) events are the daemon's to summarise (one line per
+            // relay and cause, not one per channel); per-tunnel ones are
+            // few and worth a line.
             match &event {
-                TunnelEvent::RelayLost { .. }
-                | TunnelEvent::RelayRefused { .. }
-                | TunnelEvent::NoData { .. } => {
+                TunnelEvent::RelayLost { .. } | TunnelEvent::RelayRefused { .. } => {
                     warn!(?event, "tunnel event")
                 }
+                TunnelEvent::NoData { .. }
+                | TunnelEvent::DataFlowing { .. }
+                | TunnelEvent::DataStopped { .. } => debug!(?event, "tunnel event"),
                 _ => info!(?event, "tunnel event"),
             }
             let _ = self.events.send(RelayEvent {
@@ -578,7 +582,7 @@ impl TunnelTask {
             Some(Command::Subscribe { sg, reply }) => {
                 let r = self.tunnel.subscribe(sg, now);
                 match &r {
-                    Ok(_) => info!(%sg, "subscribe"),
+                    Ok(_) => debug!(%sg, "subscribe"),
                     Err(error) => warn!(%sg, %error, "subscribe refused"),
                 }
                 let _ = reply.send(r);
@@ -586,7 +590,7 @@ impl TunnelTask {
             Some(Command::Unsubscribe { sg, reply }) => {
                 let r = self.tunnel.unsubscribe(sg, now);
                 if r {
-                    info!(%sg, "unsubscribe");
+                    debug!(%sg, "unsubscribe");
                 }
                 let _ = reply.send(r);
             }

@@ -37,7 +37,7 @@ use ingest_policy::engine::{
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::orchestrator::{Action, JoinChange, Orchestrator};
 use crate::southbound::tun::IngestTun;
@@ -259,6 +259,8 @@ pub struct Pipeline {
     lookups: JoinSet<LookupDone>,
     running: HashMap<tokio::task::Id, Lookup>,
     wanted: Arc<WantedSet>,
+    /// serve_all_sources: the wanted set changed since the last decisions.
+    wanted_changed: bool,
     decisions: Arc<PolicySet>,
     /// Every new decision set, for the admitted joinfile (if configured).
     decisions_out: Option<watch::Sender<Arc<PolicySet>>>,
@@ -284,6 +286,7 @@ impl Pipeline {
             lookups: JoinSet::new(),
             running: HashMap::new(),
             wanted: Arc::new(WantedSet::new()),
+            wanted_changed: true,
             decisions: Arc::new(PolicySet::new()),
             decisions_out: None,
             decision_updates: 0,
@@ -356,6 +359,7 @@ impl Pipeline {
             engine.set_wanted(wanted.clone());
         }
         self.wanted = wanted;
+        self.wanted_changed = true;
     }
 
     /// Start the lookups the engine wants, evaluate, and hand a changed
@@ -382,13 +386,21 @@ impl Pipeline {
                         });
                         self.running.insert(task.id(), lookup);
                     }
+                    if !engine.needs_evaluation(now) {
+                        return;
+                    }
                     engine.evaluate(now)
                 }
-                Deciding::ServeAll => serve_all_decisions(&self.wanted),
+                Deciding::ServeAll if self.wanted_changed => {
+                    self.wanted_changed = false;
+                    serve_all_decisions(&self.wanted)
+                }
+                Deciding::ServeAll => return,
             };
             if set == *self.decisions {
                 return;
             }
+            let shrunk = self.decisions.len().saturating_sub(set.len());
             self.decisions = Arc::new(set);
             self.decision_updates += 1;
             if let Some(tx) = &self.decisions_out {
@@ -398,7 +410,16 @@ impl Pipeline {
                 .shared
                 .write()
                 .on_decisions(self.decisions.clone(), clock());
-            if !self.execute(actions).await {
+            let failures = self.execute(actions).await;
+            if shrunk >= 1000 {
+                // Thousands of flows just went: give their memory back to
+                // the system instead of keeping it in the allocator.
+                // SAFETY: malloc_trim only releases free heap pages.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+            if !failures {
                 return;
             }
         }
@@ -476,7 +497,7 @@ impl Pipeline {
                 ) {
                     Ok(port) => {
                         Counters::bump(&self.shared.counters.tunnels_opened);
-                        info!(%relay, skip_discovery, "AMT tunnel opened");
+                        debug!(%relay, skip_discovery, "AMT tunnel opened");
                         if let Some(old) = self.ports().insert(relay, port) {
                             // A tunnel to the same relay still closing.
                             tokio::spawn(async move { old.close().await });
@@ -513,7 +534,7 @@ impl Pipeline {
                 }
                 Action::AddRoute { source } => {
                     let result = self.southbound.add_route(source).map_err(|e| e.to_string());
-                    let more = self.shared.write().on_route_added(source, result);
+                    let more = self.shared.write().on_route_added(source, result, clock());
                     queue.extend(more);
                 }
                 Action::RemoveRoute { source } => {
@@ -521,7 +542,9 @@ impl Pipeline {
                         .southbound
                         .remove_route(source)
                         .map_err(|e| e.to_string());
-                    self.shared.write().on_route_removed(source, result);
+                    self.shared
+                        .write()
+                        .on_route_removed(source, result, clock());
                 }
                 Action::ReportRelayFailure(failure) => {
                     if let Deciding::Policy { engine, .. } = &mut self.deciding {

@@ -40,8 +40,21 @@ use std::time::{Duration, Instant};
 
 use amt_gateway::{Family, LossReason, TunnelEvent};
 use ingest_policy::engine::{FlowPolicy, PolicySet, RelayChoice, RelayFailure, RelayVerdict};
+use ingest_types::LogBudget;
 use ingest_types::SourceGroup;
 use tracing::{debug, info, info_span, warn};
+
+/// A line through the log budget: per-flow and per-tunnel lines beyond a
+/// few per second and cause go to debug, and a summary says how many.
+macro_rules! budgeted {
+    ($self:ident, $now:expr, $cause:expr, $level:ident!($($arg:tt)+)) => {
+        if $self.log.allow($cause, $now) {
+            $level!($($arg)+)
+        } else {
+            debug!($($arg)+)
+        }
+    };
+}
 
 /// Settings of the orchestrator.
 #[derive(Debug, Clone)]
@@ -59,8 +72,15 @@ pub struct OrchestratorConfig {
 /// ones `ingestctl show joins/flows` and the API show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowPhase {
-    /// Source routed into the TUN; packets for it reach FRR.
+    /// Data arrives from the relay (within the last few seconds) and the
+    /// source is routed into the TUN: packets reach FRR.
     Forwarding,
+    /// Tunnel up, route in, the membership report sent: waiting for the
+    /// relay's data.
+    Subscribed,
+    /// Subscribed, but the relay's data has not come (no data since the
+    /// report) or has stopped.
+    NoData,
     /// Subscribed on a tunnel that is not (or no longer) up.
     WaitingTunnel,
     /// Several relays are being tried; the first to answer gets the flow.
@@ -75,6 +95,8 @@ impl FlowPhase {
     pub fn as_str(&self) -> &'static str {
         match self {
             FlowPhase::Forwarding => "forwarding",
+            FlowPhase::Subscribed => "subscribed",
+            FlowPhase::NoData => "no-data",
             FlowPhase::WaitingTunnel => "waiting-tunnel",
             FlowPhase::Racing => "racing",
             FlowPhase::NotServed => "not-served",
@@ -109,10 +131,25 @@ pub struct FlowState {
     /// The policy engine's latest decision (None in serve_all_sources
     /// mode).
     pub policy: Option<FlowPolicy>,
+    /// What the tunnel says of the flow's data.
+    pub data: DataState,
     /// The relay race in progress, if any.
     pub race: Option<Race>,
     /// How the last race ended.
     pub race_result: Option<RaceResult>,
+}
+
+/// Whether the relay's data for a flow arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataState {
+    /// Nothing heard yet (just subscribed, or moved to another relay).
+    #[default]
+    Waiting,
+    Flowing,
+    /// It came, then stopped.
+    Stopped,
+    /// None since the report, for the tunnel's no-data timeout.
+    NeverCame,
 }
 
 /// One relay race (RFC 8777 §3.2): candidates in policy order, started one
@@ -384,6 +421,8 @@ pub struct Orchestrator {
     /// The latest decisions (re-applied when a flow must be served again).
     decisions: Arc<PolicySet>,
     counters: OrchestratorCounters,
+    /// Keeps per-flow lines to a few per second and cause.
+    log: LogBudget,
 }
 
 impl Orchestrator {
@@ -395,6 +434,7 @@ impl Orchestrator {
             routes: BTreeMap::new(),
             decisions: Arc::new(PolicySet::new()),
             counters: OrchestratorCounters::default(),
+            log: LogBudget::new(Duration::from_secs(1), 5),
         }
     }
 
@@ -433,7 +473,7 @@ impl Orchestrator {
             if let Some(mut flow) = self.flows.remove(&sg) {
                 let _span = info_span!("flow", %sg).entered();
                 self.unserve(&mut flow, now, &mut out);
-                info!("join gone: flow removed");
+                budgeted!(self, now, "join gone", info!("join gone: flow removed"));
                 out.push(Action::announce(JoinChange::Removed(flow)));
             }
         }
@@ -444,9 +484,14 @@ impl Orchestrator {
                     let mut changed = false;
                     if flow.interfaces != decision.interfaces {
                         flow.interfaces = decision.interfaces.clone();
-                        info!(
-                            population = flow.interfaces.len(),
-                            "downstream interfaces changed: {:?}", flow.interfaces
+                        budgeted!(
+                            self,
+                            now,
+                            "downstream interfaces changed",
+                            info!(
+                                population = flow.interfaces.len(),
+                                "downstream interfaces changed: {:?}", flow.interfaces
+                            )
                         );
                         changed = true;
                     }
@@ -472,15 +517,21 @@ impl Orchestrator {
                         relay_origin: String::new(),
                         routed: false,
                         policy: None,
+                        data: DataState::Waiting,
                         race: None,
                         race_result: None,
                     };
                     self.serve(&mut flow, now, &mut out);
-                    info!(
-                        population = flow.interfaces.len(),
-                        phase = flow.phase.as_str(),
-                        "new join: {}",
-                        flow.reason
+                    budgeted!(
+                        self,
+                        now,
+                        "new join",
+                        info!(
+                            population = flow.interfaces.len(),
+                            phase = flow.phase.as_str(),
+                            "new join: {}",
+                            flow.reason
+                        )
                     );
                     out.push(Action::announce(JoinChange::Added(flow.clone())));
                     self.flows.insert(*sg, flow);
@@ -506,14 +557,24 @@ impl Orchestrator {
         // (the family now up, the flows' reason when it went down)
         let (up, down_reason) = match event {
             TunnelEvent::RelayDiscovered { relay: advertised } => {
-                info!(%advertised, "relay discovered");
+                budgeted!(
+                    self,
+                    now,
+                    "relay discovered",
+                    info!(%advertised, "relay discovered")
+                );
                 tunnel.status = TunnelStatus::Requesting {
                     advertised: Some(*advertised),
                 };
                 return out;
             }
             TunnelEvent::Up { relay: r, family } => {
-                info!(relay_address = %r, ?family, "tunnel up");
+                budgeted!(
+                    self,
+                    now,
+                    "tunnel up",
+                    info!(relay_address = %r, ?family, "tunnel up")
+                );
                 tunnel.status = TunnelStatus::Up;
                 match family {
                     Family::V4 => tunnel.up_v4 = true,
@@ -522,22 +583,58 @@ impl Orchestrator {
                 (Some(*family), None)
             }
             TunnelEvent::RelayLost { reason } => {
-                warn!(?reason, "relay lost; the tunnel retries with backoff");
+                budgeted!(
+                    self,
+                    now,
+                    "relay lost",
+                    warn!(?reason, "relay lost; the tunnel retries with backoff")
+                );
                 tunnel.status = TunnelStatus::Lost(*reason);
                 (None, Some(tunnel.status.to_string()))
             }
             TunnelEvent::RelayRefused { relay: r } => {
-                warn!(refusing = %r, "relay refused new gateways (L flag); held down");
+                budgeted!(
+                    self,
+                    now,
+                    "relay refused",
+                    warn!(refusing = %r, "relay refused new gateways (L flag); held down")
+                );
                 tunnel.status = TunnelStatus::Refused { relay: *r };
                 (None, Some(tunnel.status.to_string()))
             }
             TunnelEvent::GatewayAddressChanged { old, new } => {
-                info!(%old, %new, "relay sees us at a new address (NAT rebinding)");
+                budgeted!(
+                    self,
+                    now,
+                    "gateway address changed",
+                    info!(%old, %new, "relay sees us at a new address (NAT rebinding)")
+                );
                 return out;
             }
             TunnelEvent::NoData { sg } => {
-                warn!(%sg, "no data from the relay since subscribing");
-                self.report_failure(relay, &[*sg], "no data (RFC 8777 3.3.3)", &mut out);
+                let sg = *sg;
+                budgeted!(
+                    self,
+                    now,
+                    "no data since subscribing",
+                    warn!(%sg, "no data from the relay since subscribing")
+                );
+                self.set_data(relay, sg, DataState::NeverCame, &mut out);
+                self.report_failure(relay, &[sg], "no data (RFC 8777 3.3.3)", &mut out);
+                return out;
+            }
+            TunnelEvent::DataFlowing { sg } => {
+                self.set_data(relay, *sg, DataState::Flowing, &mut out);
+                return out;
+            }
+            TunnelEvent::DataStopped { sg } => {
+                budgeted!(
+                    self,
+                    now,
+                    "data stopped",
+                    info!(sg = %sg, "the relay's data stopped")
+                );
+                self.set_data(relay, *sg, DataState::Stopped, &mut out);
                 return out;
             }
             TunnelEvent::Closed => {
@@ -610,7 +707,7 @@ impl Orchestrator {
         let Some(tunnel) = self.tunnels.remove(&relay) else {
             return out;
         };
-        warn!(%relay, "{error}");
+        budgeted!(self, now, "cannot open a tunnel", warn!(%relay, "{error}"));
         for sg in tunnel.channels {
             let Some(flow) = self.flows.get_mut(&sg) else {
                 continue;
@@ -649,7 +746,12 @@ impl Orchestrator {
         if old.unused() {
             return out;
         }
-        warn!(%relay, "tunnel task ended unexpectedly; reopening");
+        budgeted!(
+            self,
+            now,
+            "tunnel task ended",
+            warn!(%relay, "tunnel task ended unexpectedly; reopening")
+        );
         let mut tunnel = Self::new_tunnel(relay, old.skip_discovery, now);
         out.push(Action::OpenTunnel {
             relay,
@@ -669,7 +771,12 @@ impl Orchestrator {
     }
 
     /// The shell added (or failed to add) the route of `source`.
-    pub fn on_route_added(&mut self, source: IpAddr, result: Result<(), String>) -> Vec<Action> {
+    pub fn on_route_added(
+        &mut self,
+        source: IpAddr,
+        result: Result<(), String>,
+        now: Instant,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(route) = self.routes.get_mut(&source) else {
             // Every flow of the source went while the route was being
@@ -688,14 +795,18 @@ impl Orchestrator {
         match result {
             Ok(()) => {
                 route.installed = true;
-                info!(%source, "source routed into the TUN");
+                budgeted!(
+                    self,
+                    now,
+                    "source routed",
+                    info!(%source, "source routed into the TUN")
+                );
                 for sg in users {
                     let Some(mut flow) = self.flows.remove(&sg) else {
                         continue;
                     };
                     if self.carrying(&flow) {
-                        flow.phase = FlowPhase::Forwarding;
-                        flow.reason = self.forwarding_reason(&flow);
+                        (flow.phase, flow.reason) = self.routed_phase(&flow);
                         out.push(Action::announce(JoinChange::Changed(flow.clone())));
                     }
                     self.flows.insert(sg, flow);
@@ -719,12 +830,22 @@ impl Orchestrator {
     }
 
     /// The shell removed (or failed to remove) the route of `source`.
-    pub fn on_route_removed(&mut self, source: IpAddr, result: Result<(), String>) {
+    pub fn on_route_removed(&mut self, source: IpAddr, result: Result<(), String>, now: Instant) {
         match result {
-            Ok(()) => info!(%source, "last flow of source gone: route removed"),
+            Ok(()) => budgeted!(
+                self,
+                now,
+                "route removed",
+                info!(%source, "last flow of source gone: route removed")
+            ),
             Err(error) => {
                 self.counters.route_errors += 1;
-                warn!(%source, "cannot remove route: {error}");
+                budgeted!(
+                    self,
+                    now,
+                    "cannot remove a route",
+                    warn!(%source, "cannot remove route: {error}")
+                );
             }
         }
     }
@@ -733,6 +854,9 @@ impl Orchestrator {
     /// error.
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        for (cause, n) in self.log.take_summary(now) {
+            info!("{n} more \"{cause}\" lines in the last second (each at debug level)");
+        }
         let expired: Vec<SocketAddr> = self
             .tunnels
             .values()
@@ -741,7 +865,12 @@ impl Orchestrator {
             .collect();
         for relay in expired {
             self.tunnels.remove(&relay);
-            info!(%relay, "linger over: closing the tunnel (leave + Teardown)");
+            budgeted!(
+                self,
+                now,
+                "tunnel closed",
+                info!(%relay, "linger over: closing the tunnel (leave + Teardown)")
+            );
             self.counters.tunnels_closed += 1;
             out.push(Action::CloseTunnel { relay });
         }
@@ -846,6 +975,14 @@ impl Orchestrator {
         out: &mut Vec<Action>,
     ) -> &mut RelayTunnel {
         let relay = choice.relay;
+        if !self.tunnels.contains_key(&relay) {
+            budgeted!(
+                self,
+                now,
+                "tunnel opened",
+                info!(%relay, skip_discovery = choice.skip_discovery, "opening an AMT tunnel")
+            );
+        }
         let tunnel = self.tunnels.entry(relay).or_insert_with(|| {
             out.push(Action::OpenTunnel {
                 relay,
@@ -854,7 +991,12 @@ impl Orchestrator {
             Self::new_tunnel(relay, choice.skip_discovery, now)
         });
         if tunnel.linger_until.take().is_some() {
-            info!(%relay, "tunnel reused before its linger ran out");
+            budgeted!(
+                self,
+                now,
+                "tunnel reused",
+                info!(%relay, "tunnel reused before its linger ran out")
+            );
         }
         tunnel
     }
@@ -867,7 +1009,12 @@ impl Orchestrator {
             && tunnel.linger_until.is_none()
         {
             tunnel.linger_until = Some(now + linger);
-            info!(%relay, linger_s = linger.as_secs(), "nothing uses the tunnel any more; closing after linger");
+            budgeted!(
+                self,
+                now,
+                "tunnel lingering",
+                info!(%relay, linger_s = linger.as_secs(), "nothing uses the tunnel any more; closing after linger")
+            );
         }
     }
 
@@ -882,11 +1029,58 @@ impl Orchestrator {
             .is_some_and(|t| t.is_up(Family::of(flow.sg.group)) && t.channels.contains(&flow.sg))
     }
 
+    /// Phase and reason of a flow whose route is in: by what its tunnel
+    /// says of the data.
+    fn routed_phase(&self, flow: &FlowState) -> (FlowPhase, String) {
+        let relay = flow.relay.map_or_else(String::new, |r| r.to_string());
+        match (self.cfg.serve_all, flow.data) {
+            (true, _) | (false, DataState::Flowing) => {
+                (FlowPhase::Forwarding, self.forwarding_reason(flow))
+            }
+            (false, DataState::Waiting) => (
+                FlowPhase::Subscribed,
+                format!("subscribed at relay {relay}; waiting for its data"),
+            ),
+            (false, DataState::Stopped) => (
+                FlowPhase::NoData,
+                format!("the data from relay {relay} stopped"),
+            ),
+            (false, DataState::NeverCame) => (
+                FlowPhase::NoData,
+                format!("relay {relay} has sent no data since the subscription"),
+            ),
+        }
+    }
+
     fn forwarding_reason(&self, flow: &FlowState) -> String {
         match flow.relay {
-            Some(relay) if !self.cfg.serve_all => format!("tunnel to relay {relay} is up"),
+            Some(relay) if !self.cfg.serve_all => format!("data from relay {relay}"),
             _ => "serve_all_sources: routed without a tunnel".into(),
         }
+    }
+
+    /// The tunnel to `relay` says `state` of `sg`'s data.
+    fn set_data(
+        &mut self,
+        relay: SocketAddr,
+        sg: SourceGroup,
+        state: DataState,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(mut flow) = self.flows.remove(&sg) else {
+            return;
+        };
+        if flow.relay == Some(relay) && flow.data != state {
+            flow.data = state;
+            if flow.routed && self.carrying(&flow) {
+                let before = flow.phase;
+                self.make_forwarding(&mut flow, out);
+                if flow.phase != before {
+                    out.push(Action::announce(JoinChange::Changed(flow.clone())));
+                }
+            }
+        }
+        self.flows.insert(sg, flow);
     }
 
     /// Take a reference on the flow's source route (added when it is the
@@ -907,8 +1101,7 @@ impl Orchestrator {
             .get(&flow.sg.source)
             .is_some_and(|r| r.installed)
         {
-            flow.phase = FlowPhase::Forwarding;
-            flow.reason = self.forwarding_reason(flow);
+            (flow.phase, flow.reason) = self.routed_phase(flow);
         } else if let Some(relay) = flow.relay {
             flow.phase = FlowPhase::WaitingTunnel;
             flow.reason = format!("tunnel to relay {relay} is up; adding the source route");
@@ -988,9 +1181,14 @@ impl Orchestrator {
                 })
                 .collect(),
         });
-        info!(
-            candidates = candidates.len(),
-            "racing the relays (first to answer gets the flow)"
+        budgeted!(
+            self,
+            now,
+            "relay race started",
+            info!(
+                candidates = candidates.len(),
+                "racing the relays (first to answer gets the flow)"
+            )
         );
         self.advance_race(flow, now, true, out);
     }
@@ -1006,6 +1204,7 @@ impl Orchestrator {
         let relay = choice.relay;
         flow.relay = Some(relay);
         flow.relay_origin = choice.origin.to_string();
+        flow.data = DataState::Waiting;
         let tunnel = self.tunnel_for(&choice, now, out);
         tunnel.channels.insert(flow.sg);
         let up = tunnel.is_up(Family::of(flow.sg.group));
@@ -1089,7 +1288,12 @@ impl Orchestrator {
             took: now.saturating_duration_since(race.began),
         };
         self.counters.race_winners[position.min(RACE_POSITIONS - 1)] += 1;
-        info!(sg = %flow.sg, "relay race {result}");
+        budgeted!(
+            self,
+            now,
+            "relay race won",
+            info!(sg = %flow.sg, "relay race {result}")
+        );
         let family = Family::of(flow.sg.group);
         for attempt in race.started() {
             let other = attempt.choice.relay;
@@ -1177,16 +1381,31 @@ impl Orchestrator {
             let candidates = decision.as_ref().map(Self::candidates).unwrap_or_default();
             if let Some(old) = flow.relay {
                 if candidates.is_empty() {
-                    info!(relay = %old, "policy stops serving the flow");
+                    budgeted!(
+                        self,
+                        now,
+                        "flow no longer served",
+                        info!(relay = %old, "policy stops serving the flow")
+                    );
                 } else {
-                    info!(from = %old, "policy moves the flow off its relay");
+                    budgeted!(
+                        self,
+                        now,
+                        "flow moved",
+                        info!(from = %old, "policy moves the flow off its relay")
+                    );
                     self.counters.flows_moved += 1;
                 }
             }
             self.unserve(flow, now, out);
             self.serve(flow, now, out);
             if flow.phase == FlowPhase::NotServed {
-                info!("not served: {}", flow.reason);
+                budgeted!(
+                    self,
+                    now,
+                    "flow not served",
+                    info!("not served: {}", flow.reason)
+                );
             }
         } else if policy_changed {
             flow.policy = decision;

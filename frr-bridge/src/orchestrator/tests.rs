@@ -92,12 +92,15 @@ fn phase(o: &Orchestrator, flow: SourceGroup) -> FlowPhase {
     o.flows()[&flow].phase
 }
 
-/// A flow on `relay` taken to forwarding: decided, tunnel up, route in.
+/// A flow on `relay` taken to forwarding: decided, tunnel up, route in,
+/// data arriving.
 fn forwarding(o: &mut Orchestrator, flow: &FlowPolicy, t0: Instant) {
     o.on_decisions(decisions(std::slice::from_ref(flow)), t0);
     let r = flow.serve().unwrap().relay;
-    o.on_tunnel_event(r, &up(r), Instant::now());
-    o.on_route_added(flow.sg.source, Ok(()));
+    o.on_tunnel_event(r, &up(r), t0);
+    o.on_route_added(flow.sg.source, Ok(()), t0);
+    assert_eq!(phase(o, flow.sg), FlowPhase::Subscribed);
+    o.on_tunnel_event(r, &TunnelEvent::DataFlowing { sg: flow.sg }, t0);
     assert_eq!(phase(o, flow.sg), FlowPhase::Forwarding);
 }
 
@@ -158,13 +161,25 @@ fn route_added_only_after_the_tunnel_is_up() {
         FlowPhase::WaitingTunnel,
         "until the route is in"
     );
-    let actions = o.on_route_added(ip("198.51.100.4"), Ok(()));
+    let actions = o.on_route_added(ip("198.51.100.4"), Ok(()), Instant::now());
     assert!(work(&actions).is_empty());
-    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+    assert_eq!(phase(&o, a), FlowPhase::Subscribed);
     assert_eq!(
         o.flows()[&a].reason,
-        "tunnel to relay 192.0.2.10:2268 is up"
+        "subscribed at relay 192.0.2.10:2268; waiting for its data"
     );
+    // Forwarding means the relay's data arrives.
+    o.on_tunnel_event(relay("192.0.2.10"), &TunnelEvent::DataFlowing { sg: a }, t0);
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+    assert_eq!(o.flows()[&a].reason, "data from relay 192.0.2.10:2268");
+    o.on_tunnel_event(relay("192.0.2.10"), &TunnelEvent::DataStopped { sg: a }, t0);
+    assert_eq!(phase(&o, a), FlowPhase::NoData);
+    assert_eq!(
+        o.flows()[&a].reason,
+        "the data from relay 192.0.2.10:2268 stopped"
+    );
+    o.on_tunnel_event(relay("192.0.2.10"), &TunnelEvent::DataFlowing { sg: a }, t0);
+    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
     assert_eq!(o.routed_sources(), 1);
 
     // A second flow of the same source on the up tunnel shares the route.
@@ -180,7 +195,11 @@ fn route_added_only_after_the_tunnel_is_up() {
             sg: b
         }]
     );
-    assert_eq!(phase(&o, b), FlowPhase::Forwarding);
+    assert_eq!(
+        phase(&o, b),
+        FlowPhase::Subscribed,
+        "the route is in; the relay's data is not yet"
+    );
 }
 
 #[test]
@@ -253,7 +272,9 @@ fn failover_to_another_relay() {
             source: ip("198.51.100.7")
         }]
     );
-    o.on_route_added(ip("198.51.100.7"), Ok(()));
+    o.on_route_added(ip("198.51.100.7"), Ok(()), Instant::now());
+    assert_eq!(phase(&o, a), FlowPhase::Subscribed);
+    o.on_tunnel_event(relay("192.0.2.11"), &TunnelEvent::DataFlowing { sg: a }, t1);
     assert_eq!(phase(&o, a), FlowPhase::Forwarding);
 }
 
@@ -356,7 +377,11 @@ fn tunnel_open_and_route_failures_are_retried() {
         &up(relay("192.0.2.10")),
         Instant::now(),
     );
-    o.on_route_added(ip("198.51.100.4"), Err("File exists".into()));
+    o.on_route_added(
+        ip("198.51.100.4"),
+        Err("File exists".into()),
+        Instant::now(),
+    );
     assert_eq!(phase(&o, a), FlowPhase::Error);
     assert_eq!(o.counters().route_errors, 1);
     assert_eq!(o.routed_sources(), 0);
@@ -364,8 +389,8 @@ fn tunnel_open_and_route_failures_are_retried() {
     assert!(work(&retry).contains(&Action::AddRoute {
         source: ip("198.51.100.4")
     }));
-    o.on_route_added(ip("198.51.100.4"), Ok(()));
-    assert_eq!(phase(&o, a), FlowPhase::Forwarding);
+    o.on_route_added(ip("198.51.100.4"), Ok(()), Instant::now());
+    assert_eq!(phase(&o, a), FlowPhase::Subscribed);
 }
 
 #[test]
@@ -530,8 +555,15 @@ fn pimd_restart_grace_keeps_flows_forwarding() {
         &up(relay("192.0.2.10")),
         Instant::now(),
     );
-    o.on_route_added(a.source, Ok(()));
-    o.on_route_added(b.source, Ok(()));
+    o.on_route_added(a.source, Ok(()), Instant::now());
+    o.on_route_added(b.source, Ok(()), Instant::now());
+    for flow in [a, b] {
+        o.on_tunnel_event(
+            relay("192.0.2.10"),
+            &TunnelEvent::DataFlowing { sg: flow },
+            t0,
+        );
+    }
     assert_eq!(phase(&o, a), FlowPhase::Forwarding);
     assert_eq!(phase(&o, b), FlowPhase::Forwarding);
 
@@ -589,7 +621,7 @@ fn serve_all_routes_without_tunnels_and_shutdown_cleans_up() {
             source: ip("198.51.100.4")
         }]
     );
-    o.on_route_added(ip("198.51.100.4"), Ok(()));
+    o.on_route_added(ip("198.51.100.4"), Ok(()), Instant::now());
     assert_eq!(phase(&o, a), FlowPhase::Forwarding);
     assert_eq!(
         o.flows()[&a].reason,
