@@ -392,7 +392,10 @@ fn static_mroute_replaces_per_source_routes() {
         rpf.trim()
     );
     assert!(packets >= 1500, "{summary}\nlog:\n{}", lab.daemon_log());
-    assert!(routes.trim().is_empty(), "per-source routes in mroute mode: {routes}");
+    assert!(
+        routes.trim().is_empty(),
+        "per-source routes in mroute mode: {routes}"
+    );
     assert!(rpf.contains("amt0"), "RPF does not point at amt0: {rpf}");
     drop(sender);
 }
