@@ -321,7 +321,20 @@ fn open_socket(cfg: &DriverConfig) -> io::Result<(Socket, SocketAddr, usize)> {
         .as_socket()
         .ok_or_else(|| io::Error::other("socket has no IP address"))?;
     let local = if bound.ip().is_unspecified() {
-        route_source(relay).map_or(bound, |ip| SocketAddr::new(ip, bound.port()))
+        match route_source(relay) {
+            Ok(ip) => SocketAddr::new(ip, bound.port()),
+            // No route at all: a tunnel could never reach this relay (an
+            // IPv6 relay from a host without IPv6 connectivity); say so
+            // now rather than after the Discovery timeouts.
+            Err(e) if is_unreachable(&e) => {
+                let family = if relay.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("unreachable from this host: no {family} route to {relay} ({e})"),
+                ));
+            }
+            Err(_) => bound,
+        }
     } else {
         bound
     };
@@ -350,14 +363,22 @@ fn set_recv_buffer(socket: &Socket, bytes: usize) {
 }
 
 /// The source address the kernel would use towards `dest` (no packet sent).
-fn route_source(dest: SocketAddr) -> Option<IpAddr> {
+fn route_source(dest: SocketAddr) -> io::Result<IpAddr> {
     let any: SocketAddr = match dest {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let probe = std::net::UdpSocket::bind(any).ok()?;
-    probe.connect(dest).ok()?;
-    probe.local_addr().ok().map(|a| a.ip())
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(dest)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+/// ENETUNREACH / EHOSTUNREACH: the routing table has no way to `dest`.
+fn is_unreachable(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+    )
 }
 
 /// Raises the TTL/hop limit of `packet` to `min`; true if it changed.

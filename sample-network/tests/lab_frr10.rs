@@ -399,3 +399,53 @@ fn static_mroute_replaces_per_source_routes() {
     assert!(rpf.contains("amt0"), "RPF does not point at amt0: {rpf}");
     drop(sender);
 }
+
+/// An IPv6 join whose only relay has an IPv6 address the border cannot
+/// route to: `show flows` says so (no Discovery timeouts first), and IPv4
+/// keeps working beside it.
+#[test]
+fn ipv6_join_whose_relay_is_unreachable_says_why() {
+    require_frr10();
+    let _g = serial();
+    let mut lab = Lab::up("t6g");
+    let path = lab.node_dir("border").join("unreachable-v6.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[amt.static_relays]]
+prefix = "198.51.100.0/24"
+relay = "192.0.2.10"
+
+[[amt.static_relays]]
+prefix = "2001:db8:5100::/64"
+relay = "[2001:db8:ffff::1]:2268"
+
+[policy]
+driad = false
+"#,
+    )
+    .expect("write config");
+    lab.start_daemon(&["--config", &path.display().to_string()]);
+    let sender = lab.mcsend(&[(S4, G4), (S6, G6)], 100, &["--duration", "30"]);
+    let rx = lab.mcrx(&[(S4, G4), (S6, G6)], &["--duration", "10"]);
+    let key6 = format!("{S6},{G6}");
+    let flow6 = wait_until(Duration::from_secs(8), Duration::from_millis(100), || {
+        lab.flows().get(&key6).cloned().filter(|f| {
+            f["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no IPv6 route to [2001:db8:ffff::1]:2268"))
+        })
+    })
+    .unwrap_or_else(|| panic!("{:#?}\nlog:\n{}", lab.flows(), lab.daemon_log()));
+    println!(
+        "IPv6 join, unreachable relay: {} -- {}",
+        flow6["state"], flow6["reason"]
+    );
+    let summary = rx.wait();
+    assert!(
+        channel(&summary, S4, G4)["packets"].as_u64() > Some(500),
+        "{summary}"
+    );
+    assert_eq!(channel(&summary, S6, G6)["packets"], 0);
+    drop(sender);
+}

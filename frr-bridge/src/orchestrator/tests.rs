@@ -357,7 +357,7 @@ fn tunnel_open_and_route_failures_are_retried() {
     assert_eq!(phase(&o, a), FlowPhase::Error);
     assert_eq!(
         o.flows()[&a].reason,
-        "cannot open a UDP socket for relay 192.0.2.10:2268: Address family not supported"
+        "cannot open a tunnel to relay 192.0.2.10:2268: Address family not supported"
     );
     assert_eq!(
         work(&o.on_timeout(t0 + Duration::from_secs(1))),
@@ -825,6 +825,52 @@ fn a_refusing_relay_starts_the_next_candidate_at_once() {
     let actions = o.on_tunnel_open_failed(relay("192.0.2.11"), "no route", t0 + ms(21));
     assert!(work(&actions).contains(&connect("192.0.2.12")));
     assert!(o.flows()[&a].reason.contains("(+21 ms)"));
+}
+
+#[test]
+fn an_ipv6_join_whose_relays_are_unreachable_says_why() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("2001:db8:5100::7", "ff3e::8000:1");
+    let (first, second) = ("2001:db8:0:2::12", "2001:db8:0:2::11");
+    o.on_decisions(decisions(&[decision(a, &[first, second])]), t0);
+    let no_route = |r: &str| {
+        format!(
+            "unreachable from this host: no IPv6 route to {} (Network is unreachable)",
+            relay(r)
+        )
+    };
+    // The first relay cannot be reached at all: reported (held down, the
+    // flow has another candidate) and the next one starts at once.
+    let actions = o.on_tunnel_open_failed(relay(first), &no_route(first), t0 + ms(1));
+    let work = work(&actions);
+    assert!(work.contains(&Action::ReportRelayFailure(RelayFailure {
+        relay: relay(first),
+        sg: Some(a),
+        reason: format!(
+            "cannot open a tunnel to relay {}: {}",
+            relay(first),
+            no_route(first)
+        ),
+        hold_down: true,
+    })));
+    assert!(work.contains(&Action::Connect {
+        relay: relay(second),
+        family: Family::V6,
+    }));
+    assert!(o.flows()[&a].reason.contains(&no_route(first)));
+    // Neither can the second: the flow names both and why.
+    o.on_tunnel_open_failed(relay(second), &no_route(second), t0 + ms(2));
+    assert_eq!(
+        o.flows()[&a].reason,
+        format!(
+            "every relay failed ({}: {}; {}: {}); waiting for the policy to move on",
+            relay(first),
+            no_route(first),
+            relay(second),
+            no_route(second)
+        )
+    );
 }
 
 #[test]
