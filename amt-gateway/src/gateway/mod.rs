@@ -654,6 +654,33 @@ impl Tunnel {
         received
     }
 
+    /// Records Multicast Data that a kernel data plane delivered on this
+    /// tunnel's behalf (it never reached [`Tunnel::handle_datagram`]):
+    /// `packets` and `bytes` (inner IP packets) since the last call, the
+    /// newest at `last_seen`. Counts like delivered data, so the stall
+    /// probe and NoData keep working. Data for an (S,G) no longer
+    /// subscribed only counts in the tunnel's totals.
+    pub fn record_offloaded_data(
+        &mut self,
+        source: IpAddr,
+        group: IpAddr,
+        packets: u64,
+        bytes: u64,
+        last_seen: Instant,
+    ) {
+        if packets == 0 {
+            return;
+        }
+        self.stats.data_packets += packets;
+        self.stats.data_bytes += bytes;
+        if let Some(sub) = self.subs.get_mut(&(source, group)) {
+            sub.packets += packets;
+            sub.bytes += bytes;
+            sub.last_data_at = Some(sub.last_data_at.map_or(last_seen, |t| t.max(last_seen)));
+            self.refresh_timer();
+        }
+    }
+
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
