@@ -249,6 +249,12 @@ struct Line<'a> {
     /// Packets of this tunnel the kernel passed to the socket (kernel mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_passed: Option<u64>,
+    /// Inner packets whose TTL/hop limit the kernel raised (kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_ttl_raised: Option<u64>,
+    /// Interface whose ingress hook handles the tunnel (kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_uplink: Option<String>,
     /// Packets the tunnel dropped, by reason (summary only).
     #[serde(skip_serializing_if = "Option::is_none")]
     dropped_by_reason: Option<std::collections::BTreeMap<&'static str, u64>>,
@@ -290,6 +296,12 @@ fn line<'a>(
         kernel_passed: snap
             .and_then(|s| s.driver.kernel.as_ref())
             .map(|k| k.counters.passed_total()),
+        kernel_ttl_raised: snap
+            .and_then(|s| s.driver.kernel.as_ref())
+            .map(|k| k.counters.ttl_raised),
+        kernel_uplink: snap
+            .and_then(|s| s.driver.kernel.as_ref())
+            .and_then(|k| k.uplink.clone()),
         dropped_by_reason: None,
     }
 }

@@ -30,12 +30,12 @@
 //! [`KernelDataPlane`] deletes it. Dropping a [`KernelTunnel`] removes the
 //! tunnel's map entries and releases its uplink.
 //!
-//! # Capabilities
-//! CAP_BPF (maps, program load), CAP_NET_ADMIN (networking program types,
-//! TCX links, veth), CAP_PERFMON (the verifier refuses the program's
-//! packet/map pointer handling without it), and CAP_SYS_ADMIN for
-//! [`DeliveryTarget::OtherNamespace`] (setns into the target namespace to
-//! configure the far veth end and attach to it).
+//! # Capabilities (measured as a non-root user with `setpriv`)
+//! CAP_BPF (map creation, program load, map access) and CAP_NET_ADMIN
+//! (SCHED_CLS program type, TCX links, the veth pair); CAP_PERFMON is not
+//! needed. [`DeliveryTarget::OtherNamespace`] also needs CAP_SYS_ADMIN
+//! (setns into the target namespace to configure the far veth end and
+//! attach to it), which frr-ingestd already has for creating `amt0` there.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -388,6 +388,8 @@ pub enum KernelError {
         what: &'static str,
         error: io::Error,
     },
+    #[error("nowhere to deliver: {0}")]
+    NoTarget(String),
     #[error("at most {MAX_TUNNELS} tunnels can use the kernel data plane")]
     TooManyTunnels,
     #[error("another tunnel already uses relay {relay} and local port {local_port}")]
@@ -420,8 +422,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // Some aya errors repeat their source in their own text.
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         cur = s.source();
     }
     text

@@ -109,8 +109,8 @@ impl DataPlaneKind {
 pub enum KernelUnavailable {
     /// The BPF object is not in this binary (no clang at build time, ...).
     NotBuilt(String),
-    /// A capability is missing (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON,
-    /// CAP_SYS_ADMIN for another namespace).
+    /// A capability is missing (CAP_BPF, CAP_NET_ADMIN; CAP_SYS_ADMIN for
+    /// another namespace).
     NoPermission(String),
     /// Nowhere to deliver (no TUN) or another prerequisite is missing.
     NoTarget(String),
@@ -124,7 +124,7 @@ impl fmt::Display for KernelUnavailable {
             Self::NotBuilt(why) => write!(f, "kernel data plane not built: {why}"),
             Self::NoPermission(why) => write!(
                 f,
-                "kernel data plane not permitted (needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): {why}"
+                "kernel data plane not permitted (needs CAP_BPF and CAP_NET_ADMIN, and CAP_SYS_ADMIN to reach another namespace): {why}"
             ),
             Self::NoTarget(why) => write!(f, "kernel data plane has no target: {why}"),
             Self::Failed(why) => write!(f, "kernel data plane failed to load: {why}"),
@@ -136,6 +136,7 @@ impl From<&KernelError> for KernelUnavailable {
     fn from(e: &KernelError) -> Self {
         match e {
             KernelError::NotBuilt(why) => Self::NotBuilt((*why).to_string()),
+            KernelError::NoTarget(why) => Self::NoTarget(why.clone()),
             e if e.is_permission() => Self::NoPermission(e.to_string()),
             e => Self::Failed(e.to_string()),
         }
@@ -214,7 +215,7 @@ pub fn select(
     let Some(target) = target else {
         let why = "no TUN to deliver into".to_string();
         if mode == DataPlaneMode::Kernel {
-            return Err(KernelError::Load(why));
+            return Err(KernelError::NoTarget(why));
         }
         return Ok(userspace(DataPlaneReason::Fallback(
             KernelUnavailable::NoTarget(why),
