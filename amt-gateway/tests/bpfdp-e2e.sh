@@ -126,12 +126,12 @@ run_case() {
 
     ip netns exec bpfdp-rl "$B/amt-relay" --listen "$relay_sa:2268" --lan-interface bpfdp-r0 \
         --status-interval 0 --synthetic "$s,$g" --synthetic-rate 1000 --synthetic-size 100 \
-        --synthetic-port 5001 --synthetic-count "$N" --synthetic-delay 1.5 \
+        --synthetic-port 5001 --synthetic-count "$N" --synthetic-delay 3 \
         >"$TMP/relay.log" 2>"$TMP/relay.err" &
     PIDS+=($!)
     sleep 0.3
     ip netns exec bpfdp-gw "$B/amtgw" --relay "$relay_sa" --bind "$gw_sa" --source "$s" --group "$g" \
-        --tun bpfdp-tun0 $opts --dataplane "$mode" --duration $(( N / 1000 + 7 )) --json \
+        --tun bpfdp-tun0 $opts --dataplane "$mode" --json \
         >"$TMP/gw.log" 2>"$TMP/gw.err" &
     local gwpid=$!
     PIDS+=($gwpid)
@@ -139,10 +139,13 @@ run_case() {
     for i in $(seq 100); do ip -n $tunns link show bpfdp-tun0 >/dev/null 2>&1 && break; sleep 0.05; done
     rm -f "$TMP/recv.ready"
     ip netns exec $tunns python3 "$T/recv.py" --iface bpfdp-tun0 --port 5001 \
-        --duration $(( N / 1000 + 6 )) --ready-file "$TMP/recv.ready" "$s,$g" "$os,$og" \
+        --ready-file "$TMP/recv.ready" "$s,$g" "$os,$og" \
         >"$TMP/recv.log" 2>"$TMP/recv.err" &
     local rpid=$!
     PIDS+=($rpid)
+    wait_for "$TMP/relay.log" '"kind":"synthetic_started"' 20 ||
+        { cat "$TMP/gw.err" "$TMP/relay.err" "$TMP/recv.err"; }
+    check "$name: the receiver was ready before the relay started sending" test -e "$TMP/recv.ready"
     wait_for "$TMP/relay.log" '"kind":"synthetic_summary"' $(( N / 1000 + 15 )) ||
         { cat "$TMP/gw.err" "$TMP/relay.err" "$TMP/recv.err"; }
     # While amtgw runs, the leftover check must see its program (or the
@@ -154,8 +157,9 @@ run_case() {
     ip netns exec bpfdp-rl $inj --src $relay --sport 2269 forged
     local c
     for c in unsubscribed truncated short badversion; do ip netns exec bpfdp-rl $inj --src $relay $c; done
-    wait $gwpid; local rc=$?
-    wait $rpid
+    sleep 0.5 # the last datagrams reach the socket / the receiver
+    kill -INT $gwpid; wait $gwpid; local rc=$?
+    kill -TERM $rpid; wait $rpid
     grep '"kind":"dataplane"' "$TMP/gw.log" >"$TMP/dp.json"
     grep '"kind":"summary"' "$TMP/gw.log" >"$TMP/sum.json"
     grep recv_summary "$TMP/recv.log" >"$TMP/rs.json"
@@ -219,7 +223,7 @@ cap_case() { # description, variant, mode, caps, expected-running
         --synthetic-port 5001 --synthetic-count 500 --synthetic-delay 1 >"$TMP/relay.log" 2>&1 &
     PIDS+=($!)
     sleep 0.3
-    ip netns exec bpfdp-gw sh -c "mount --bind $TMP/tun /dev/net/tun && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all$caps --ambient-caps=-all$caps $B/amtgw --relay 10.98.1.1 --source 10.98.5.1 --group 232.98.0.1 --tun bpfdp-tun0 $opts --dataplane $mode --duration 3 --json" \
+    ip netns exec bpfdp-gw sh -c "mount --bind $TMP/tun /dev/net/tun && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all$caps --ambient-caps=-all$caps $B/amtgw --relay 10.98.1.1 --source 10.98.5.1 --group 232.98.0.1 --tun bpfdp-tun0 $opts --dataplane $mode --duration 5 --json" \
         >"$TMP/gw.log" 2>"$TMP/gw.err"
     local rc=$?
     grep '"kind":"dataplane"' "$TMP/gw.log" >"$TMP/dp.json"

@@ -7,15 +7,15 @@ first 8 payload bytes, big-endian) and TTL/hop limit:
   seq <  500000            "synthetic"  (amt-relay --synthetic)
   500000 <= seq < 1000000  "legit"      (inject.py, valid data from the relay)
   seq >= 1000000           "forged"     (inject.py, must never arrive)
-Stops after --duration seconds or when idle for --idle seconds after the
-first packet, then prints one JSON line: per channel, per range, packets
-and the TTLs seen.
+Stops on SIGTERM/SIGINT (or after --duration seconds, a safety cap), then
+prints one JSON line: per channel, per range, packets and the TTLs seen.
 
 usage: recv.py --iface NAME --port P --duration S S,G [S,G ...]
 """
 import argparse
 import json
 import select
+import signal
 import socket
 import struct
 import sys
@@ -56,7 +56,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iface", required=True)
     ap.add_argument("--port", type=int, default=5001)
-    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--duration", type=float, default=120)
     ap.add_argument("--ready-file")
     ap.add_argument("channels", nargs="+")
     args = ap.parse_args()
@@ -69,7 +69,9 @@ def main():
         if family not in socks:
             s = socket.socket(family, socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            # SO_RCVBUFFORCE (root): a receiver that gets little CPU for a
+            # while must not lose packets in its socket.
+            s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)
             if family == socket.AF_INET:
                 s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
                 s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
@@ -86,9 +88,15 @@ def main():
         counts[ch] = {}
     if args.ready_file:
         open(args.ready_file, "w").close()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     start = time.monotonic()
-    while time.monotonic() - start < args.duration:
-        ready, _, _ = select.select(list(socks.values()), [], [], 0.2)
+    while not stop and time.monotonic() - start < args.duration:
+        try:
+            ready, _, _ = select.select(list(socks.values()), [], [], 0.2)
+        except InterruptedError:
+            continue
         for s in ready:
             while True:
                 try:
