@@ -67,6 +67,9 @@ pub struct DriverConfig {
     /// Largest datagram accepted; longer ones are dropped (counted).
     pub max_datagram: usize,
     /// Raise the TTL/hop limit of delivered packets to at least this.
+    /// (Packets the kernel data plane delivers follow its own
+    /// [`KernelConfig::min_inner_ttl`](crate::dataplane::KernelConfig),
+    /// given when it is opened: pass the same value.)
     pub min_inner_ttl: Option<u8>,
     /// RNG seed for nonces and backoff; default: from the OS RNG.
     pub rng_seed: Option<u64>,

@@ -29,6 +29,7 @@
 #     and the AMT handshake (control messages) worked through the socket;
 #     userspace mode: the kernel data plane was not used;
 #   * after amtgw exits: no amt_* BPF program or map, no veth, no TCX link.
+# Also with Relay Discovery (the relay address reaches the kernel later).
 # Then: the capabilities (a non-root user with only CAP_BPF + CAP_NET_ADMIN,
 # plus CAP_SYS_ADMIN for variant D, runs the kernel data plane; without
 # CAP_BPF, auto falls back to userspace and says why), and auto without a
@@ -110,10 +111,10 @@ leftovers() { # -> prints what the kernel data plane left behind
         ip netns exec bpfdp-gw bpftool net show dev bpfdp-g0 2>/dev/null | grep -E 'amt_'
 }
 
-# run_case MODE VARIANT OUTER INNER
+# run_case MODE VARIANT OUTER INNER [AMTGW-OPTION]
 run_case() {
-    local mode=$1 variant=$2 outer=$3 inner=$4
-    local name="$mode/$variant outer v$outer inner v$inner"
+    local mode=$1 variant=$2 outer=$3 inner=$4 extra=${5:-}
+    local name="$mode/$variant outer v$outer inner v$inner${extra:+ $extra}"
     local relay gw forged_src s g os og tunns opts
     if [ "$outer" = 4 ]; then relay=10.98.1.1; gw=10.98.1.2; forged_src=10.98.1.3
     else relay=2001:db8:98::1; gw=2001:db8:98::2; forged_src=2001:db8:98::3; fi
@@ -131,7 +132,7 @@ run_case() {
     PIDS+=($!)
     sleep 0.3
     ip netns exec bpfdp-gw "$B/amtgw" --relay "$relay_sa" --bind "$gw_sa" --source "$s" --group "$g" \
-        --tun bpfdp-tun0 $opts --dataplane "$mode" --json \
+        --tun bpfdp-tun0 $opts $extra --dataplane "$mode" --json \
         >"$TMP/gw.log" 2>"$TMP/gw.err" &
     local gwpid=$!
     PIDS+=($gwpid)
@@ -208,6 +209,11 @@ for variant in D B; do
         done
     done
 done
+
+# Relay Discovery first: the kernel learns the relay address only from the
+# Advertisement (the driver follows the tunnel's relay into the maps).
+run_case kernel D 4 4 --discovery
+run_case kernel D 6 6 --discovery
 
 # ---- capabilities ---------------------------------------------------------
 # A non-root user (nobody) with only the given capabilities. /dev/net/tun is

@@ -270,6 +270,10 @@ struct Reading {
 pub(crate) struct KernelOffload {
     tunnel: KernelTunnel,
     readings: HashMap<(IpAddr, IpAddr), Reading>,
+    /// A relay the kernel could not follow (no route, unsupported uplink):
+    /// not retried until the relay changes (the check runs on every
+    /// wakeup of the driver).
+    failed_relay: Option<SocketAddr>,
     errors: u64,
     last_warning: Option<Instant>,
 }
@@ -283,6 +287,7 @@ impl KernelOffload {
         Self {
             tunnel,
             readings: HashMap::new(),
+            failed_relay: None,
             errors: 0,
             last_warning: None,
         }
@@ -303,16 +308,20 @@ impl KernelOffload {
     /// Follows the tunnel's relay (None before discovery).
     pub(crate) fn sync_relay(&mut self, relay: Option<SocketAddr>) {
         let relay = relay.map(|r| SocketAddr::new(r.ip().to_canonical(), r.port()));
-        if self.tunnel.relay() == relay {
+        if self.tunnel.relay() == relay || (relay.is_some() && relay == self.failed_relay) {
             return;
         }
+        self.failed_relay = None;
         match relay {
             None => self.tunnel.clear_relay(),
             Some(r) => match self.tunnel.set_relay(r) {
                 Ok(()) => {
                     info!(relay = %r, uplink = ?self.tunnel.uplink(), "kernel data plane follows the relay")
                 }
-                Err(e) => self.failed("following the relay", &e),
+                Err(e) => {
+                    self.failed_relay = Some(r);
+                    self.failed("following the relay", &e);
+                }
             },
         }
     }
