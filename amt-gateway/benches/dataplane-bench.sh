@@ -119,6 +119,11 @@ ring_drops() { # packets the uplink veth dropped (its NAPI ring was full)
     b=$(ip netns exec bpfb-gw cat /sys/class/net/bpfb-g0/statistics/rx_dropped)
     echo $(( a + b ))
 }
+backlog_drops() { # per-CPU input backlog drops (netif_rx), whole machine
+    local n=0 processed dropped rest
+    while read -r processed dropped rest; do n=$(( n + 0x$dropped )); done </proc/net/softnet_stat
+    echo $n
+}
 udp_counter() { # namespace, name -> value of that Udp counter
     ip netns exec "$1" cat /proc/net/snmp | awk -v k="$2" '
         $1 == "Udp:" && !h { for (i = 2; i <= NF; i++) n[i] = $i; h = 1; next }
@@ -135,7 +140,7 @@ for mode in $MODES; do
     [ "$VARIANT" = D ] && tunopts="$tunopts --tun-netns /run/netns/bpfb-frr"
     ip netns exec bpfb-rl "$BIN_DIR/amt-relay" --listen $RELAY_ADDR:2268 --lan-interface bpfb-r0 \
         --status-interval 0 --synthetic $SOURCE,$GROUP --synthetic-rate "$rate" --synthetic-port 5001 \
-        --synthetic-size "$size" --synthetic-duration "$DURATION" --synthetic-delay 2 \
+        --synthetic-size "$size" --synthetic-duration "$DURATION" --synthetic-delay 3 \
         >"$TMP/relay.log" 2>"$TMP/relay.err" &
     relay_pid=$!; PIDS+=($relay_pid)
     sleep 0.2
@@ -146,22 +151,28 @@ for mode in $MODES; do
     ip -n $TUN_NS addr add 10.97.9.1/32 peer 10.97.9.2 dev bpfb-tun0
     ip netns exec $TUN_NS sysctl -qw net.ipv4.conf.bpfb-tun0.rp_filter=0
     ip netns exec $TUN_NS "$BIN_DIR/mcrx" --iface bpfb-tun0 --channel $SOURCE,$GROUP --port 5001 \
+        --recv-buffer $(( 64 << 20 )) \
         >"$TMP/rx.log" 2>"$TMP/rx.err" &
     rx_pid=$!; PIDS+=($rx_pid)
-    if ! wait_for "$TMP/relay.log" '"kind":"synthetic_started"' 20; then
+    # Baselines and the first CPU snapshot once the gateway has subscribed,
+    # before the injector starts (--synthetic-delay): the CPU window must
+    # cover the whole sending time even when the machine is slow.
+    if ! wait_for "$TMP/relay.log" '"kind":"synthetic_armed"' 20; then
         echo "$mode $rate $size: the gateway never subscribed"; cat "$TMP/gw.err" "$TMP/relay.err"; continue
     fi
-    dp=$(grep '"kind":"dataplane"' "$TMP/gw.log" | head -1); [ -n "$dp" ] || dp='{}'
     gwrb0=$(udp_counter bpfb-gw RcvbufErrors); rxrb0=$(udp_counter $TUN_NS RcvbufErrors)
-    ring0=$(ring_drops)
+    ring0=$(ring_drops); backlog0=$(backlog_drops)
     python3 "$HERE/schedstat.py" snapshot "$TMP/s0.json"
     t0=$(date +%s.%N)
+    late=false
+    grep -q '"kind":"synthetic_started"' "$TMP/relay.log" && late=true
+    dp=$(grep '"kind":"dataplane"' "$TMP/gw.log" | head -1); [ -n "$dp" ] || dp='{}'
     wait_for "$TMP/relay.log" '"kind":"synthetic_summary"' $(( DURATION + 30 )) || { echo "no summary"; continue; }
     sleep 0.3 # let the path drain
     python3 "$HERE/schedstat.py" snapshot "$TMP/s1.json"
     t1=$(date +%s.%N)
     gwrb=$(( $(udp_counter bpfb-gw RcvbufErrors) - gwrb0 )); rxrb=$(( $(udp_counter $TUN_NS RcvbufErrors) - rxrb0 ))
-    ring=$(( $(ring_drops) - ring0 ))
+    ring=$(( $(ring_drops) - ring0 )); backlog=$(( $(backlog_drops) - backlog0 ))
     syn=$(grep '"kind":"synthetic_summary"' "$TMP/relay.log" | head -1)
     window=$(python3 -c "print($t1 - $t0)")
     send_s=$(jq -r .elapsed_s <<<"$syn")
@@ -178,15 +189,15 @@ for mode in $MODES; do
     gw=$(grep '"kind":"summary"' "$TMP/gw.log" | tail -1); [ -n "$gw" ] || gw='{}'
     jq -n -c --argjson s "$syn" --argjson c "$cpu" --argjson g "$gw" --argjson dp "$dp" \
         --arg mode "$mode" --arg variant "$VARIANT" --argjson delivered "$delivered" \
-        --argjson gwrb "$gwrb" --argjson rxrb "$rxrb" --argjson rxcpu "$rxcpu" --argjson ring "$ring" \
+        --argjson gwrb "$gwrb" --argjson rxrb "$rxrb" --argjson rxcpu "$rxcpu" --argjson ring "$ring" --argjson backlog "$backlog" --argjson late "$late" \
         --argjson window "$window" '
         {kind: "dataplane_bench", mode: $mode, variant: $variant, running: $dp.running,
          rate_pps: $s.rate_pps, payload_bytes: $s.payload_bytes, packet_bytes: $s.packet_bytes,
          send_s: $s.elapsed_s, sent: $s.sent, sent_pps: $s.achieved_pps,
-         delivered: $delivered, uplink_ring_drops: $ring, gw_udp_rcvbuf_errors: $gwrb, receiver_udp_rcvbuf_errors: $rxrb,
+         delivered: $delivered, uplink_ring_drops: $ring, backlog_drops: $backlog, gw_udp_rcvbuf_errors: $gwrb, receiver_udp_rcvbuf_errors: $rxrb,
          loss: ($s.sent - $delivered),
          loss_pct: (if $s.sent > 0 then 100 * ($s.sent - $delivered) / $s.sent else 0 end),
-         cpu_window_s: $window, cpu: $c, receiver_cpu_pct: $rxcpu,
+         cpu_window_s: $window, cpu_window_started_late: $late, cpu: $c, receiver_cpu_pct: $rxcpu,
          injector_would_block_rounds: $s.would_block_rounds,
          amtgw_total_packets: $g.total_packets, amtgw_kernel_packets: $g.kernel_packets,
          amtgw_dropped: $g.dropped}' >"$TMP/run.json"
@@ -194,6 +205,7 @@ for mode in $MODES; do
             (.loss_pct * 1000 | round / 1000), .cpu.amtgw_pct, .cpu.ksoftirqd_pct, .cpu.napi_pct,
             .cpu.whole_path_pct, .cpu.whole_path_pct_per_kpps, .cpu.injector_pct] | @tsv' "$TMP/run.json" |
         awk -F'\t' '{ printf "%-9s %-7s %-5s | %8s %8s | %8s %8s %6s | %7s %7s %7s %7s | %9s | %7s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14 }'
+    [ "$late" = true ] && echo "  ^ the CPU window started after the sending: CPU figures too low, repeat"
     cat "$TMP/run.json"
 done
 done

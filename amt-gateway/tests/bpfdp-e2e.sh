@@ -14,9 +14,10 @@
 # For every data plane (kernel, userspace) x delivery (B: TUN in amtgw's
 # namespace; D: TUN in bpfdp-frr, amtgw --tun-netns) x outer family x
 # inner family:
-#   * amt-relay --synthetic sends N packets; tests/bpfdp/recv.py, joined on
-#     the TUN (so only packets whose incoming interface is the TUN count),
-#     must receive exactly N;
+#   * amt-relay --synthetic sends N packets (fewer when it falls behind on a
+#     busy machine: what it reports as sent counts); tests/bpfdp/recv.py,
+#     joined on the TUN (so only packets whose incoming interface is the
+#     TUN count), must receive exactly those;
 #   * inject.py sends, from the relay's address and port, 100 valid packets
 #     with inner TTL/hop limit 1: all arrive with 2 (min_inner_ttl);
 #   * forged data (from another address; from the relay's address but
@@ -167,9 +168,14 @@ run_case() {
     check "$name: amtgw exit 0" test "$rc" = 0
     check "$name: data plane $(jget "$TMP/dp.json" "d.get('running')") ($(jget "$TMP/dp.json" "d.get('reason')"))" \
         test "$(jget "$TMP/dp.json" "d.get('running')")" = "$mode"
+    # The relay skips packets it could not send in time (a busy machine):
+    # what it sent is what must arrive.
+    grep '"kind":"synthetic_summary"' "$TMP/relay.log" | head -1 >"$TMP/syn.json"
+    local sent; sent=$(jget "$TMP/syn.json" "d.get('sent', 0)")
+    check "$name: the relay sent at least half of its $N packets ($sent)" test "${sent:-0}" -ge $(( N / 2 ))
     local ch="d['channels'].get('$s,$g', {})"
     local syn; syn=$(jget "$TMP/rs.json" "$ch.get('synthetic', {}).get('packets', 0)")
-    check "$name: all $N relay packets arrived through the TUN ($syn)" test "$syn" = "$N"
+    check "$name: all $sent packets the relay sent arrived through the TUN ($syn)" test "$syn" = "$sent"
     local legit ttls; legit=$(jget "$TMP/rs.json" "$ch.get('legit', {}).get('packets', 0)")
     ttls=$(jget "$TMP/rs.json" "sorted($ch.get('legit', {}).get('ttl', {}).keys())")
     check "$name: 100 TTL-1 packets arrived with TTL 2 ($legit, TTLs $ttls)" \
@@ -183,8 +189,8 @@ run_case() {
         test "$drops" = "200 100 300"
     local kp kt; kp=$(jget "$TMP/sum.json" "d.get('kernel_packets')"); kt=$(jget "$TMP/sum.json" "d.get('kernel_ttl_raised')")
     if [ "$mode" = kernel ]; then
-        check "$name: the kernel delivered $((N + 100)) packets ($kp), raised >= 100 TTLs ($kt)" \
-            test "$kp" = $((N + 100)) -a "${kt:-0}" -ge 100
+        check "$name: the kernel delivered $((sent + 100)) packets ($kp), raised >= 100 TTLs ($kt)" \
+            test "$kp" = $((sent + 100)) -a "${kt:-0}" -ge 100
         local up; up=$(jget "$TMP/sum.json" "d.get('kernel_uplink')")
         check "$name: attached to the uplink bpfdp-g0 ($up)" test "$up" = bpfdp-g0
     else
