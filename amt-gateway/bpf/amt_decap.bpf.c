@@ -163,9 +163,15 @@ int amt_decap(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	// Non-linear skbs (real NICs): make the headers readable directly.
-	if ((long)skb->data + PARSE_LEN > (long)skb->data_end) {
-		__u32 want = skb->len < PARSE_LEN ? skb->len : PARSE_LEN;
-		if (bpf_skb_pull_data(skb, want) < 0)
+	// Only when the packet is longer than its linear part: pulling a short
+	// (linear) packet gains nothing, and pulling a cloned skb (TCP
+	// segments, taps) would copy its header for every packet on the uplink.
+	// A short non-linear packet (rare: drivers copy small frames) fails the
+	// bounds checks below and goes to the socket. (Only constant offsets on
+	// packet pointers: without CAP_PERFMON the verifier refuses variable
+	// ones.)
+	if ((long)skb->data + PARSE_LEN > (long)skb->data_end && skb->len >= PARSE_LEN) {
+		if (bpf_skb_pull_data(skb, PARSE_LEN) < 0)
 			return TC_ACT_OK;
 	}
 	void *data = (void *)(long)skb->data;
