@@ -1406,3 +1406,70 @@ fn data_edges_say_when_data_starts_and_stops() {
         vec![TunnelEvent::DataFlowing { sg: channel }]
     );
 }
+
+// ---- data delivered by a kernel data plane ----------------------------------
+
+#[test]
+fn offloaded_data_counts_and_defers_the_stall_probe() {
+    let (mut t, _t0, now, _rn) = up_tunnel(cfg());
+    let first = t.poll_timeout().unwrap();
+    t.handle_timeout(first);
+    sent(&mut t);
+    // The kernel delivers for 5 s; the driver feeds its counts every 500 ms,
+    // always before the tunnel's timers run: no probe meanwhile.
+    let mut at = first;
+    for i in 0..10u64 {
+        at += Duration::from_millis(500);
+        t.record_offloaded_data(sg(ip(S1), ip(G1)), 50, 50 * 128, at - Duration::from_millis(10));
+        while let Some(d) = t.poll_timeout().filter(|d| *d <= at) {
+            t.handle_timeout(d);
+        }
+        assert!(
+            sent(&mut t).is_empty(),
+            "no probe while the kernel delivers"
+        );
+        let s = t.subscription_stats(sg(ip(S1), ip(G1))).unwrap();
+        assert_eq!(s.packets, 50 * (i + 1));
+        assert_eq!(s.last_data_at, Some(at - Duration::from_millis(10)));
+    }
+    assert_eq!(t.stats().data_packets, 500);
+    assert_eq!(t.stats().data_bytes, 500 * 128);
+    // An older reading never moves last-seen backwards.
+    t.record_offloaded_data(sg(ip(S1), ip(G1)), 1, 128, first);
+    let last = at - Duration::from_millis(10);
+    assert_eq!(
+        t.subscription_stats(sg(ip(S1), ip(G1))).unwrap().last_data_at,
+        Some(last)
+    );
+    // The kernel stops delivering: the probe goes out 3 s after its last packet.
+    let d = t.poll_timeout().unwrap();
+    assert!(d <= last + secs(3));
+    t.handle_timeout(last + secs(3));
+    only_request(&sent(&mut t));
+    assert_eq!(t.stats().stall_requests, 1);
+    let _ = now;
+}
+
+#[test]
+fn offloaded_data_prevents_no_data_and_ignores_unknown_channels() {
+    let (mut t, _t0, now, _rn) = up_tunnel(cfg());
+    // Unknown (S,G): only the totals move.
+    t.record_offloaded_data(sg(ip(S1), ip(G2)), 3, 300, now);
+    assert_eq!(t.stats().data_packets, 3);
+    assert!(t.subscription_stats(sg(ip(S1), ip(G2))).is_none());
+    // Zero packets: nothing at all.
+    t.record_offloaded_data(sg(ip(S1), ip(G1)), 0, 0, now);
+    assert_eq!(t.subscription_stats(sg(ip(S1), ip(G1))).unwrap().packets, 0);
+    // Data fed before the NoData deadline: no NoData event.
+    t.record_offloaded_data(sg(ip(S1), ip(G1)), 1, 100, now + secs(1));
+    let end = now + secs(30);
+    while let Some(d) = t.poll_timeout().filter(|d| *d <= end) {
+        t.handle_timeout(d);
+    }
+    assert!(
+        !events(&mut t)
+            .iter()
+            .any(|e| matches!(e, TunnelEvent::NoData { .. })),
+        "offloaded data counts as data"
+    );
+}
