@@ -53,6 +53,11 @@ use crate::gateway::{
 use crate::tun::PacketSink;
 use crate::wire::{ipv4, ipv6};
 
+/// The inner TTL/hop limit delivered packets are raised to by default:
+/// a packet arriving with TTL 1 would otherwise die in the router it is
+/// handed to. Give the kernel data plane the same value.
+pub const DEFAULT_MIN_INNER_TTL: u8 = 2;
+
 /// Driver parameters around a [`TunnelConfig`].
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -92,7 +97,7 @@ impl DriverConfig {
             recv_buffer_bytes: 8 << 20,
             batch_size: 32,
             max_datagram: 9216,
-            min_inner_ttl: Some(2),
+            min_inner_ttl: Some(DEFAULT_MIN_INNER_TTL),
             rng_seed: None,
             close_timeout: Duration::from_secs(10),
             kernel: None,

@@ -282,11 +282,13 @@ fn lab_up_down_twice_leaves_nothing() {
 }
 
 /// The sidecar does not need root: as `nobody` in group frrvty with
-/// CAP_NET_ADMIN (TUN, routes) and CAP_SYS_ADMIN (entering FRR's namespace)
-/// it learns joins, owns amt0 and carries AMT traffic end to end. These are
-/// the capabilities `frr-config/frr-ingestd.service` grants.
+/// CAP_NET_ADMIN (TUN, routes, TC attach), CAP_SYS_ADMIN (entering FRR's
+/// namespace) and CAP_BPF (the kernel data plane's program and maps) it
+/// learns joins, owns amt0 and carries AMT traffic end to end. These are
+/// the capabilities `frr-config/frr-ingestd.service` grants; with them the
+/// data plane is never refused for lack of permission.
 #[test]
-fn runs_unprivileged_with_two_capabilities() {
+fn runs_unprivileged_with_the_units_capabilities() {
     use std::os::unix::fs::PermissionsExt;
     let _g = serial();
     let mut lab = Lab::up("t2u");
@@ -297,7 +299,7 @@ fn runs_unprivileged_with_two_capabilities() {
         .status()
         .expect("chown");
     assert!(owner.success());
-    let mut caps = "+net_admin,+sys_admin".to_string();
+    let mut caps = "+net_admin,+sys_admin,+bpf".to_string();
     // Debian creates /dev/net/tun 0666; some images have 0600, where only
     // DAC override lets a non-root user open it.
     let tun_mode = std::fs::metadata("/dev/net/tun")
@@ -340,6 +342,18 @@ fn runs_unprivileged_with_two_capabilities() {
     assert!(
         uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
         "daemon is not running as nobody: {uid_line}"
+    );
+    let st = lab.ingestctl_json(&["show", "status", "--json"]);
+    println!(
+        "unprivileged daemon's data plane: {} ({})",
+        st["dataplane"], st["dataplane_reason"]
+    );
+    assert!(
+        !st["dataplane_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not permitted"),
+        "the unit's capabilities do not suffice for the kernel data plane: {st}"
     );
 
     let _tx = lab.mcsend(&[(S, G)], 200, &["--duration", "20"]);

@@ -1052,7 +1052,10 @@ impl KernelTunnel {
     }
 
     /// Counters of a subscribed (S,G); `None` if not subscribed.
-    pub fn channel_counters(&self, sg: SourceGroup) -> Result<Option<ChannelCounters>, KernelError> {
+    pub fn channel_counters(
+        &self,
+        sg: SourceGroup,
+    ) -> Result<Option<ChannelCounters>, KernelError> {
         if !self.channels.contains(&sg) {
             return Ok(None);
         }
