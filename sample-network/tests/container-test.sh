@@ -349,6 +349,17 @@ main() {
 		echo "container-test: run as root" >&2
 		exit 1
 	}
+	case ${1:-} in
+	-h | --help)
+		sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'
+		exit 0
+		;;
+	"") ;;
+	*)
+		echo "container-test: unknown argument $1 (see --help)" >&2
+		exit 1
+		;;
+	esac
 	if [[ -n ${CT_CLEANUP_ONLY:-} ]]; then
 		IPT_BEFORE=""
 		trap teardown EXIT
