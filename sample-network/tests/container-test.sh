@@ -332,11 +332,16 @@ amt0_rx_grows() {
 	((b > a))
 }
 
-# mcrx_start NODE CHANNEL: a receiver in NODE's container, in the background,
-# JSON progress lines in /run/ct-mcrx.log, pid in /run/ct-mcrx.pid.
+# mcrx_start NODE IFACE CHANNEL: a receiver in NODE's container, in the
+# background, JSON progress lines in /run/ct-mcrx.log, pid in /run/ct-mcrx.pid.
 mcrx_start() {
-	dx "$1" sh -c "echo \$\$ >/run/ct-mcrx.pid; exec mcrx --iface rcv0 --channel $2 --progress >/run/ct-mcrx.log 2>&1" &
+	dx "$1" sh -c "echo \$\$ >/run/ct-mcrx.pid; exec mcrx --iface $2 --channel $3 --progress >/run/ct-mcrx.log 2>&1" &
 }
+# mcsend_start CHANNEL: the test's sender in the source container.
+mcsend_start() {
+	dx source sh -c "echo \$\$ >/run/ct-mcsend.pid; exec mcsend --iface src0 --channel $1 --rate 200 --size 500 >/run/ct-mcsend.log 2>&1" &
+}
+mcsend_stop() { dx source sh -c 'kill -INT "$(cat /run/ct-mcsend.pid)"' 2>/dev/null || true; }
 mcrx_packets() { dx "$1" sh -c 'grep "\"progress\"" /run/ct-mcrx.log | tail -1' | jq '.packets // 0'; }
 mcrx_stop() { dx "$1" sh -c 'kill -INT "$(cat /run/ct-mcrx.pid)"' 2>/dev/null || true; }
 mcrx_summary() { dx "$1" sh -c 'grep "\"summary\"" /run/ct-mcrx.log'; }
@@ -511,6 +516,21 @@ partial_checks() {
 	pass "the demo sender's packets arrive over AMT and are written into amt0 ($(amt0_rx) so far; tunnel packets $(tunnel_packets))"
 	stop_start_sidecar "$s" "$g"
 	wait_until 20 pim_neighbour ingest 169.254.77.2 || fail "no PIM neighbour on amt0 after the restart"
+	# The receiver side of the full run, where this kernel can carry it: the
+	# test's sender in the source container, mcrx in relay2's container on
+	# the sources' LAN (a native SSM join on a bridge, no routing).
+	local summary first
+	mcsend_start "$s,232.1.1.2"
+	sleep 1
+	mcrx_start relay2 rly-lan "$s,232.1.1.2"
+	wait_until 10 eval '(( $(mcrx_packets relay2) > 0 ))' || fail "mcrx in relay2 receives nothing from the test's sender"
+	mcrx_stop relay2
+	mcsend_stop
+	wait_until 5 mcrx_summary relay2 || fail "mcrx in relay2 wrote no summary"
+	summary=$(mcrx_summary relay2)
+	first=$(jq '.first_packet_ms // -1 | floor' <<<"$summary")
+	((first >= 0 && first <= 2000)) || fail "relay2's LAN: first packet ${first} ms after the join: $summary"
+	pass "receiver tooling: mcrx in relay2's container gets the test sender's ($s, 232.1.1.2) natively, first packet $first ms, $(jq -c '{packets, missing}' <<<"$summary")"
 	# Leaving: the joinfile empties, the flow goes.
 	: >"$joinfile"
 	wait_until 20 no_joins || fail "the emptied joinfile still has joins in the sidecar"
@@ -526,10 +546,10 @@ full_checks() {
 	pass "demo receiver (rcv container) gets the demo sender's (198.51.100.4, 232.1.1.1) over AMT"
 	# A channel nobody has joined yet: the sender first, then the receiver in
 	# rcv2 joins; mcrx measures join -> first packet itself.
-	dx source sh -c "echo \$\$ >/run/ct-mcsend.pid; exec mcsend --iface src0 --channel $s,$g --rate 200 --size 500 >/run/ct-mcsend.log 2>&1" &
+	mcsend_start "$s,$g"
 	sleep 1
 	t=$(date +%s.%N)
-	mcrx_start rcv2 "$s,$g"
+	mcrx_start rcv2 rcv0 "$s,$g"
 	wait_until 10 join_listed "$s" "$g" || fail "the join of rcv2 did not reach the sidecar"
 	pass "rcv2's join ($s, $g) reached the sidecar through rtr2 and the ingest's pimd ($(elapsed_since "$t") s)"
 	wait_until 10 relay_subscribed "$s" "$g" || fail "no subscription at the relay for ($s, $g)"
@@ -548,7 +568,7 @@ full_checks() {
 	first=$(jq '.first_packet_ms // -1 | floor' <<<"$summary")
 	((first >= 0 && first <= 2000)) || fail "first packet ${first} ms after the join (limit 2000 ms): $summary"
 	pass "rcv2: first packet $first ms after the join (<= 2000 ms); $(jq -c '{packets, missing, duplicates}' <<<"$summary")"
-	dx source sh -c 'kill -INT "$(cat /run/ct-mcsend.pid)"' || true
+	mcsend_stop
 }
 
 main "$@"
