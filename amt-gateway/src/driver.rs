@@ -41,8 +41,8 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::gateway::{
-    Received, SubscribeError, SubscriptionStats, Tunnel, TunnelConfig, TunnelEvent, TunnelState,
-    TunnelStats,
+    Family, Received, SubscribeError, SubscriptionStats, Tunnel, TunnelConfig, TunnelEvent,
+    TunnelState, TunnelStats,
 };
 use crate::tun::PacketSink;
 use crate::wire::{ipv4, ipv6};
@@ -147,6 +147,7 @@ enum Command {
         sg: SourceGroup,
         reply: oneshot::Sender<bool>,
     },
+    Connect(Family),
     Snapshot(oneshot::Sender<TunnelSnapshot>),
     Close(oneshot::Sender<()>),
 }
@@ -205,6 +206,15 @@ impl TunnelHandle {
         let (reply, _) = oneshot::channel();
         self.commands
             .send(Command::Unsubscribe { sg, reply })
+            .map_err(|_| DriverError::Gone)
+    }
+
+    /// Starts the relay handshake for `family` without joining anything
+    /// (relay racing); [`TunnelEvent::Up`] follows when the relay answers.
+    /// `Err(Gone)` when the task has ended.
+    pub fn connect_nowait(&self, family: Family) -> Result<(), DriverError> {
+        self.commands
+            .send(Command::Connect(family))
             .map_err(|_| DriverError::Gone)
     }
 
@@ -311,7 +321,20 @@ fn open_socket(cfg: &DriverConfig) -> io::Result<(Socket, SocketAddr, usize)> {
         .as_socket()
         .ok_or_else(|| io::Error::other("socket has no IP address"))?;
     let local = if bound.ip().is_unspecified() {
-        route_source(relay).map_or(bound, |ip| SocketAddr::new(ip, bound.port()))
+        match route_source(relay) {
+            Ok(ip) => SocketAddr::new(ip, bound.port()),
+            // No route at all: a tunnel could never reach this relay (an
+            // IPv6 relay from a host without IPv6 connectivity); say so
+            // now rather than after the Discovery timeouts.
+            Err(e) if is_unreachable(&e) => {
+                let family = if relay.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("unreachable from this host: no {family} route to {relay} ({e})"),
+                ));
+            }
+            Err(_) => bound,
+        }
     } else {
         bound
     };
@@ -340,14 +363,22 @@ fn set_recv_buffer(socket: &Socket, bytes: usize) {
 }
 
 /// The source address the kernel would use towards `dest` (no packet sent).
-fn route_source(dest: SocketAddr) -> Option<IpAddr> {
+fn route_source(dest: SocketAddr) -> io::Result<IpAddr> {
     let any: SocketAddr = match dest {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let probe = std::net::UdpSocket::bind(any).ok()?;
-    probe.connect(dest).ok()?;
-    probe.local_addr().ok().map(|a| a.ip())
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(dest)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+/// ENETUNREACH / EHOSTUNREACH: the routing table has no way to `dest`.
+fn is_unreachable(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+    )
 }
 
 /// Raises the TTL/hop limit of `packet` to `min`; true if it changed.
@@ -533,12 +564,16 @@ impl TunnelTask {
             }
         }
         while let Some(event) = self.tunnel.poll_event() {
+            // Per-(S,G) events are the daemon's to summarise (one line per
+            // relay and cause, not one per channel); per-tunnel ones are
+            // few and worth a line.
             match &event {
-                TunnelEvent::RelayLost { .. }
-                | TunnelEvent::RelayRefused { .. }
-                | TunnelEvent::NoData { .. } => {
+                TunnelEvent::RelayLost { .. } | TunnelEvent::RelayRefused { .. } => {
                     warn!(?event, "tunnel event")
                 }
+                TunnelEvent::NoData { .. }
+                | TunnelEvent::DataFlowing { .. }
+                | TunnelEvent::DataStopped { .. } => debug!(?event, "tunnel event"),
                 _ => info!(?event, "tunnel event"),
             }
             let _ = self.events.send(RelayEvent {
@@ -568,7 +603,7 @@ impl TunnelTask {
             Some(Command::Subscribe { sg, reply }) => {
                 let r = self.tunnel.subscribe(sg, now);
                 match &r {
-                    Ok(_) => info!(%sg, "subscribe"),
+                    Ok(_) => debug!(%sg, "subscribe"),
                     Err(error) => warn!(%sg, %error, "subscribe refused"),
                 }
                 let _ = reply.send(r);
@@ -576,9 +611,14 @@ impl TunnelTask {
             Some(Command::Unsubscribe { sg, reply }) => {
                 let r = self.tunnel.unsubscribe(sg, now);
                 if r {
-                    info!(%sg, "unsubscribe");
+                    debug!(%sg, "unsubscribe");
                 }
                 let _ = reply.send(r);
+            }
+            Some(Command::Connect(family)) => {
+                if let Err(error) = self.tunnel.connect(family, now) {
+                    debug!(?family, %error, "connect refused");
+                }
             }
             Some(Command::Snapshot(reply)) => {
                 let _ = reply.send(self.snapshot(now));

@@ -61,12 +61,22 @@ fn data_packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     msg
 }
 
+/// The next event that is not a data edge (DataFlowing/DataStopped say
+/// when data starts and stops; these tests follow the tunnel's life).
 async fn next_event(rx: &mut mpsc::UnboundedReceiver<RelayEvent>) -> TunnelEvent {
-    timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .expect("event")
-        .expect("channel")
-        .event
+    loop {
+        let event = timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("event")
+            .expect("channel")
+            .event;
+        if !matches!(
+            event,
+            TunnelEvent::DataFlowing { .. } | TunnelEvent::DataStopped { .. }
+        ) {
+            return event;
+        }
+    }
 }
 
 #[tokio::test]

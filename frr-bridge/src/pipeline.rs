@@ -37,7 +37,7 @@ use ingest_policy::engine::{
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::orchestrator::{Action, JoinChange, Orchestrator};
 use crate::southbound::tun::IngestTun;
@@ -121,6 +121,8 @@ pub trait TunnelPort: Send + Sync + 'static {
     fn subscribe(&self, sg: ingest_types::SourceGroup);
     /// Leave (S,G); does not wait for the tunnel task.
     fn unsubscribe(&self, sg: ingest_types::SourceGroup);
+    /// Start the relay handshake for `family` without joining anything.
+    fn connect(&self, family: amt_gateway::Family);
     /// Leave everything, send Teardown; resolves when the task ended.
     fn close(&self) -> PortFuture<'_, ()>;
     /// Counters and protocol state; None when the task does not answer.
@@ -139,6 +141,12 @@ impl TunnelPort for TunnelHandle {
     fn unsubscribe(&self, sg: ingest_types::SourceGroup) {
         if self.unsubscribe_nowait(sg).is_err() {
             debug!(%sg, relay = %self.configured_relay(), "unsubscribe: the tunnel task has ended");
+        }
+    }
+
+    fn connect(&self, family: amt_gateway::Family) {
+        if self.connect_nowait(family).is_err() {
+            debug!(?family, relay = %self.configured_relay(), "connect: the tunnel task has ended");
         }
     }
 
@@ -251,6 +259,8 @@ pub struct Pipeline {
     lookups: JoinSet<LookupDone>,
     running: HashMap<tokio::task::Id, Lookup>,
     wanted: Arc<WantedSet>,
+    /// serve_all_sources: the wanted set changed since the last decisions.
+    wanted_changed: bool,
     decisions: Arc<PolicySet>,
     /// Every new decision set, for the admitted joinfile (if configured).
     decisions_out: Option<watch::Sender<Arc<PolicySet>>>,
@@ -276,6 +286,7 @@ impl Pipeline {
             lookups: JoinSet::new(),
             running: HashMap::new(),
             wanted: Arc::new(WantedSet::new()),
+            wanted_changed: true,
             decisions: Arc::new(PolicySet::new()),
             decisions_out: None,
             decision_updates: 0,
@@ -301,10 +312,17 @@ impl Pipeline {
         loop {
             self.decide().await;
             let now = clock();
-            let wakeup = match &self.deciding {
+            let policy_wakeup = match &self.deciding {
                 Deciding::Policy { engine, .. } => engine.next_wakeup(now),
                 Deciding::ServeAll => now + Duration::from_secs(3600),
             };
+            // Relay races need their next attempt on time (250 ms apart by
+            // default), not at the next tick.
+            let wakeup = self
+                .shared
+                .read()
+                .next_timeout()
+                .map_or(policy_wakeup, |t| t.min(policy_wakeup));
             tokio::select! {
                 changed = wanted.changed() => {
                     if changed.is_err() {
@@ -317,11 +335,14 @@ impl Pipeline {
                     self.lookup_finished(done);
                 }
                 Some(event) = self.relay_events.recv() => {
-                    let actions = self.shared.write().on_tunnel_event(event.relay, &event.event);
+                    let actions = self.shared.write().on_tunnel_event(event.relay, &event.event, clock());
                     self.execute(actions).await;
                 }
                 _ = tick.tick() => self.on_tick().await,
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wakeup)) => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wakeup)) => {
+                    let actions = self.shared.write().on_timeout(clock());
+                    self.execute(actions).await;
+                }
                 _ = stop.changed() => break,
             }
             // Take everything else that is ready before deciding once.
@@ -338,6 +359,7 @@ impl Pipeline {
             engine.set_wanted(wanted.clone());
         }
         self.wanted = wanted;
+        self.wanted_changed = true;
     }
 
     /// Start the lookups the engine wants, evaluate, and hand a changed
@@ -364,13 +386,21 @@ impl Pipeline {
                         });
                         self.running.insert(task.id(), lookup);
                     }
+                    if !engine.needs_evaluation(now) {
+                        return;
+                    }
                     engine.evaluate(now)
                 }
-                Deciding::ServeAll => serve_all_decisions(&self.wanted),
+                Deciding::ServeAll if self.wanted_changed => {
+                    self.wanted_changed = false;
+                    serve_all_decisions(&self.wanted)
+                }
+                Deciding::ServeAll => return,
             };
             if set == *self.decisions {
                 return;
             }
+            let shrunk = self.decisions.len().saturating_sub(set.len());
             self.decisions = Arc::new(set);
             self.decision_updates += 1;
             if let Some(tx) = &self.decisions_out {
@@ -380,7 +410,16 @@ impl Pipeline {
                 .shared
                 .write()
                 .on_decisions(self.decisions.clone(), clock());
-            if !self.execute(actions).await {
+            let failures = self.execute(actions).await;
+            if shrunk >= 1000 {
+                // Thousands of flows just went: give their memory back to
+                // the system instead of keeping it in the allocator.
+                // SAFETY: malloc_trim only releases free heap pages.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+            if !failures {
                 return;
             }
         }
@@ -458,17 +497,18 @@ impl Pipeline {
                 ) {
                     Ok(port) => {
                         Counters::bump(&self.shared.counters.tunnels_opened);
-                        info!(%relay, skip_discovery, "AMT tunnel opened");
+                        debug!(%relay, skip_discovery, "AMT tunnel opened");
                         if let Some(old) = self.ports().insert(relay, port) {
                             // A tunnel to the same relay still closing.
                             tokio::spawn(async move { old.close().await });
                         }
                     }
                     Err(error) => {
-                        let more = self
-                            .shared
-                            .write()
-                            .on_tunnel_open_failed(relay, &error.error.to_string());
+                        let more = self.shared.write().on_tunnel_open_failed(
+                            relay,
+                            &error.error.to_string(),
+                            clock(),
+                        );
                         queue.extend(more);
                     }
                 },
@@ -479,6 +519,10 @@ impl Pipeline {
                         tokio::spawn(async move { port.close().await });
                     }
                 }
+                Action::Connect { relay, family } => match self.port(relay) {
+                    Some(port) => port.connect(family),
+                    None => debug!(%relay, ?family, "connect: no tunnel"),
+                },
                 Action::Subscribe { relay, sg } => match self.port(relay) {
                     Some(port) => port.subscribe(sg),
                     None => debug!(%relay, %sg, "subscribe: no tunnel"),
@@ -490,7 +534,7 @@ impl Pipeline {
                 }
                 Action::AddRoute { source } => {
                     let result = self.southbound.add_route(source).map_err(|e| e.to_string());
-                    let more = self.shared.write().on_route_added(source, result);
+                    let more = self.shared.write().on_route_added(source, result, clock());
                     queue.extend(more);
                 }
                 Action::RemoveRoute { source } => {
@@ -498,7 +542,9 @@ impl Pipeline {
                         .southbound
                         .remove_route(source)
                         .map_err(|e| e.to_string());
-                    self.shared.write().on_route_removed(source, result);
+                    self.shared
+                        .write()
+                        .on_route_removed(source, result, clock());
                 }
                 Action::ReportRelayFailure(failure) => {
                     if let Deciding::Policy { engine, .. } = &mut self.deciding {

@@ -170,32 +170,6 @@ fn hundred_channels_from_twenty_sources() {
     assert!(routes.is_some(), "routes left: {}", lab.own_routes());
 }
 
-/// Re-run the ingest's pimd with its original command line.
-fn restart_pimd(lab: &Lab) {
-    let pidfile = lab.node_dir("ingest").join("pimd.pid");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pimd pid")
-        .trim()
-        .parse()
-        .expect("pid");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("pimd cmdline");
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    // SAFETY: signalling the lab's pimd.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let dead = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
-    });
-    assert!(dead.is_some(), "pimd did not stop");
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    lab.exec_ok("ingest", &argv);
-}
-
 #[test]
 fn sidecar_and_pimd_restarts_converge() {
     let _g = serial();
@@ -250,7 +224,7 @@ fn sidecar_and_pimd_restarts_converge() {
     // pimd restart: the sidecar reconnects, keeps its flows meanwhile, and
     // converges once the downstream router re-sends its periodic Join.
     let t = Instant::now();
-    restart_pimd(&lab);
+    lab.restart_frr_daemon("ingest", "pimd");
     let reconnected = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         let s = lab.ingestctl_json(&["show", "status", "--json"]);
         (s["frr_state"] == "connected" && s["counters"]["pimd_reconnects"].as_u64() >= Some(1))

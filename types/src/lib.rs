@@ -4,9 +4,13 @@
 //!
 //! * [`SourceGroup`]: a source-specific multicast channel (S,G).
 //! * [`AMT_PORT`]: the UDP port of AMT (RFC 7450).
+//! * [`LogBudget`]: how the cores keep per-flow log lines from flooding
+//!   at scale (a pure counter; the cores log).
 
+mod log_budget;
 mod source_group;
 
+pub use log_budget::LogBudget;
 pub use source_group::{SourceGroup, SourceGroupError};
 
 /// The UDP port of AMT relays (RFC 7450 §7, IANA "amt"). DRIAD relays

@@ -131,9 +131,19 @@ pub struct TunnelConfig {
     /// Send one early Request when a family's data stops this long (see
     /// the module documentation); `None` disables the probe.
     pub stall_request_after: Option<Duration>,
+    /// A subscription whose data was flowing is reported stopped
+    /// ([`TunnelEvent::DataStopped`]) after this long without a packet.
+    pub data_quiet_after: Duration,
     /// Maximum bytes of group records per report (keeps an Update within
     /// the IPv6 minimum MTU with all headers).
     pub max_report_records_len: usize,
+    /// Membership changes within this window after a report are sent
+    /// together at its end, as few reports as fit (a lone change goes out
+    /// at once). Also the pace of a long burst.
+    pub report_coalesce: Duration,
+    /// At most this many Updates of state changes per window, so a burst of
+    /// thousands of joins does not overrun the relay's socket.
+    pub max_reports_per_burst: usize,
     /// Source address of encapsulated IGMP reports; default: the local
     /// socket address if it is a specific IPv4 address, else 0.0.0.0
     /// (which IGMPv3 routers accept).
@@ -158,7 +168,10 @@ impl TunnelConfig {
             refused_holddown: Duration::from_secs(600),
             no_data_timeout: Some(Duration::from_secs(10)),
             stall_request_after: Some(Duration::from_secs(3)),
+            data_quiet_after: Duration::from_secs(3),
             max_report_records_len: 1100,
+            report_coalesce: Duration::from_millis(10),
+            max_reports_per_burst: 8,
             report_source_v4: None,
             report_source_v6: None,
         }
@@ -195,7 +208,9 @@ pub enum LossReason {
 pub enum TunnelEvent {
     /// A valid Advertisement named the relay to use.
     RelayDiscovered { relay: SocketAddr },
-    /// First valid Query without L: the AMT "connection" of RFC 8777 §3.2.
+    /// First valid Query without L for `family` (since the start or the
+    /// last loss): the AMT "connection" of RFC 8777 §3.2 for that family's
+    /// channels (IGMP for IPv4, MLD for IPv6).
     Up { relay: SocketAddr, family: Family },
     /// The relay stopped answering (reported once per episode for
     /// discovery, once per exhausted Request cycle).
@@ -207,6 +222,10 @@ pub enum TunnelEvent {
     GatewayAddressChanged { old: SocketAddr, new: SocketAddr },
     /// A reported subscription received nothing for `no_data_timeout`.
     NoData { sg: SourceGroup },
+    /// Data for `sg` arrives (the first packet after silence).
+    DataFlowing { sg: SourceGroup },
+    /// Data for `sg` stopped: nothing for `data_quiet_after`.
+    DataStopped { sg: SourceGroup },
     /// [`Tunnel::close`] finished (leaves and Teardown sent).
     Closed,
 }
@@ -344,6 +363,8 @@ pub struct SubscriptionStats {
     pub last_data_at: Option<Instant>,
     /// A [`TunnelEvent::NoData`] was emitted for this subscription.
     pub no_data_reported: bool,
+    /// Data arrives ([`TunnelEvent::DataFlowing`] was the last edge).
+    pub flowing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -376,6 +397,16 @@ enum ChangeKind {
     Block,
 }
 
+/// A state change to report: ALLOW or BLOCK, repeated QRV times.
+#[derive(Debug, Clone, Copy)]
+struct PendingChange {
+    kind: ChangeKind,
+    /// Transmissions left.
+    left: u8,
+    /// When the next one is due.
+    due: Instant,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct PendingRequest {
     nonce: u32,
@@ -403,11 +434,16 @@ struct FamilyState {
     backoff: Backoff,
     next_request_at: Option<Instant>,
     query: Option<QueryState>,
-    /// Pending state-change records: (S,G) → (kind, transmissions left).
-    changes: BTreeMap<SourceGroup, (ChangeKind, u8)>,
+    /// Pending state-change records, each with its transmissions left and
+    /// when its next one is due.
+    changes: BTreeMap<SourceGroup, PendingChange>,
     next_change_at: Option<Instant>,
+    /// When state-change reports last went out (coalescing window).
+    last_report_at: Option<Instant>,
     /// The last-data time a stall probe was sent for (one per silence).
     stall_probed_for: Option<Instant>,
+    /// The newest data packet of any subscription of this family.
+    last_data_at: Option<Instant>,
 }
 
 impl FamilyState {
@@ -420,6 +456,8 @@ impl FamilyState {
             query: None,
             changes: BTreeMap::new(),
             next_change_at: None,
+            last_report_at: None,
+            last_data_at: None,
             stall_probed_for: None,
         }
     }
@@ -451,6 +489,10 @@ pub struct Tunnel {
     /// `next_timeout` covers a stall deadline; when not, the next data
     /// packet re-computes the timer (one bool test per packet).
     stall_timer_armed: bool,
+    /// Earliest per-subscription deadline (no data since the report, data
+    /// stopped), kept up to date without scanning every subscription on
+    /// every timer update; the scan happens when it passes.
+    activity_check_at: Option<Instant>,
     reports: ReportBuilder,
 }
 
@@ -488,6 +530,7 @@ impl Tunnel {
             up: false,
             next_timeout: None,
             stall_timer_armed: false,
+            activity_check_at: None,
             reports,
         };
         if tunnel.cfg.skip_discovery {
@@ -566,6 +609,7 @@ impl Tunnel {
                 reported_at: None,
                 last_data_at: None,
                 no_data_reported: false,
+                flowing: false,
             },
         );
         let family = Family::of(sg.group);
@@ -582,6 +626,27 @@ impl Tunnel {
         Ok(true)
     }
 
+    /// Starts the Request/Query handshake for `family` without joining
+    /// anything: relay racing (RFC 8777 §3.2) gives a flow to the first
+    /// relay whose Query arrives, and only that one gets its membership
+    /// report. [`TunnelEvent::Up`] follows when the relay answers (at once
+    /// if it already has for this family).
+    pub fn connect(&mut self, family: Family, now: Instant) -> Result<(), SubscribeError> {
+        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            return Err(SubscribeError::Closed);
+        }
+        let f = family.index();
+        self.families[f].in_use = true;
+        if self.phase == Phase::Active
+            && self.families[f].request.is_none()
+            && self.families[f].query.is_none()
+        {
+            self.start_request(family, now);
+        }
+        self.refresh_timer();
+        Ok(())
+    }
+
     /// Leaves (S,G): data for it is dropped from now on, and
     /// BLOCK_OLD_SOURCES is sent (QRV times). Returns false if it was not
     /// subscribed.
@@ -589,7 +654,12 @@ impl Tunnel {
         if self.subs.remove(&sg).is_none() {
             return false;
         }
-        self.queue_change(Family::of(sg.group), sg, ChangeKind::Block, now);
+        let family = Family::of(sg.group);
+        if !self.subs.keys().any(|s| Family::of(s.group) == family) {
+            // Nothing of this family left: no silence to probe for.
+            self.families[family.index()].last_data_at = None;
+        }
+        self.queue_change(family, sg, ChangeKind::Block, now);
         self.refresh_timer();
         true
     }
@@ -619,7 +689,14 @@ impl Tunnel {
                     }
                     let qrv = fs.query.map_or(self.cfg.qrv_default, |q| q.qrv).max(1);
                     for sg in subs.iter().filter(|sg| Family::of(sg.group) == family) {
-                        fs.changes.insert(*sg, (ChangeKind::Block, qrv));
+                        fs.changes.insert(
+                            *sg,
+                            PendingChange {
+                                kind: ChangeKind::Block,
+                                left: qrv,
+                                due: now,
+                            },
+                        );
                     }
                     self.flush_changes(family, now);
                 }
@@ -689,19 +766,54 @@ impl Tunnel {
             }
             self.maybe_finish_close();
         }
-        if let (Some(timeout), Phase::Active) = (self.cfg.no_data_timeout, self.phase) {
-            for (&sg, sub) in self.subs.iter_mut() {
-                if let Some(reported) = sub.reported_at
-                    && sub.last_data_at.is_none()
-                    && !sub.no_data_reported
-                    && reported + timeout <= now
-                {
+        if self.activity_check_at.is_some_and(|t| t <= now) {
+            self.check_activity(now);
+        }
+        self.refresh_timer();
+    }
+
+    /// Per-subscription deadlines: NoData for a reported subscription that
+    /// never got data, DataStopped for one whose data stopped. One scan when
+    /// the earliest deadline passes; it sets the next one.
+    fn check_activity(&mut self, now: Instant) {
+        let quiet = self.cfg.data_quiet_after;
+        let no_data = self
+            .cfg
+            .no_data_timeout
+            .filter(|_| self.phase == Phase::Active);
+        let mut next: Option<Instant> = None;
+        for (&sg, sub) in self.subs.iter_mut() {
+            if sub.flowing
+                && let Some(last) = sub.last_data_at
+            {
+                if last + quiet <= now {
+                    sub.flowing = false;
+                    self.events.push_back(TunnelEvent::DataStopped { sg });
+                } else {
+                    next = Some(next.map_or(last + quiet, |n| n.min(last + quiet)));
+                }
+            }
+            if let (Some(timeout), Some(reported)) = (no_data, sub.reported_at)
+                && sub.last_data_at.is_none()
+                && !sub.no_data_reported
+            {
+                if reported + timeout <= now {
                     sub.no_data_reported = true;
                     self.events.push_back(TunnelEvent::NoData { sg });
+                } else {
+                    next = Some(next.map_or(reported + timeout, |n| n.min(reported + timeout)));
                 }
             }
         }
-        self.refresh_timer();
+        self.activity_check_at = next;
+    }
+
+    /// A new per-subscription deadline at `at`: the activity check runs no
+    /// later than that.
+    fn arm_activity_check(&mut self, at: Instant) {
+        if self.activity_check_at.is_none_or(|t| t > at) {
+            self.activity_check_at = Some(at);
+        }
     }
 
     /// When [`Tunnel::handle_timeout`] must next be called.
@@ -719,11 +831,7 @@ impl Tunnel {
 
     /// The newest data packet of any subscription of `family`.
     fn last_data(&self, family: Family) -> Option<Instant> {
-        self.subs
-            .iter()
-            .filter(|(sg, _)| Family::of(sg.source) == family)
-            .filter_map(|(_, sub)| sub.last_data_at)
-            .max()
+        self.families[family.index()].last_data_at
     }
 
     /// When a stall probe is due for `family`: its data stopped, no probe
@@ -763,9 +871,17 @@ impl Tunnel {
         sub.packets += 1;
         sub.bytes += inner.len as u64;
         sub.last_data_at = Some(now);
+        let started = !sub.flowing;
+        sub.flowing = true;
         self.stats.data_packets += 1;
         self.stats.data_bytes += inner.len as u64;
-        if !self.stall_timer_armed && self.cfg.stall_request_after.is_some() {
+        self.families[Family::of(sg.group).index()].last_data_at = Some(now);
+        if started {
+            // An edge, not a per-packet cost: once per silence.
+            self.events.push_back(TunnelEvent::DataFlowing { sg });
+            self.arm_activity_check(now + self.cfg.data_quiet_after);
+            self.refresh_timer();
+        } else if !self.stall_timer_armed && self.cfg.stall_request_after.is_some() {
             self.refresh_timer();
         }
         Received::Data {
@@ -882,6 +998,9 @@ impl Tunnel {
         }
         .max(MIN_QUERY_INTERVAL);
         let fs = &mut self.families[f];
+        // The first Query of this family (since the start or a loss):
+        // the relay answers for this family's channels now.
+        let family_up = fs.query.is_none();
         fs.query = Some(QueryState {
             mac: q.mac,
             nonce: q.nonce,
@@ -898,13 +1017,13 @@ impl Tunnel {
         if q.gateway.is_some() {
             self.stats.gateway_address = q.gateway;
         }
-        if !self.up {
-            self.up = true;
+        self.up = true;
+        if family_up {
             self.events.push_back(TunnelEvent::Up { relay, family });
         }
         self.send_current_state(family, now);
         if !self.families[f].changes.is_empty() && self.families[f].next_change_at.is_none() {
-            self.flush_changes(family, now);
+            self.schedule_changes(family, now);
         }
         Received::Control
     }
@@ -1058,64 +1177,120 @@ impl Tunnel {
     fn queue_change(&mut self, family: Family, sg: SourceGroup, kind: ChangeKind, now: Instant) {
         let fs = &mut self.families[family.index()];
         let qrv = fs.query.map_or(self.cfg.qrv_default, |q| q.qrv).max(1);
-        fs.changes.insert(sg, (kind, qrv));
+        fs.changes.insert(
+            sg,
+            PendingChange {
+                kind,
+                left: qrv,
+                due: now,
+            },
+        );
         if self.phase == Phase::Active && fs.query.is_some() {
-            self.flush_changes(family, now);
+            self.schedule_changes(family, now);
         }
     }
 
-    /// Sends every pending state change of `family` once, then schedules
-    /// the next repetition if some still have transmissions left.
+    /// Sends the due changes now if no report went out within the
+    /// coalescing window (a lone join is reported at once), else at the
+    /// window's end, together with whatever else changes meanwhile.
+    fn schedule_changes(&mut self, family: Family, now: Instant) {
+        let window = self.cfg.report_coalesce;
+        let fs = &mut self.families[family.index()];
+        let at = fs.last_report_at.map_or(now, |t| (t + window).max(now));
+        if at <= now {
+            self.flush_changes(family, now);
+        } else if fs.next_change_at.is_none_or(|t| t > at) {
+            fs.next_change_at = Some(at);
+        }
+    }
+
+    /// Sends the due state changes of `family` (at most
+    /// `max_reports_per_burst` Updates; the rest one coalescing window
+    /// later), then schedules the next repetition of what went out
+    /// `[URI/2, URI]` later (one draw for what went out together), so
+    /// repeats are spaced and not sent in the same burst as the first copy.
     fn flush_changes(&mut self, family: Family, now: Instant) {
         let f = family.index();
         let Some(query) = self.families[f].query else {
             self.families[f].next_change_at = None;
             return;
         };
+        let Some(relay) = self.relay else { return };
         let mut allow: BTreeMap<IpAddr, Vec<IpAddr>> = BTreeMap::new();
         let mut block: BTreeMap<IpAddr, Vec<IpAddr>> = BTreeMap::new();
-        for (sg, (kind, _)) in &self.families[f].changes {
-            match kind {
+        for (sg, change) in &self.families[f].changes {
+            if change.due > now {
+                continue;
+            }
+            match change.kind {
                 ChangeKind::Allow => allow.entry(sg.group).or_default().push(sg.source),
                 ChangeKind::Block => block.entry(sg.group).or_default().push(sg.source),
             }
         }
-        let mut records: Vec<Record> = Vec::new();
-        for (group, sources) in allow {
-            for s in &sources {
-                if let Some(sub) = self.subs.get_mut(&SourceGroup { source: *s, group }) {
-                    sub.reported_at.get_or_insert(now);
-                }
-            }
-            records.push(Record {
+        let records: Vec<Record> = allow
+            .into_iter()
+            .map(|(group, sources)| Record {
                 record_type: RecordType::AllowNewSources,
                 group,
                 sources,
-            });
-        }
-        for (group, sources) in block {
-            records.push(Record {
+            })
+            .chain(block.into_iter().map(|(group, sources)| Record {
                 record_type: RecordType::BlockOldSources,
                 group,
                 sources,
-            });
+            }))
+            .collect();
+        let due: usize = records.iter().map(|r| r.sources.len()).sum();
+        let Ok(built) =
+            self.reports
+                .build_limited(family, &records, self.cfg.max_reports_per_burst.max(1))
+        else {
+            // Only reachable with absurd sizes (over 64 KiB per report).
+            return;
+        };
+        let more_due = built.sent.len() < due;
+        for (group, source) in &built.sent {
+            if let Some(sub) = self.subs.get_mut(&SourceGroup {
+                source: *source,
+                group: *group,
+            }) && sub.reported_at.is_none()
+            {
+                sub.reported_at = Some(now);
+                if let Some(timeout) = self.cfg.no_data_timeout {
+                    self.activity_check_at = Some(
+                        self.activity_check_at
+                            .map_or(now + timeout, |t| t.min(now + timeout)),
+                    );
+                }
+            }
         }
-        self.send_updates(family, query, &records);
+        self.push_updates(relay, query, built.datagrams);
+        let uri = self
+            .cfg
+            .unsolicited_report_interval
+            .max(Duration::from_millis(2));
+        let (lo, hi) = ((uri / 2).as_millis() as u64, uri.as_millis() as u64);
+        // One draw per flush: what went out together is repeated together.
+        let again = now + Duration::from_millis(self.rng.random_range(lo..=hi));
         let fs = &mut self.families[f];
-        fs.changes.retain(|_, (_, left)| {
-            *left = left.saturating_sub(1);
-            *left > 0
-        });
-        fs.next_change_at = if fs.changes.is_empty() {
-            None
+        if !built.sent.is_empty() {
+            fs.last_report_at = Some(now);
+        }
+        for (group, source) in built.sent {
+            let sg = SourceGroup { source, group };
+            if let Some(change) = fs.changes.get_mut(&sg) {
+                change.left = change.left.saturating_sub(1);
+                if change.left == 0 {
+                    fs.changes.remove(&sg);
+                } else {
+                    change.due = again;
+                }
+            }
+        }
+        fs.next_change_at = if more_due {
+            Some(now + self.cfg.report_coalesce)
         } else {
-            let uri = self
-                .cfg
-                .unsolicited_report_interval
-                .max(Duration::from_millis(2));
-            let lo = (uri / 2).as_millis() as u64;
-            let hi = uri.as_millis() as u64;
-            Some(now + Duration::from_millis(self.rng.random_range(lo..=hi)))
+            fs.changes.values().map(|c| c.due).min()
         };
     }
 
@@ -1125,11 +1300,16 @@ impl Tunnel {
             return;
         };
         let mut by_group: BTreeMap<IpAddr, Vec<IpAddr>> = BTreeMap::new();
+        let mut first_report = false;
         for (sg, sub) in self.subs.iter_mut() {
             if Family::of(sg.group) == family {
                 by_group.entry(sg.group).or_default().push(sg.source);
+                first_report |= sub.reported_at.is_none();
                 sub.reported_at.get_or_insert(now);
             }
+        }
+        if first_report && let Some(timeout) = self.cfg.no_data_timeout {
+            self.arm_activity_check(now + timeout);
         }
         if by_group.is_empty() {
             return;
@@ -1154,6 +1334,11 @@ impl Tunnel {
             // Only reachable with absurd sizes (over 64 KiB per report).
             return;
         };
+        self.push_updates(relay, query, datagrams);
+    }
+
+    /// Queues one Membership Update per report datagram.
+    fn push_updates(&mut self, relay: SocketAddr, query: QueryState, datagrams: Vec<Vec<u8>>) {
         for report in datagrams {
             let msg = Message::MembershipUpdate(amt::MembershipUpdate {
                 mac: query.mac,
@@ -1245,15 +1430,8 @@ impl Tunnel {
             }
         }
         self.stall_timer_armed = stall_armed;
-        if let (Some(timeout), Phase::Active) = (self.cfg.no_data_timeout, self.phase) {
-            for sub in self.subs.values() {
-                if let Some(reported) = sub.reported_at
-                    && sub.last_data_at.is_none()
-                    && !sub.no_data_reported
-                {
-                    consider(Some(reported + timeout));
-                }
-            }
+        if matches!(self.phase, Phase::Active | Phase::Closing) {
+            consider(self.activity_check_at);
         }
         self.next_timeout = next;
         self.stats.next_request_at = self

@@ -22,6 +22,50 @@ pub(crate) struct ReportBuilder {
     pub(crate) max_records_len: usize,
 }
 
+/// Report datagrams and the (group, source) pairs they carry.
+pub(crate) struct Built {
+    pub(crate) datagrams: Vec<Vec<u8>>,
+    pub(crate) sent: Vec<(IpAddr, IpAddr)>,
+}
+
+/// `records` typed for one family (records and sources of the other family
+/// are skipped).
+fn typed<A>(records: &[Record], pick: fn(IpAddr) -> Option<A>) -> Vec<GroupRecord<A>> {
+    records
+        .iter()
+        .filter_map(|r| {
+            Some(GroupRecord {
+                record_type: r.record_type,
+                group: pick(r.group)?,
+                sources: r.sources.iter().filter_map(|s| pick(*s)).collect(),
+            })
+        })
+        .collect()
+}
+
+fn v4(a: IpAddr) -> Option<Ipv4Addr> {
+    match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn v6(a: IpAddr) -> Option<Ipv6Addr> {
+    match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// The (group, source) pairs of some chunks.
+fn pairs<A: Copy + Into<IpAddr>>(chunks: &[Vec<GroupRecord<A>>]) -> Vec<(IpAddr, IpAddr)> {
+    chunks
+        .iter()
+        .flatten()
+        .flat_map(|r| r.sources.iter().map(|s| (r.group.into(), (*s).into())))
+        .collect()
+}
+
 impl ReportBuilder {
     /// Encodes `records` (all of `family`; others are skipped) into as few
     /// report datagrams as the size limit allows. Records with too many
@@ -31,66 +75,56 @@ impl ReportBuilder {
         family: Family,
         records: &[Record],
     ) -> Result<Vec<Vec<u8>>, EncodeError> {
+        Ok(self.build_limited(family, records, usize::MAX)?.datagrams)
+    }
+
+    /// Like [`ReportBuilder::build`], but at most `max_reports` datagrams:
+    /// what did not fit is left out, and `sent` says what is in.
+    pub(crate) fn build_limited(
+        &self,
+        family: Family,
+        records: &[Record],
+        max_reports: usize,
+    ) -> Result<Built, EncodeError> {
         match family {
             Family::V4 => {
-                let typed: Vec<GroupRecord<Ipv4Addr>> = records
-                    .iter()
-                    .filter_map(|r| {
-                        let IpAddr::V4(group) = r.group else {
-                            return None;
-                        };
-                        let sources = r
-                            .sources
-                            .iter()
-                            .filter_map(|s| match s {
-                                IpAddr::V4(v4) => Some(*v4),
-                                IpAddr::V6(_) => None,
-                            })
-                            .collect();
-                        Some(GroupRecord {
-                            record_type: r.record_type,
-                            group,
-                            sources,
+                let mut chunks = split(
+                    typed(records, v4),
+                    igmp::RECORD_HEADER_LEN,
+                    4,
+                    self.max_records_len,
+                );
+                chunks.truncate(max_reports);
+                Ok(Built {
+                    sent: pairs(&chunks),
+                    datagrams: chunks
+                        .into_iter()
+                        .map(|records| {
+                            encap::igmpv3_report_datagram(
+                                self.src_v4,
+                                &igmp::ReportRepr { records },
+                            )
                         })
-                    })
-                    .collect();
-                let chunks = split(typed, igmp::RECORD_HEADER_LEN, 4, self.max_records_len);
-                chunks
-                    .into_iter()
-                    .map(|records| {
-                        encap::igmpv3_report_datagram(self.src_v4, &igmp::ReportRepr { records })
-                    })
-                    .collect()
+                        .collect::<Result<_, _>>()?,
+                })
             }
             Family::V6 => {
-                let typed: Vec<GroupRecord<Ipv6Addr>> = records
-                    .iter()
-                    .filter_map(|r| {
-                        let IpAddr::V6(group) = r.group else {
-                            return None;
-                        };
-                        let sources = r
-                            .sources
-                            .iter()
-                            .filter_map(|s| match s {
-                                IpAddr::V6(v6) => Some(*v6),
-                                IpAddr::V4(_) => None,
-                            })
-                            .collect();
-                        Some(GroupRecord {
-                            record_type: r.record_type,
-                            group,
-                            sources,
+                let mut chunks = split(
+                    typed(records, v6),
+                    mld::RECORD_HEADER_LEN,
+                    16,
+                    self.max_records_len,
+                );
+                chunks.truncate(max_reports);
+                Ok(Built {
+                    sent: pairs(&chunks),
+                    datagrams: chunks
+                        .into_iter()
+                        .map(|records| {
+                            encap::mldv2_report_datagram(self.src_v6, &mld::ReportRepr { records })
                         })
-                    })
-                    .collect();
-                let chunks = split(typed, mld::RECORD_HEADER_LEN, 16, self.max_records_len);
-                chunks
-                    .into_iter()
-                    .map(|records| {
-                        encap::mldv2_report_datagram(self.src_v6, &mld::ReportRepr { records })
-                    })
-                    .collect()
+                        .collect::<Result<_, _>>()?,
+                })
             }
         }
     }

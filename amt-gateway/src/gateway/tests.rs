@@ -637,11 +637,15 @@ fn state_changes_repeat_qrv_times() {
     }
     sent(&mut t);
 
-    // Leave: BLOCK now and twice more, spaced [0.5, 1] s.
+    // Leave: BLOCK within the coalescing window (a report just went out),
+    // then twice more, spaced [0.5, 1] s.
     assert!(t.unsubscribe(sg(ip(S1), ip(G1)), now));
     assert!(!t.unsubscribe(sg(ip(S1), ip(G1)), now));
+    let first = t.poll_timeout().unwrap();
+    assert!(first <= now + Duration::from_millis(10));
+    t.handle_timeout(first);
     let mut blocks = 0;
-    let mut last = now;
+    let mut last = first;
     loop {
         for (_, s) in sent(&mut t) {
             assert_eq!(
@@ -664,16 +668,19 @@ fn state_changes_repeat_qrv_times() {
 fn join_then_leave_before_repetitions_end_sends_block_not_allow() {
     let (mut t, _t0, now, _) = up_tunnel(cfg());
     t.subscribe(sg(ip(S1), ip(G2)), now).unwrap();
+    // A report went out just now: the ALLOW waits for the coalescing
+    // window; G1's repetition is not due yet and stays spaced.
+    assert!(sent(&mut t).is_empty());
+    let at = t.poll_timeout().unwrap();
+    assert_eq!(at, now + Duration::from_millis(10));
+    t.handle_timeout(at);
     let out = sent(&mut t);
-    // The pending ALLOW for G1 rides along with the new ALLOW for G2.
     assert_eq!(
         igmp_records(&out[0].1).2,
-        vec![
-            rec4(RecordType::AllowNewSources, G1, &[S1]),
-            rec4(RecordType::AllowNewSources, G2, &[S1])
-        ]
+        vec![rec4(RecordType::AllowNewSources, G2, &[S1])]
     );
-    t.unsubscribe(sg(ip(S1), ip(G2)), now);
+    t.unsubscribe(sg(ip(S1), ip(G2)), at);
+    t.handle_timeout(t.poll_timeout().unwrap());
     let out = sent(&mut t);
     let recs = igmp_records(&out[0].1).2;
     assert!(recs.contains(&rec4(RecordType::BlockOldSources, G2, &[S1])));
@@ -1246,4 +1253,156 @@ fn data_stall_sends_one_early_request_per_silence() {
     only_request(&sent(&mut t));
     assert_eq!(t.stats().stall_requests, 2);
     let _ = now;
+}
+
+// ---- relay racing --------------------------------------------------------
+
+#[test]
+fn connect_handshakes_without_reporting_anything() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 7);
+    let dn = discovery_nonce(&sent(&mut t));
+    // Connecting before the relay is known starts the Request after the
+    // Advertisement.
+    t.connect(Family::V4, t0).unwrap();
+    assert!(sent(&mut t).is_empty());
+    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
+    let (rn, kind) = only_request(&sent(&mut t));
+    assert_eq!(kind, QueryKind::Igmpv3);
+    t.handle_datagram(t0, relay_addr(), &QueryOpts::new(rn).bytes());
+    assert_eq!(
+        events(&mut t),
+        vec![
+            TunnelEvent::RelayDiscovered {
+                relay: relay_addr()
+            },
+            TunnelEvent::Up {
+                relay: relay_addr(),
+                family: Family::V4
+            }
+        ]
+    );
+    assert!(
+        sent(&mut t).is_empty(),
+        "no membership report: nothing is subscribed"
+    );
+    assert_eq!(t.state(), TunnelState::Up);
+    // The winner of a race then subscribes: one report goes out.
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
+    let updates: Vec<_> = sent(&mut t)
+        .into_iter()
+        .filter(|(_, s)| matches!(s, Sent::Update { .. }))
+        .collect();
+    assert_eq!(updates.len(), 1);
+    // A closed tunnel cannot connect.
+    t.close(t0);
+    assert_eq!(t.connect(Family::V6, t0), Err(SubscribeError::Closed));
+}
+
+// ---- membership changes at scale -------------------------------------------
+
+#[test]
+fn a_burst_of_joins_is_coalesced_into_full_reports_and_paced() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    // 5,000 joins in one go (as a 10,000-channel joinfile over two relays).
+    let channels: Vec<SourceGroup> = (0..5000u32)
+        .map(|i| {
+            sg(
+                IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i / 50)),
+                IpAddr::V4(Ipv4Addr::from(0xe801_0000 + i % 50 + 2)),
+            )
+        })
+        .collect();
+    for c in &channels {
+        t.subscribe(*c, now).unwrap();
+    }
+    // Drive the timers for 3 s; record every Update with its time.
+    let mut updates: Vec<(Instant, usize)> = Vec::new();
+    let mut reported: std::collections::BTreeMap<(IpAddr, IpAddr), u32> = Default::default();
+    let mut at = now;
+    loop {
+        for (_, s) in sent(&mut t) {
+            let (_, _, records) = igmp_records(&s);
+            let n: usize = records.iter().map(|r| r.sources.len()).sum();
+            for r in &records {
+                for src in &r.sources {
+                    *reported
+                        .entry((IpAddr::V4(*src), IpAddr::V4(r.group)))
+                        .or_default() += 1;
+                }
+            }
+            updates.push((at, n));
+        }
+        match t.poll_timeout() {
+            Some(next) if next < now + secs(3) => {
+                at = next;
+                t.handle_timeout(at);
+            }
+            _ => break,
+        }
+    }
+    // Every join reported QRV (2) times; the one before the burst too.
+    for c in &channels {
+        assert_eq!(reported.get(&(c.source, c.group)), Some(&2), "{c}");
+    }
+    // Full reports: 10,000 records in about as many Updates as 1,100
+    // bytes of records need, not one per join.
+    let records_per_update = 1100 / (8 + 4);
+    assert!(
+        updates.len() <= 2 * (10_000 / records_per_update + 8),
+        "{} Updates",
+        updates.len()
+    );
+    // Paced: at most 8 Updates in any 10 ms window.
+    for (i, (start, _)) in updates.iter().enumerate() {
+        let burst = updates[i..]
+            .iter()
+            .take_while(|(t, _)| *t < *start + Duration::from_millis(10))
+            .count();
+        assert!(
+            burst <= 8,
+            "{burst} Updates within 10 ms of {:?}",
+            *start - now
+        );
+    }
+}
+
+#[test]
+fn data_edges_say_when_data_starts_and_stops() {
+    let (mut t, _t0, now, _) = up_tunnel(cfg());
+    let channel = sg(ip(S1), ip(G1));
+    let pkt = data(ip(S1), ip(G1), 100);
+    t.handle_datagram(now, relay_addr(), &pkt);
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::DataFlowing { sg: channel }]
+    );
+    // More data: no more events.
+    for i in 1..=20 {
+        let at = now + Duration::from_millis(100 * i);
+        t.handle_datagram(at, relay_addr(), &pkt);
+        t.handle_timeout(at);
+    }
+    assert!(events(&mut t).is_empty());
+    assert!(t.subscription_stats(channel).unwrap().flowing);
+    // Silence for data_quiet_after (3 s) after the last packet.
+    let last = now + Duration::from_millis(2000);
+    let mut at = last;
+    while let Some(next) = t.poll_timeout().filter(|n| *n <= last + secs(3)) {
+        at = next;
+        t.handle_timeout(at);
+    }
+    assert_eq!(at, last + secs(3));
+    let edges: Vec<TunnelEvent> = events(&mut t)
+        .into_iter()
+        .filter(|e| matches!(e, TunnelEvent::DataStopped { .. }))
+        .collect();
+    assert_eq!(edges, vec![TunnelEvent::DataStopped { sg: channel }]);
+    assert!(!t.subscription_stats(channel).unwrap().flowing);
+    // Data again: flowing again.
+    t.handle_datagram(at + secs(1), relay_addr(), &pkt);
+    assert_eq!(
+        events(&mut t),
+        vec![TunnelEvent::DataFlowing { sg: channel }]
+    );
 }

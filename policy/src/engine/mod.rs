@@ -44,6 +44,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use ingest_types::LogBudget;
 use ingest_types::{AMT_PORT, SourceGroup};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -95,7 +96,8 @@ pub struct EngineConfig {
     /// A failed relay is held down for a random time in `min..=max`.
     pub holddown_min: Duration,
     pub holddown_max: Duration,
-    /// Decisions are re-evaluated at least this often.
+    /// The engine wakes at least this often (decisions are re-evaluated
+    /// only when an input changed or a hold-down ended).
     pub recheck: Duration,
     /// Seed of the random choices (order within a precedence, hold-down
     /// lengths, admission tie-breaks).
@@ -159,6 +161,16 @@ pub struct Engine {
     /// Maps `Instant`s to wall-clock text, fixed so text is stable.
     anchor: (Instant, SystemTime),
     last: PolicySet,
+    /// An input changed since the last evaluation.
+    dirty: bool,
+    /// When the decisions change by time alone (a hold-down ends).
+    decision_deadline: Option<Instant>,
+    /// The earliest lookup due (None: none known; checked at once when
+    /// `lookups_changed`).
+    lookups_due_at: Option<Instant>,
+    lookups_changed: bool,
+    /// Keeps per-flow lines to a few per second.
+    log: LogBudget,
 }
 
 impl Engine {
@@ -184,6 +196,11 @@ impl Engine {
             seed,
             anchor: (now, wall),
             last: PolicySet::new(),
+            dirty: true,
+            decision_deadline: None,
+            lookups_due_at: None,
+            lookups_changed: true,
+            log: LogBudget::new(Duration::from_secs(1), 5),
         }
     }
 
@@ -200,12 +217,18 @@ impl Engine {
             self.rates.entry(*sg).or_default();
         }
         self.wanted = wanted;
+        self.dirty = true;
+        self.lookups_changed = true;
     }
 
     /// Lookups due at `now`, marked in flight: the caller performs them
     /// and feeds each result to [`Engine::on_lookup`].
     pub fn poll_lookups(&mut self, now: Instant) -> Vec<Lookup> {
         let mut out = Vec::new();
+        if !self.lookups_changed && self.lookups_due_at.is_none_or(|t| t > now) {
+            // Nothing became due: no scan of every source and flow.
+            return out;
+        }
         if self.settings.driad {
             for (source, entry) in &mut self.sources {
                 if entry.in_flight || !due(entry.outcome.is_none(), entry.refresh_at, now) {
@@ -231,11 +254,33 @@ impl Engine {
             Lookup::Relays(s) => (0, *s, *s),
             Lookup::Bitrate(sg) => (1, sg.source, sg.group),
         });
+        self.lookups_changed = false;
+        self.lookups_due_at = self
+            .sources
+            .values()
+            .filter(|e| !e.in_flight)
+            .filter_map(|e| e.refresh_at)
+            .chain(
+                self.rates
+                    .values()
+                    .filter(|e| !e.in_flight)
+                    .filter_map(|e| e.refresh_at),
+            )
+            .min();
         out
+    }
+
+    /// Whether [`Engine::evaluate`] would decide anything new at `now`: an
+    /// input changed, or a hold-down ended. With nothing changing, nothing
+    /// is re-evaluated (ten thousand idle flows cost no CPU).
+    pub fn needs_evaluation(&self, now: Instant) -> bool {
+        self.dirty || self.decision_deadline.is_some_and(|t| t <= now)
     }
 
     /// A lookup finished.
     pub fn on_lookup(&mut self, done: LookupDone, now: Instant) {
+        self.dirty = true;
+        self.lookups_changed = true;
         match done {
             LookupDone::Relays(source, outcome) => self.on_relays(source, outcome, now),
             LookupDone::Bitrate(sg, rate) => self.on_bitrate(sg, rate, now),
@@ -244,6 +289,8 @@ impl Engine {
 
     /// A lookup task died without a result: retry later.
     pub fn on_lookup_lost(&mut self, lookup: Lookup, now: Instant) {
+        self.dirty = true;
+        self.lookups_changed = true;
         match lookup {
             Lookup::Relays(source) => {
                 if let Some(entry) = self.sources.get_mut(&source) {
@@ -281,7 +328,11 @@ impl Engine {
                 let keep_stale = !failure.is_negative_answer()
                     && matches!(entry.outcome, Some(DriadOutcome::Answer(_)));
                 if keep_stale {
-                    warn!(%source, %failure, "AMTRELAY refresh of {query_name} failed; keeping the last answer");
+                    if self.log.allow("AMTRELAY refresh failed", now) {
+                        warn!(%source, %failure, "AMTRELAY refresh of {query_name} failed; keeping the last answer");
+                    } else {
+                        debug!(%source, %failure, "AMTRELAY refresh of {query_name} failed; keeping the last answer");
+                    }
                 } else {
                     entry.outcome = Some(outcome);
                 }
@@ -304,6 +355,8 @@ impl Engine {
     /// last relay left; either way, sources with no working relay left get
     /// a fresh AMTRELAY query.
     pub fn on_relay_failure(&mut self, failure: RelayFailure, now: Instant) {
+        self.dirty = true;
+        self.lookups_changed = true;
         let sg = failure.sg.map(|sg| sg.to_string()).unwrap_or_default();
         if failure.hold_down {
             let duration = self
@@ -315,20 +368,21 @@ impl Engine {
                 now,
                 duration,
             );
-            warn!(
-                relay = %failure.relay,
-                sg,
-                reason = %failure.reason,
-                "relay failed: held down until {}",
-                self.wall(until)
-            );
-        } else {
+            let until = self.wall(until);
+            if self.log.allow("relay held down", now) {
+                warn!(relay = %failure.relay, sg, reason = %failure.reason, "relay failed: held down until {until}");
+            } else {
+                debug!(relay = %failure.relay, sg, reason = %failure.reason, "relay failed: held down until {until}");
+            }
+        } else if self.log.allow("last relay failed", now) {
             warn!(
                 relay = %failure.relay,
                 sg,
                 reason = %failure.reason,
                 "relay failed, and it is the last relay left for its flows: its tunnel keeps retrying"
             );
+        } else {
+            debug!(relay = %failure.relay, sg, reason = %failure.reason, "the last relay of its flows failed");
         }
         self.requery_sources_whose_relays_all_failed(failure.relay.ip(), now);
     }
@@ -370,10 +424,14 @@ impl Engine {
             } else {
                 String::new()
             };
-            info!(
-                %source,
-                "every relay in the AMTRELAY answer for {query_name} failed: asking DNS again{when}"
-            );
+            if self.log.allow("asking DNS again", now) {
+                info!(
+                    %source,
+                    "every relay in the AMTRELAY answer for {query_name} failed: asking DNS again{when}"
+                );
+            } else {
+                debug!(%source, "asking DNS again for {query_name}{when}");
+            }
         }
     }
 
@@ -381,33 +439,27 @@ impl Engine {
     /// or the periodic recheck).
     pub fn next_wakeup(&self, now: Instant) -> Instant {
         let mut next = now + self.settings.recheck;
-        let mut consider = |t: Instant| {
-            if t > now && t < next {
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t
+                && t > now
+                && t < next
+            {
                 next = t;
             }
         };
-        if let Some(t) = self.admission.next_expiry(now) {
-            consider(t);
-        }
-        for (_, hold) in self.holddowns.active(now) {
-            consider(hold.until);
-        }
-        for entry in self.sources.values().filter(|e| !e.in_flight) {
-            if let Some(t) = entry.refresh_at {
-                consider(t);
-            }
-        }
-        for entry in self.rates.values().filter(|e| !e.in_flight) {
-            if let Some(t) = entry.refresh_at {
-                consider(t);
-            }
-        }
+        consider(self.decision_deadline);
+        consider(self.lookups_due_at);
+        consider(self.log.next_summary());
         next
     }
 
     /// Decides every wanted flow at `now`; logs what changed since the last
     /// evaluation.
     pub fn evaluate(&mut self, now: Instant) -> PolicySet {
+        self.dirty = false;
+        for (cause, n) in self.log.take_summary(now) {
+            info!("{n} more \"{cause}\" lines in the last second (each at debug level)");
+        }
         self.holddowns.prune(now);
         let wanted = self.wanted.clone();
         let sources: BTreeSet<IpAddr> = wanted.keys().map(|sg| sg.source).collect();
@@ -491,33 +543,59 @@ impl Engine {
             }
         }
         self.admitted = set.values().filter(|f| f.admitted).map(|f| f.sg).collect();
-        self.log_changes(&set);
+        self.log_changes(&set, now);
         self.last = set.clone();
+        self.decision_deadline = self
+            .admission
+            .next_expiry(now)
+            .into_iter()
+            .chain(self.holddowns.active(now).map(|(_, hold)| hold.until))
+            .min();
         set
     }
 
-    fn log_changes(&self, set: &PolicySet) {
+    fn log_changes(&mut self, set: &PolicySet, now: Instant) {
         for (sg, flow) in set {
             let span = info_span!("flow", %sg);
             let _enter = span.enter();
             match self.last.get(sg) {
-                None => info!(
-                    population = flow.population,
-                    bitrate = %flow.bitrate_origin,
-                    admitted = flow.admitted,
-                    "policy: {}; {}",
-                    flow.relays,
-                    flow.admission_reason
-                ),
+                None => {
+                    if self.log.allow("policy for a new flow", now) {
+                        info!(
+                            population = flow.population,
+                            bitrate = %flow.bitrate_origin,
+                            admitted = flow.admitted,
+                            "policy: {}; {}",
+                            flow.relays,
+                            flow.admission_reason
+                        )
+                    } else {
+                        debug!(
+                            admitted = flow.admitted,
+                            "policy: {}; {}", flow.relays, flow.admission_reason
+                        )
+                    }
+                }
                 Some(old) => {
                     if old.relays != flow.relays {
-                        info!("relays: {} (was {})", flow.relays, old.relays);
+                        if self.log.allow("relays changed", now) {
+                            info!("relays: {} (was {})", flow.relays, old.relays);
+                        } else {
+                            debug!("relays: {} (was {})", flow.relays, old.relays);
+                        }
                     }
                     if old.admitted != flow.admitted {
-                        info!(
-                            admitted = flow.admitted,
-                            "admission: {}", flow.admission_reason
-                        );
+                        if self.log.allow("admission changed", now) {
+                            info!(
+                                admitted = flow.admitted,
+                                "admission: {}", flow.admission_reason
+                            );
+                        } else {
+                            debug!(
+                                admitted = flow.admitted,
+                                "admission: {}", flow.admission_reason
+                            );
+                        }
                     } else if old.admission_reason != flow.admission_reason {
                         debug!("admission: {}", flow.admission_reason);
                     }

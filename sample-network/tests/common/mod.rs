@@ -331,6 +331,17 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Several vtysh commands in one session on a node's FRR (for
+    /// `configure terminal` followed by configuration lines).
+    pub fn vtysh_session(&self, node: &str, cmds: &[&str]) -> std::process::Output {
+        let mut command = self.vtysh_command();
+        command.arg("--vty_socket").arg(self.node_dir(node));
+        for cmd in cmds {
+            command.args(["-c", cmd]);
+        }
+        command.output().expect("run vtysh")
+    }
+
     pub fn vtysh_json(&self, node: &str, cmd: &str) -> Value {
         let t = self.vtysh(node, cmd);
         serde_json::from_str(&t).unwrap_or(Value::Null)
@@ -341,6 +352,33 @@ impl Lab {
         let v = self.vtysh_json(node, "show ip pim upstream json");
         let e = &v[g][s];
         e["inboundInterface"] == iif && e["state"] == "J"
+    }
+
+    /// Stop a node's FRR daemon (`pimd`, `pim6d`, ...) and run it again
+    /// with its original command line, as an operator's restart would.
+    pub fn restart_frr_daemon(&self, node: &str, daemon: &str) {
+        let pidfile = self.node_dir(node).join(format!("{daemon}.pid"));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
+            .trim()
+            .parse()
+            .expect("pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("daemon cmdline");
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // SAFETY: signalling the lab's daemon.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let dead = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
+        assert!(dead.is_some(), "{node}/{daemon} did not stop");
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.exec_ok(node, &argv);
     }
 
     pub fn api_socket(&self) -> PathBuf {
