@@ -25,7 +25,9 @@
 #     packet arrives within 2 s of the join;
 #   - stopping the sidecar container withdraws its routes, amt0 and the
 #     tunnels (the relay's subscription ends); starting it again restores
-#     forwarding to the same receiver without a new join.
+#     forwarding to the same receiver without a new join;
+#   - the sidecar also works with --cap-drop ALL --cap-add NET_ADMIN and the
+#     FRR image's group frrvty (effective capabilities: NET_ADMIN only).
 # Without kernel multicast routing the test fails at once; with
 # LAB_ALLOW_NO_MROUTE=1 it runs every check that needs no forwarding, with
 # the joins coming from a joinfile instead of pimd (frr-ingestd
@@ -356,7 +358,7 @@ main() {
 	}
 	case ${1:-} in
 	-h | --help)
-		sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	"") ;;
@@ -536,7 +538,37 @@ partial_checks() {
 	wait_until 20 no_joins || fail "the emptied joinfile still has joins in the sidecar"
 	wait_until 10 no_source_route "$s" || fail "route $s/32 still there after the join left"
 	pass "leave: the joinfile emptied, the join and the route are gone"
+	hardened_sidecar frr-ingest/frr-ingestd:dev /usr/local/bin/lab-frr-ingestd
+	wait_until 30 vty_connected || fail "the hardened sidecar does not reach pimd's vty socket (group frrvty)"
+	pass "sidecar with only NET_ADMIN (cap-drop ALL, CapEff 0x1000) and group frrvty: reads pimd's vty, pimd's neighbour on amt0"
+	echo "$s,$g" >"$joinfile"
+	hardened_sidecar -v "$joinfile:/run/ct-joins.txt:ro" frr-ingest/frr-ingestd:dev /usr/local/bin/lab-frr-ingestd --join-source file:/run/ct-joins.txt
+	wait_until 20 tunnel_to 192.0.2.10 || fail "the hardened sidecar has no tunnel"
+	wait_until 10 source_route "$s" || fail "the hardened sidecar installs no route to $s"
+	wait_until 10 amt0_rx_grows || fail "the hardened sidecar writes no packets into amt0"
+	pass "the same with the joinfile: tunnel up, route installed, packets into amt0"
 }
+
+# hardened_sidecar [ARG...]: the sidecar container replaced by one with no
+# capability but NET_ADMIN (--cap-drop ALL; docker's default set has more,
+# e.g. DAC_OVERRIDE) and the FRR image's group frrvty for pimd's vty socket,
+# the way docs/deploy.md runs it; ARGs go to frr-ingestd.
+hardened_sidecar() {
+	local gid cfg=$REPO/sample-network/clab/configs/frr-ingestd capeff
+	gid=$(dx ingest getent group frrvty | cut -d: -f3)
+	[[ $gid =~ ^[0-9]+$ ]] || fail "no group frrvty in the FRR image"
+	docker rm -f "$(c frr-ingestd)" >/dev/null
+	docker run -d -t --name "$(c frr-ingestd)" --label "containerlab=frr-ingest" \
+		--network "container:$(c ingest)" --cap-drop ALL --cap-add NET_ADMIN --group-add "$gid" \
+		--device /dev/net/tun -v "$LAB_DIR/ingest-run-frr:/run/frr" -v "$LAB_DIR/dorms-ca:/run/dorms-ca:ro" \
+		-v "$cfg/frr-ingestd.toml:/etc/frr-ingest/frr-ingestd.toml:ro" -v "$cfg/start:/usr/local/bin/lab-frr-ingestd:ro" \
+		"$@" >/dev/null || fail "docker run of the hardened sidecar failed"
+	capeff=$(dx frr-ingestd sh -c 'grep CapEff /proc/1/status' | awk '{print $2}')
+	[[ $capeff == 0000000000001000 ]] || fail "the hardened sidecar has capabilities $capeff, not only NET_ADMIN (0000000000001000)"
+	wait_until 60 pim_neighbour ingest 169.254.77.2 || fail "the hardened sidecar is not pimd's neighbour on amt0"
+}
+# vty_connected: the sidecar reads pimd's join state over the vty socket.
+vty_connected() { sidecar_api show status --json | jq -e '.frr_state == "connected"'; }
 
 full_checks() {
 	local t s=198.51.100.4 g=232.1.1.2 first p1 p2 summary
@@ -568,6 +600,11 @@ full_checks() {
 	first=$(jq '.first_packet_ms // -1 | floor' <<<"$summary")
 	((first >= 0 && first <= 2000)) || fail "first packet ${first} ms after the join (limit 2000 ms): $summary"
 	pass "rcv2: first packet $first ms after the join (<= 2000 ms); $(jq -c '{packets, missing, duplicates}' <<<"$summary")"
+	hardened_sidecar frr-ingest/frr-ingestd:dev /usr/local/bin/lab-frr-ingestd
+	wait_until 30 vty_connected || fail "the hardened sidecar does not reach pimd's vty socket (group frrvty)"
+	p1=$(demo_receiver_packets)
+	wait_until 15 eval '(( $(demo_receiver_packets) > p1 + 100 ))' || fail "the demo receiver gets nothing through the hardened sidecar"
+	pass "sidecar with only NET_ADMIN (cap-drop ALL, CapEff 0x1000) and group frrvty: pimd's neighbour, the demo receiver gets traffic"
 	mcsend_stop
 }
 
