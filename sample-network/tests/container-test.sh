@@ -42,12 +42,15 @@
 #                         CT_CLEANUP_ONLY=1)
 #   CT_CLEANUP_ONLY=1     only tear down what a kept run left
 #   CARGO_TARGET_DIR      the release binaries (built when missing)
+#   CT_WORK               work directory: containerd/dockerd state, images,
+#                         the lab directory (default /var/tmp/frr-ingest-ct-
+#                         PREFIX; must allow overlayfs, ~1.5 GB; removed)
 # Exit codes: 0 all passed, 1 a check failed, 4 partial run passed.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PREFIX=${LAB_TEST_PREFIX:-}ct
-WORK=/var/tmp/frr-ingest-ct-$PREFIX
+WORK=${CT_WORK:-/var/tmp/frr-ingest-ct-$PREFIX}
 TOPO=$REPO/sample-network/clab/frr-ingest.clab.yml
 LAB_DIR=$WORK/lab
 export DOCKER_HOST=unix://$WORK/docker.sock
@@ -358,7 +361,7 @@ main() {
 	}
 	case ${1:-} in
 	-h | --help)
-		sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,48p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	"") ;;
