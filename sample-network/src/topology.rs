@@ -1167,7 +1167,7 @@ topology:
         let sidecar = t.node("border").unwrap();
         let c = &sidecar.container;
         assert_eq!(c.privileged, Some(false));
-        assert_eq!(c.cap_add, ["NET_ADMIN"]);
+        assert_eq!(c.cap_add, ["NET_ADMIN", "BPF"]);
         assert_eq!(c.devices, ["/dev/net/tun"]);
         assert_eq!(c.network_mode.as_deref(), Some("container:ingest"));
         assert!(

@@ -442,15 +442,15 @@ check_containers() {
 	local sc
 	sc=$(docker inspect "$(c frr-ingestd)")
 	jq -e '.[0].HostConfig.Privileged == false' <<<"$sc" >/dev/null || fail "the sidecar runs privileged"
-	jq -e '.[0].HostConfig.CapAdd | map(ltrimstr("CAP_")) == ["NET_ADMIN"]' <<<"$sc" >/dev/null ||
-		fail "the sidecar's added capabilities are $(jq -c '.[0].HostConfig.CapAdd' <<<"$sc"), not [NET_ADMIN]"
+	jq -e '.[0].HostConfig.CapAdd | map(ltrimstr("CAP_")) | sort == ["BPF", "NET_ADMIN"]' <<<"$sc" >/dev/null ||
+		fail "the sidecar's added capabilities are $(jq -c '.[0].HostConfig.CapAdd' <<<"$sc"), not [NET_ADMIN, BPF]"
 	jq -e '.[0].HostConfig.Devices | any(.PathOnHost == "/dev/net/tun")' <<<"$sc" >/dev/null || fail "the sidecar has no /dev/net/tun"
 	jq -e --arg id "$(docker inspect -f '{{.Id}}' "$(c ingest)")" '.[0].HostConfig.NetworkMode == "container:" + $id' <<<"$sc" >/dev/null ||
 		fail "the sidecar is not in the ingest container's network namespace: $(jq -r '.[0].HostConfig.NetworkMode' <<<"$sc")"
 	# The effective capability set of the daemon inside the container.
 	local capeff
 	capeff=$(dx frr-ingestd sh -c 'grep CapEff /proc/1/status' | awk '{print $2}')
-	pass "sidecar: not privileged, CapAdd [NET_ADMIN], /dev/net/tun, network-mode container:ingest (CapEff $capeff)"
+	pass "sidecar: not privileged, CapAdd [NET_ADMIN, BPF], /dev/net/tun, network-mode container:ingest (CapEff $capeff)"
 }
 
 check_frr_and_sidecar() {
