@@ -648,8 +648,72 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// What explains a failed test: the tail of every log of the lab run
+    /// (frr-ingestd, FRR's daemons, relays, named, nginx), `lab status`,
+    /// and the daemon's flows and tunnels while it still runs. Printed by
+    /// [`Drop`] when the test panicked, before the lab goes down.
+    fn print_failure_context(&self) {
+        const TAIL_LINES: usize = 60;
+        eprintln!(
+            "\n===== lab {} at the failure: state and log tails =====",
+            self.prefix
+        );
+        if self.api_socket().exists() {
+            for what in ["status", "flows", "tunnels"] {
+                let out = self.ingestctl(&["show", what]);
+                eprintln!(
+                    "--- ingestctl show {what}:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let status = self.lab_cmd(&["status"]);
+        eprintln!(
+            "--- lab status:\n{}",
+            String::from_utf8_lossy(&status.stdout)
+        );
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|node| node.path().is_dir())
+            .flat_map(|node| {
+                std::fs::read_dir(node.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.is_empty() {
+                continue;
+            }
+            eprintln!(
+                "--- {} (last {} of {} lines):",
+                log.display(),
+                TAIL_LINES.min(lines.len()),
+                lines.len()
+            );
+            for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("===== end of lab {} =====", self.prefix);
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_failure_context();
+        }
         for i in 0..self.daemons.len() {
             if matches!(self.daemons[i].try_wait(), Ok(None)) {
                 self.kill_daemon(i, libc::SIGTERM);
