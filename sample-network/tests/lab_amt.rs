@@ -140,7 +140,7 @@ fn amt_end_to_end_leave_and_tshark() {
         seq["duplicates"]
     );
     assert!(
-        first_ms < 1000.0,
+        first_ms < limit(Duration::from_secs(1)).as_secs_f64() * 1000.0,
         "first packet {first_ms} ms after the join (want < 1 s); daemon log:\n{}",
         lab.daemon_log()
     );
@@ -364,7 +364,7 @@ fn relay_restart_and_relay_gone() {
     );
     assert!(probes >= 1, "no stall probe was sent");
     assert!(
-        resumed < Duration::from_secs(10),
+        resumed < limit(Duration::from_secs(10)),
         "recovery took {resumed:?}: the stall probe should beat the 10 s query interval"
     );
 

@@ -179,11 +179,33 @@ pub fn require_lab_prerequisites() {
     );
 }
 
+/// `LAB_TIME_SCALE` (default 1): how much slower than a real machine this
+/// lab runs. `scripts/test-all` sets it when the lab runs in an emulated
+/// VM (scripts/labvm), where every process start costs 15-25x and CPU work
+/// 6-10x; latency limits and waits are multiplied by it and the tests say
+/// so when they print their figures.
+pub fn time_scale() -> f64 {
+    std::env::var("LAB_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// A latency limit of the product (e.g. "join seen within 1 s"), stretched
+/// by [`time_scale`] for slow lab hosts.
+pub fn limit(target: Duration) -> Duration {
+    target.mul_f64(time_scale())
+}
+
+/// Calls `f` every `step` until it returns something, for at most
+/// `timeout` (times [`time_scale`]).
 pub fn wait_until<T>(
     timeout: Duration,
     step: Duration,
     mut f: impl FnMut() -> Option<T>,
 ) -> Option<T> {
+    let timeout = limit(timeout);
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -248,6 +270,14 @@ impl Lab {
     /// the same lab test at once without sharing namespaces.
     pub fn up(prefix: &str) -> Lab {
         require_lab_prerequisites();
+        if time_scale() > 1.0 {
+            println!(
+                "LAB_TIME_SCALE={}: a slow (emulated) lab host; latency limits and waits are \
+                 stretched {}x and the figures below are this host's",
+                time_scale(),
+                time_scale()
+            );
+        }
         let prefix = format!(
             "{}{prefix}",
             std::env::var("LAB_TEST_PREFIX").unwrap_or_default()
