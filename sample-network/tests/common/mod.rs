@@ -179,6 +179,18 @@ pub fn require_lab_prerequisites() {
     );
 }
 
+/// `LAB_DATAPLANE` (kernel, userspace or auto; unset: the daemon's
+/// default) for every daemon a test starts without choosing one itself:
+/// `scripts/test-all` runs the lab suites once per data plane.
+fn dataplane_args(extra: &[&str]) -> Vec<String> {
+    match std::env::var("LAB_DATAPLANE") {
+        Ok(mode) if !mode.is_empty() && !extra.contains(&"--dataplane") => {
+            vec!["--dataplane".into(), mode]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// `LAB_TIME_SCALE` (default 1): how much slower than a real machine this
 /// lab runs. `scripts/test-all` sets it when the lab runs in an emulated
 /// VM (scripts/labvm), where every process start costs 15-25x and CPU work
@@ -434,6 +446,7 @@ impl Lab {
             .arg(self.api_socket())
             .args(["--log-level", "info,frr_bridge=debug"])
             .args(extra)
+            .args(dataplane_args(extra))
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
