@@ -374,14 +374,7 @@ impl Relay {
                 );
                 encap::igmpv3_query_datagram(
                     Ipv4Addr::UNSPECIFIED,
-                    &igmp::QueryRepr {
-                        max_resp_code: mrc,
-                        group: Ipv4Addr::UNSPECIFIED,
-                        suppress_router_processing: false,
-                        qrv,
-                        qqic,
-                        sources: vec![],
-                    },
+                    &igmp::QueryRepr::general(mrc, qrv, qqic),
                     true,
                 )
             }
@@ -391,14 +384,7 @@ impl Relay {
                 );
                 encap::mldv2_query_datagram(
                     Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x2268),
-                    &mld::QueryRepr {
-                        max_resp_code: mrc,
-                        group: Ipv6Addr::UNSPECIFIED,
-                        suppress_router_processing: false,
-                        qrv,
-                        qqic,
-                        sources: vec![],
-                    },
+                    &mld::QueryRepr::general(mrc, qrv, qqic),
                 )
             }
         }

@@ -59,27 +59,13 @@ fn decode_everything(bytes: &[u8]) {
 fn valid_messages() -> Vec<Vec<u8>> {
     let q4 = encap::igmpv3_query_datagram(
         Ipv4Addr::new(10, 0, 0, 1),
-        &igmp::QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        },
+        &igmp::QueryRepr::general(100, 2, 125),
         true,
     )
     .unwrap_or_default();
     let q6 = encap::mldv2_query_datagram(
         "fe80::1".parse().unwrap_or(Ipv6Addr::LOCALHOST),
-        &mld::QueryRepr {
-            max_resp_code: 10_000,
-            group: Ipv6Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        },
+        &mld::QueryRepr::general(10_000, 2, 125),
     )
     .unwrap_or_default();
     let r4 = encap::igmpv3_report_datagram(

@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::wire::amt::{MembershipQuery, Message, QueryKind, ResponseMac};
+use crate::wire::amt::{MULTICAST_DATA_HEADER, MembershipQuery, Message, QueryKind, ResponseMac};
 use crate::wire::encap::{self, EncapReport};
-use crate::wire::ipv4::{Ipv4Repr, PROTO_UDP};
-use crate::wire::ipv6::{Ipv6Repr, NEXT_UDP};
+use crate::wire::ip::IpRepr;
+use crate::wire::ipv4::PROTO_UDP;
 use crate::wire::{GroupRecord, RecordType, igmp, mld};
 
 const S1: &str = "192.0.2.1";
@@ -129,27 +129,13 @@ impl QueryOpts {
         let datagram = if self.v6 {
             encap::mldv2_query_datagram(
                 "fe80::99".parse().unwrap(),
-                &mld::QueryRepr {
-                    max_resp_code: 10_000,
-                    group: Ipv6Addr::UNSPECIFIED,
-                    suppress_router_processing: false,
-                    qrv: self.qrv,
-                    qqic: self.qqic,
-                    sources: vec![],
-                },
+                &mld::QueryRepr::general(10_000, self.qrv, self.qqic),
             )
             .unwrap()
         } else {
             encap::igmpv3_query_datagram(
                 Ipv4Addr::new(10, 0, 0, 1),
-                &igmp::QueryRepr {
-                    max_resp_code: 100,
-                    group: Ipv4Addr::UNSPECIFIED,
-                    suppress_router_processing: false,
-                    qrv: self.qrv,
-                    qqic: self.qqic,
-                    sources: vec![],
-                },
+                &igmp::QueryRepr::general(100, self.qrv, self.qqic),
                 false,
             )
             .unwrap()
@@ -168,37 +154,10 @@ impl QueryOpts {
 
 /// AMT Multicast Data carrying a UDP packet from `src` to `dst`.
 fn data(src: IpAddr, dst: IpAddr, payload_len: usize) -> Vec<u8> {
-    let mut out = vec![0x06, 0x00];
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let r = Ipv4Repr {
-                src: s,
-                dst: d,
-                protocol: PROTO_UDP,
-                ttl: 1,
-                tos: 0,
-                router_alert: false,
-                payload_len: 8 + payload_len,
-            };
-            let mut b = vec![0u8; r.total_len()];
-            r.emit(&mut b).unwrap();
-            out.extend(b);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let r = Ipv6Repr {
-                src: s,
-                dst: d,
-                next_header: NEXT_UDP,
-                hop_limit: 1,
-                router_alert: false,
-                payload_len: 8 + payload_len,
-            };
-            let mut b = vec![0u8; r.total_len()];
-            r.emit(&mut b).unwrap();
-            out.extend(b);
-        }
-        _ => panic!("mixed"),
-    }
+    let ip = IpRepr::new(src, dst, PROTO_UDP, 1, 8 + payload_len).expect("one family");
+    let (packet, _) = ip.packet().unwrap();
+    let mut out = MULTICAST_DATA_HEADER.to_vec();
+    out.extend(packet);
     out
 }
 

@@ -33,6 +33,19 @@ pub struct QueryRepr {
 }
 
 impl QueryRepr {
+    /// A General Query (no group, no sources, S flag clear): what a relay
+    /// sends to learn all of a gateway's state.
+    pub fn general(max_resp_code: u8, qrv: u8, qqic: u8) -> Self {
+        Self {
+            max_resp_code,
+            group: Ipv4Addr::UNSPECIFIED,
+            suppress_router_processing: false,
+            qrv,
+            qqic,
+            sources: vec![],
+        }
+    }
+
     pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
         need(buf, 1)?;
         if buf[0] != TYPE_MEMBERSHIP_QUERY {
@@ -160,20 +173,9 @@ mod tests {
     use super::*;
     use crate::wire::RecordType;
 
-    fn general_query() -> QueryRepr {
-        QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        }
-    }
-
     #[test]
     fn general_query_hand_bytes() {
-        let q = general_query();
+        let q = QueryRepr::general(100, 2, 125);
         let mut buf = [0u8; 12];
         assert_eq!(q.emit(&mut buf), Ok(12));
         // 11 64 csum 00000000 02 7d 0000 ; sum = 1164 + 027d = 13e1 -> ~ = ec1e
@@ -208,7 +210,7 @@ mod tests {
 
     #[test]
     fn query_rejects() {
-        let q = general_query();
+        let q = QueryRepr::general(100, 2, 125);
         let mut buf = [0u8; 12];
         q.emit(&mut buf).unwrap();
         assert!(matches!(

@@ -60,6 +60,19 @@ pub struct QueryRepr {
 }
 
 impl QueryRepr {
+    /// A General Query (no group, no sources, S flag clear): what a relay
+    /// sends to learn all of a gateway's state.
+    pub fn general(max_resp_code: u16, qrv: u8, qqic: u8) -> Self {
+        Self {
+            max_resp_code,
+            group: Ipv6Addr::UNSPECIFIED,
+            suppress_router_processing: false,
+            qrv,
+            qqic,
+            sources: vec![],
+        }
+    }
+
     pub fn parse(buf: &[u8], src: &Ipv6Addr, dst: &Ipv6Addr) -> Result<Self, DecodeError> {
         need(buf, 1)?;
         if buf[0] != TYPE_QUERY {
@@ -195,14 +208,7 @@ mod tests {
     #[test]
     fn query_round_trip_and_times() {
         let (src, _) = addrs();
-        let q = QueryRepr {
-            max_resp_code: 10_000,
-            group: Ipv6Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        };
+        let q = QueryRepr::general(10_000, 2, 125);
         let mut buf = vec![0u8; q.buffer_len()];
         assert_eq!(q.emit(&mut buf, &src, &ALL_NODES), Ok(28));
         assert_eq!(buf[0], 130);
@@ -230,14 +236,7 @@ mod tests {
         // General query, MRC 0, QRV 0, QQIC 0, from :: to ff02::1.
         // Pseudo-header sum: ff02 + 0001 + len 001c + nh 003a = 0xff59
         // ICMPv6 words: 8200 -> total 0x1_8159 -> 0x815a -> ~ 0x7ea5
-        let q = QueryRepr {
-            max_resp_code: 0,
-            group: Ipv6Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 0,
-            qqic: 0,
-            sources: vec![],
-        };
+        let q = QueryRepr::general(0, 0, 0);
         let mut buf = [0u8; 28];
         q.emit(&mut buf, &Ipv6Addr::UNSPECIFIED, &ALL_NODES)
             .unwrap();
