@@ -25,13 +25,6 @@ const PPS: u32 = 100;
 /// their last channel.
 const BASE_CONFIG: &str = "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n";
 
-/// Write a daemon config file into the border's run directory.
-fn write_config(lab: &Lab, name: &str, toml: &str) -> String {
-    let path = lab.node_dir("border").join(name);
-    std::fs::write(&path, toml).expect("write daemon config");
-    path.display().to_string()
-}
-
 fn key(s: &str, g: &str) -> String {
     format!("{s},{g}")
 }
@@ -107,7 +100,7 @@ fn text(out: &Output) -> String {
 fn relays_come_from_dns() {
     let _g = serial();
     let mut lab = Lab::up("t4a");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg]);
     let s4 = "198.51.100.4";
     let s5 = "198.51.100.5";
@@ -199,7 +192,7 @@ fn relays_come_from_dns() {
 fn dead_preferred_relay_fails_over_within_30s() {
     let _g = serial();
     let mut lab = Lab::up("t4b");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg]);
     let s7 = "198.51.100.7";
     let _tx = lab.mcsend(&[(s7, G)], PPS, &["--duration", "60"]);
@@ -273,7 +266,7 @@ fn dead_preferred_relay_fails_over_within_30s() {
 fn relay_moved_in_dns_is_found_before_the_ttl() {
     let _g = serial();
     let mut lab = Lab::up("t4h");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg]);
     let s6 = "203.0.113.6";
     let _tx = lab.mcsend(&[(s6, G)], PPS, &["--duration", "90"]);
@@ -329,7 +322,7 @@ fn relay_moved_in_dns_is_found_before_the_ttl() {
 fn admission_follows_offload() {
     let _g = serial();
     let mut lab = Lab::up("t4c");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg, "--bandwidth-limit", "10M"]);
     let s8 = "198.51.100.8";
     let (g6, g3, g2) = ("232.10.1.6", "232.10.1.3", "232.10.1.2");
@@ -430,7 +423,7 @@ fn admission_follows_offload() {
 fn sender_priority_from_dorms() {
     let _g = serial();
     let mut lab = Lab::up("t4g");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
     lab.start_daemon_with_policy(&["--config", &cfg, "--bandwidth-limit", "10M"]);
     let (s8, s4) = ("198.51.100.8", "198.51.100.4");
     let (preferred, lower) = ("232.10.2.9", "232.10.2.3");
@@ -493,12 +486,11 @@ fn dorms_outage_default_rate_and_recovery() {
     let s4 = "198.51.100.4";
     let out = lab.lab_cmd(&["proc", "stop", "dorms", "nginx"]);
     assert!(out.status.success(), "stop nginx: {}", text(&out));
-    let with_default = write_config(
-        &lab,
+    let with_default = lab.write_config(
         "default.toml",
         "[policy]\nrecheck_interval_s = 1\nseed = 4\ndefault_bitrate = \"2M\"\n[amt]\nlinger_s = 2\n",
     );
-    let without_default = write_config(&lab, "no-default.toml", BASE_CONFIG);
+    let without_default = lab.write_config("no-default.toml", BASE_CONFIG);
     let _tx = lab.mcsend(&[(s4, G)], PPS, &["--duration", "120"]);
     let d0 = lab.start_daemon_with_policy(&["--config", &with_default, "--bandwidth-limit", "10M"]);
     let rx = lab.mcrx(&[(s4, G)], &[]);
@@ -762,7 +754,7 @@ fn joinfile_drives_ingest_and_is_written_back() {
     let s203 = "203.0.113.4";
     let given = format!("{s4},{G},2\n{s203},{G},1\n");
     std::fs::write(&joins, &given).expect("joinfile");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
     let join_source = format!("file:{}", joins.display());
     let write = written.display().to_string();
     lab.start_daemon_with_policy(&[
