@@ -173,6 +173,24 @@ mod tests {
     use super::*;
     use crate::wire::RecordType;
 
+    /// The report of the sample capture: ALLOW (232.1.1.1, 192.0.2.1).
+    fn allow_one() -> ReportRepr {
+        ReportRepr {
+            records: vec![GroupRecord {
+                record_type: RecordType::AllowNewSources,
+                group: Ipv4Addr::new(232, 1, 1, 1),
+                sources: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            }],
+        }
+    }
+
+    /// Recomputes the IGMP checksum of an edited message.
+    fn set_checksum(message: &mut [u8]) {
+        message[2..4].fill(0);
+        let sum = checksum::internet_checksum(message);
+        message[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+
     #[test]
     fn general_query_hand_bytes() {
         let q = QueryRepr::general(100, 2, 125);
@@ -229,10 +247,7 @@ mod tests {
         // Source count larger than the buffer (checksum fixed up).
         let mut too_many = buf;
         too_many[11] = 3;
-        too_many[2] = 0;
-        too_many[3] = 0;
-        let s = checksum::internet_checksum(&too_many);
-        too_many[2..4].copy_from_slice(&s.to_be_bytes());
+        set_checksum(&mut too_many);
         assert!(matches!(
             QueryRepr::parse(&too_many),
             Err(DecodeError::Truncated { .. })
@@ -242,13 +257,7 @@ mod tests {
     #[test]
     fn report_hand_bytes_one_allow_record() {
         // The 20-byte report in the sample capture: one record, one source.
-        let r = ReportRepr {
-            records: vec![GroupRecord {
-                record_type: RecordType::AllowNewSources,
-                group: Ipv4Addr::new(232, 1, 1, 1),
-                sources: vec![Ipv4Addr::new(192, 0, 2, 1)],
-            }],
-        };
+        let r = allow_one();
         let mut buf = vec![0u8; r.buffer_len()];
         assert_eq!(r.emit(&mut buf), Ok(20));
         // words: 2200 0000 0000 0001 0500 0001 e801 0101 c000 0201
@@ -287,10 +296,7 @@ mod tests {
         with_aux.extend_from_slice(&[1, 1, 0, 0, 232, 9, 9, 9, 0xde, 0xad, 0xbe, 0xef]);
         with_aux.extend_from_slice(&buf[8..]);
         with_aux[7] = 3;
-        with_aux[2] = 0;
-        with_aux[3] = 0;
-        let s = checksum::internet_checksum(&with_aux);
-        with_aux[2..4].copy_from_slice(&s.to_be_bytes());
+        set_checksum(&mut with_aux);
         let p = ReportRepr::parse(&with_aux).unwrap();
         assert_eq!(p.records.len(), 3);
         assert_eq!(p.records[0].group, Ipv4Addr::new(232, 9, 9, 9));
@@ -300,20 +306,11 @@ mod tests {
 
     #[test]
     fn report_truncated_record() {
-        let r = ReportRepr {
-            records: vec![GroupRecord {
-                record_type: RecordType::AllowNewSources,
-                group: Ipv4Addr::new(232, 1, 1, 1),
-                sources: vec![Ipv4Addr::new(192, 0, 2, 1)],
-            }],
-        };
+        let r = allow_one();
         let mut buf = vec![0u8; r.buffer_len()];
         r.emit(&mut buf).unwrap();
         let mut cut = buf[..16].to_vec();
-        cut[2] = 0;
-        cut[3] = 0;
-        let s = checksum::internet_checksum(&cut);
-        cut[2..4].copy_from_slice(&s.to_be_bytes());
+        set_checksum(&mut cut);
         assert!(matches!(
             ReportRepr::parse(&cut),
             Err(DecodeError::Truncated { .. })

@@ -35,7 +35,7 @@ use super::metadata::{
 use super::outcome::{DormsError, DormsStep, FlowBitrate};
 use super::srv::{SrvTarget, cache_lifetime, order_srv};
 use crate::admission::BitrateOrigin;
-use crate::cache::TtlCache;
+use crate::cache::SharedTtlCache;
 use crate::dns::{DnsClient, DnsConfig};
 use crate::driad::dorms_srv_name;
 use ingest_types::SourceGroup;
@@ -101,8 +101,8 @@ pub struct DormsClient {
     dns: DnsClient,
     http: reqwest::Client,
     config: DormsConfig,
-    cache: Mutex<TtlCache<SourceGroup, CacheEntry>>,
-    roots: Mutex<TtlCache<String, String>>,
+    cache: SharedTtlCache<SourceGroup, CacheEntry>,
+    roots: SharedTtlCache<String, String>,
     rng: Mutex<StdRng>,
 }
 
@@ -194,8 +194,8 @@ impl DormsClient {
             dns,
             http,
             config,
-            cache: Mutex::new(TtlCache::new()),
-            roots: Mutex::new(TtlCache::new()),
+            cache: SharedTtlCache::default(),
+            roots: SharedTtlCache::default(),
             rng: Mutex::new(rng),
         })
     }
@@ -217,7 +217,7 @@ impl DormsClient {
         let span = tracing::debug_span!("dorms", source = %sg.source, group = %sg.group);
         let fetched = self.fetch_steps(sg, &mut Vec::new()).instrument(span).await;
         let now = Instant::now();
-        let Ok(mut cache) = self.cache.lock() else {
+        let Some(mut cache) = self.cache.lock() else {
             return fetched.map(|(m, url, _)| (m, url));
         };
         match fetched {
@@ -278,17 +278,12 @@ impl DormsClient {
     }
 
     fn cached_entry(&self, sg: SourceGroup, now: Instant) -> Option<CacheEntry> {
-        self.cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&sg, now).cloned())
+        self.cache.get(&sg, now)
     }
 
     /// Forgets the cached result for `sg`.
     pub fn invalidate(&self, sg: SourceGroup) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&sg);
-        }
+        self.cache.remove(&sg);
     }
 
     /// Uncached fetch: metadata and its cache lifetime.
@@ -417,12 +412,7 @@ impl DormsClient {
     ) -> Result<String, DormsError> {
         let now = Instant::now();
         let xml_url = format!("{base}/.well-known/host-meta");
-        if let Some(root) = self
-            .roots
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&base.to_owned(), now).cloned())
-        {
+        if let Some(root) = self.roots.get(&base.to_owned(), now) {
             steps.push(DormsStep::HostMeta {
                 url: xml_url,
                 result: Ok(root.clone()),
@@ -496,7 +486,7 @@ impl DormsClient {
             self.config.default_max_age,
             self.config.max_max_age,
         );
-        if let Ok(mut roots) = self.roots.lock() {
+        if let Some(mut roots) = self.roots.lock() {
             roots.insert(base.to_owned(), root.clone(), lifetime, Instant::now());
         }
         Ok(root)

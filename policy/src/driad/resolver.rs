@@ -9,7 +9,6 @@
 //! bounds the query rate per source.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -20,7 +19,7 @@ use super::name::RelayName;
 use super::rdata::{AMTRELAY_RR_TYPE, AmtRelayRecord};
 use super::reverse::reverse_name;
 use super::select::{RelayAddress, RelayCandidate, candidates_from_records, push_dedup};
-use crate::cache::{TtlBounds, TtlCache};
+use crate::cache::{SharedTtlCache, TtlBounds};
 use crate::dns::{DnsClient, DnsConfig, DnsConfigError, DnsFailure};
 
 /// Resolver configuration.
@@ -58,7 +57,7 @@ impl DriadConfig {
 pub struct DriadResolver {
     dns: DnsClient,
     config: DriadConfig,
-    cache: Mutex<TtlCache<IpAddr, DriadOutcome>>,
+    cache: SharedTtlCache<IpAddr, DriadOutcome>,
 }
 
 impl DriadResolver {
@@ -66,7 +65,7 @@ impl DriadResolver {
         Ok(Self {
             dns: DnsClient::new(&config.dns)?,
             config,
-            cache: Mutex::new(TtlCache::new()),
+            cache: SharedTtlCache::default(),
         })
     }
 
@@ -82,7 +81,7 @@ impl DriadResolver {
             DriadOutcome::Answer(a) => a.ttl,
             DriadOutcome::Failed { retry_after, .. } => *retry_after,
         };
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Some(mut cache) = self.cache.lock() {
             cache.prune(now);
             cache.insert(source, outcome.clone(), ttl, Instant::now());
         }
@@ -91,18 +90,13 @@ impl DriadResolver {
 
     /// The cached outcome for `source` if still fresh at `now`.
     pub fn cached(&self, source: IpAddr, now: Instant) -> Option<DriadOutcome> {
-        self.cache
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&source, now).cloned())
+        self.cache.get(&source, now)
     }
 
     /// Forgets the cached outcome so the next lookup queries DNS (RFC 8777
     /// restart events, operator refresh).
     pub fn invalidate(&self, source: IpAddr) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&source);
-        }
+        self.cache.remove(&source);
     }
 
     /// Uncached lookup.
