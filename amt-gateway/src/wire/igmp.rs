@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::{
-    DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8, need, room, v4_at,
+    DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8, expect_type,
+    message_out, need, v4_at,
 };
 
 pub const TYPE_MEMBERSHIP_QUERY: u8 = 0x11;
@@ -47,13 +48,7 @@ impl QueryRepr {
     }
 
     pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
-        need(buf, 1)?;
-        if buf[0] != TYPE_MEMBERSHIP_QUERY {
-            return Err(DecodeError::MessageType {
-                what: "IGMP",
-                value: buf[0],
-            });
-        }
+        expect_type(buf, TYPE_MEMBERSHIP_QUERY, "IGMP")?;
         if buf.len() < QUERY_MIN_LEN {
             // IGMPv1/v2 query: not usable for source-specific state.
             return Err(DecodeError::Length {
@@ -86,10 +81,7 @@ impl QueryRepr {
 
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let n = u16::try_from(self.sources.len())
-            .map_err(|_| EncodeError::Overflow("IGMP source count"))?;
-        let out = &mut buf[..len];
+        let (out, n) = message_out(buf, len, self.sources.len(), "IGMP source count")?;
         out[0] = TYPE_MEMBERSHIP_QUERY;
         out[1] = self.max_resp_code;
         out[2..4].fill(0);
@@ -129,12 +121,7 @@ pub struct ReportRepr {
 impl ReportRepr {
     pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
         need(buf, REPORT_HEADER_LEN)?;
-        if buf[0] != TYPE_V3_REPORT {
-            return Err(DecodeError::MessageType {
-                what: "IGMP",
-                value: buf[0],
-            });
-        }
+        expect_type(buf, TYPE_V3_REPORT, "IGMP")?;
         if checksum::internet_checksum(buf) != 0 {
             return Err(DecodeError::Checksum("IGMP"));
         }
@@ -149,10 +136,7 @@ impl ReportRepr {
 
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let count = u16::try_from(self.records.len())
-            .map_err(|_| EncodeError::Overflow("IGMP record count"))?;
-        let out = &mut buf[..len];
+        let (out, count) = message_out(buf, len, self.records.len(), "IGMP record count")?;
         out[0] = TYPE_V3_REPORT;
         out[1..6].fill(0);
         out[6..8].copy_from_slice(&count.to_be_bytes());

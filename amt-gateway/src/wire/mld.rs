@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::ipv6::NEXT_ICMPV6;
 use super::{
     DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8,
-    decode_float_code_u16, need, room, v6_at,
+    decode_float_code_u16, expect_type, message_out, need, v6_at,
 };
 
 pub const TYPE_QUERY: u8 = 130;
@@ -74,13 +74,7 @@ impl QueryRepr {
     }
 
     pub fn parse(buf: &[u8], src: &Ipv6Addr, dst: &Ipv6Addr) -> Result<Self, DecodeError> {
-        need(buf, 1)?;
-        if buf[0] != TYPE_QUERY {
-            return Err(DecodeError::MessageType {
-                what: "ICMPv6",
-                value: buf[0],
-            });
-        }
+        expect_type(buf, TYPE_QUERY, "ICMPv6")?;
         if buf.len() < QUERY_MIN_LEN {
             return Err(DecodeError::Length {
                 what: "MLDv2 query",
@@ -114,10 +108,7 @@ impl QueryRepr {
         dst: &Ipv6Addr,
     ) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let n = u16::try_from(self.sources.len())
-            .map_err(|_| EncodeError::Overflow("MLD source count"))?;
-        let out = &mut buf[..len];
+        let (out, n) = message_out(buf, len, self.sources.len(), "MLD source count")?;
         out[0] = TYPE_QUERY;
         out[1] = 0;
         out[4..6].copy_from_slice(&self.max_resp_code.to_be_bytes());
@@ -155,12 +146,7 @@ pub struct ReportRepr {
 impl ReportRepr {
     pub fn parse(buf: &[u8], src: &Ipv6Addr, dst: &Ipv6Addr) -> Result<Self, DecodeError> {
         need(buf, REPORT_HEADER_LEN)?;
-        if buf[0] != TYPE_V2_REPORT {
-            return Err(DecodeError::MessageType {
-                what: "ICMPv6",
-                value: buf[0],
-            });
-        }
+        expect_type(buf, TYPE_V2_REPORT, "ICMPv6")?;
         verify(buf, src, dst)?;
         let count = usize::from(be16(buf, 6)?);
         let records = GroupRecord::parse_all(buf, REPORT_HEADER_LEN, count)?;
@@ -178,10 +164,7 @@ impl ReportRepr {
         dst: &Ipv6Addr,
     ) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let count = u16::try_from(self.records.len())
-            .map_err(|_| EncodeError::Overflow("MLD record count"))?;
-        let out = &mut buf[..len];
+        let (out, count) = message_out(buf, len, self.records.len(), "MLD record count")?;
         out[0] = TYPE_V2_REPORT;
         out[1] = 0;
         out[4..6].fill(0);

@@ -80,6 +80,33 @@ pub(crate) fn room(buf: &[u8], needed: usize) -> Result<(), EncodeError> {
     }
 }
 
+/// Checks that `buf` starts with message type `expected` of protocol
+/// `what` (IGMP, ICMPv6).
+pub(crate) fn expect_type(buf: &[u8], expected: u8, what: &'static str) -> Result<(), DecodeError> {
+    need(buf, 1)?;
+    if buf[0] == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::MessageType {
+            what,
+            value: buf[0],
+        })
+    }
+}
+
+/// The first `len` bytes of `buf`, to encode a message into, and `count`
+/// as the message's 16-bit count field (`what` names it in the error).
+pub(crate) fn message_out<'a>(
+    buf: &'a mut [u8],
+    len: usize,
+    count: usize,
+    what: &'static str,
+) -> Result<(&'a mut [u8], u16), EncodeError> {
+    room(buf, len)?;
+    let count = u16::try_from(count).map_err(|_| EncodeError::Overflow(what))?;
+    Ok((&mut buf[..len], count))
+}
+
 /// Big-endian u16 at `at`; callers have already checked the length.
 pub(crate) fn be16(buf: &[u8], at: usize) -> Result<u16, DecodeError> {
     match buf.get(at..at + 2) {

@@ -16,7 +16,7 @@
 //! * [`DormsClient::fetch_traced`] reports every step (SRV answer, host-meta
 //!   and metadata URLs with their outcome) for troubleshooting tools.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -127,27 +127,13 @@ impl reqwest::dns::Resolve for HttpResolver {
             if !host.ends_with('.') {
                 host.push('.');
             }
-            let (v4, v6) = tokio::join!(
-                dns.query(&host, RecordType::A),
-                dns.query(&host, RecordType::AAAA)
-            );
-            let mut addrs: Vec<SocketAddr> = Vec::new();
-            let mut failure = None;
-            for result in [v4, v6] {
-                match result {
-                    Ok(answers) => {
-                        for record in answers.records {
-                            let ip = match record.data {
-                                RData::A(a) => IpAddr::V4(a.0),
-                                RData::AAAA(a) => IpAddr::V6(a.0),
-                                _ => continue,
-                            };
-                            addrs.push(SocketAddr::new(ip, 0));
-                        }
-                    }
-                    Err((f, _)) => failure = Some(f),
-                }
-            }
+            let found = dns.query_addresses(&host).await;
+            let addrs: Vec<SocketAddr> = found
+                .addresses
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            let failure = found.v6_failure.or(found.v4_failure);
             if addrs.is_empty() {
                 let detail = failure.map_or_else(|| "no addresses".to_owned(), |f| f.to_string());
                 return Err(format!("cannot resolve {host}: {detail}").into());

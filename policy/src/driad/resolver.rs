@@ -15,12 +15,11 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use tracing::Instrument;
 
 use super::answer::{DriadAnswer, DriadOutcome, RejectedRecord, UnresolvedName};
-use super::name::RelayName;
 use super::rdata::{AMTRELAY_RR_TYPE, AmtRelayRecord};
 use super::reverse::reverse_name;
 use super::select::{RelayAddress, RelayCandidate, candidates_from_records, push_dedup};
 use crate::cache::{SharedTtlCache, TtlBounds};
-use crate::dns::{DnsClient, DnsConfig, DnsConfigError, DnsFailure};
+use crate::dns::{DnsClient, DnsConfig, DnsConfigError, DnsFailure, HostAddresses};
 
 /// Resolver configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +166,12 @@ impl DriadResolver {
                 push_dedup(&mut candidates, candidate);
                 continue;
             };
-            let (addresses, ttl, v4_err, v6_err) = self.resolve_name(name).await;
+            let HostAddresses {
+                addresses,
+                min_ttl: ttl,
+                v4_failure,
+                v6_failure,
+            } = self.dns.query_addresses(&name.to_string()).await;
             if let Some(ttl) = ttl {
                 min_ttl = Some(min_ttl.map_or(ttl, |t| t.min(ttl)));
             }
@@ -176,8 +180,8 @@ impl DriadResolver {
                 unresolved.push(UnresolvedName {
                     name: name.clone(),
                     precedence: candidate.precedence,
-                    ipv4: v4_err.unwrap_or(DnsFailure::NoData),
-                    ipv6: v6_err.unwrap_or(DnsFailure::NoData),
+                    ipv4: v4_failure.unwrap_or(DnsFailure::NoData),
+                    ipv6: v6_failure.unwrap_or(DnsFailure::NoData),
                 });
                 continue;
             }
@@ -212,47 +216,6 @@ impl DriadResolver {
             unresolved,
             ttl,
         })
-    }
-
-    /// A and AAAA of a relay name, queried concurrently. Returns addresses
-    /// (A first), the smallest TTL seen, and each query's failure.
-    async fn resolve_name(
-        &self,
-        name: &RelayName,
-    ) -> (
-        Vec<IpAddr>,
-        Option<u32>,
-        Option<DnsFailure>,
-        Option<DnsFailure>,
-    ) {
-        let text = name.to_string();
-        let (v4, v6) = tokio::join!(
-            self.dns.query(&text, RecordType::A),
-            self.dns.query(&text, RecordType::AAAA)
-        );
-        let mut addresses = Vec::new();
-        let mut min_ttl: Option<u32> = None;
-        let mut take =
-            |result: Result<crate::dns::Answers, (DnsFailure, Option<Duration>)>| match result {
-                Ok(answers) => {
-                    for record in answers.records {
-                        let ip = match record.data {
-                            RData::A(a) => IpAddr::V4(a.0),
-                            RData::AAAA(a) => IpAddr::V6(a.0),
-                            _ => continue,
-                        };
-                        min_ttl = Some(min_ttl.map_or(record.ttl, |t| t.min(record.ttl)));
-                        if !addresses.contains(&ip) {
-                            addresses.push(ip);
-                        }
-                    }
-                    None
-                }
-                Err((failure, _)) => Some(failure),
-            };
-        let v4_err = take(v4);
-        let v6_err = take(v6);
-        (addresses, min_ttl, v4_err, v6_err)
     }
 
     fn failure_ttl(&self, failure: &DnsFailure, negative_ttl: Option<Duration>) -> Duration {
