@@ -73,6 +73,12 @@ struct FakeWorld {
     events: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<RelayEvent>>>,
 }
 
+impl FakeWorld {
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
 struct FakePort {
     relay: SocketAddr,
     world: Arc<FakeWorld>,
@@ -80,32 +86,16 @@ struct FakePort {
 
 impl TunnelPort for FakePort {
     fn subscribe(&self, sg: SourceGroup) {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Subscribe(self.relay, sg));
+        self.world.record(Call::Subscribe(self.relay, sg));
     }
     fn unsubscribe(&self, sg: SourceGroup) {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Unsubscribe(self.relay, sg));
+        self.world.record(Call::Unsubscribe(self.relay, sg));
     }
     fn connect(&self, family: amt_gateway::Family) {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Connect(self.relay, family));
+        self.world.record(Call::Connect(self.relay, family));
     }
     fn close(&self) -> PortFuture<'_, ()> {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Close(self.relay));
+        self.world.record(Call::Close(self.relay));
         Box::pin(async {})
     }
     fn snapshot(&self) -> PortFuture<'_, Option<TunnelSnapshot>> {
@@ -125,7 +115,7 @@ impl Southbound for FakeSouthbound {
         _skip_discovery: bool,
         events: mpsc::UnboundedSender<RelayEvent>,
     ) -> Result<Arc<dyn TunnelPort>, OpenTunnelError> {
-        self.0.calls.lock().unwrap().push(Call::Open(relay));
+        self.0.record(Call::Open(relay));
         self.0.events.lock().unwrap().insert(relay, events);
         Ok(Arc::new(FakePort {
             relay,
@@ -133,11 +123,11 @@ impl Southbound for FakeSouthbound {
         }))
     }
     fn add_route(&self, source: IpAddr) -> io::Result<()> {
-        self.0.calls.lock().unwrap().push(Call::AddRoute(source));
+        self.0.record(Call::AddRoute(source));
         Ok(())
     }
     fn remove_route(&self, source: IpAddr) -> io::Result<()> {
-        self.0.calls.lock().unwrap().push(Call::RemoveRoute(source));
+        self.0.record(Call::RemoveRoute(source));
         Ok(())
     }
 }
