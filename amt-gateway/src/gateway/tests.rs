@@ -215,27 +215,35 @@ fn rec4(t: RecordType, g: &str, s: &[&str]) -> GroupRecord<Ipv4Addr> {
     }
 }
 
-/// Tunnel taken through discovery, one (S1,G1) subscription and a first
-/// Query; transmits and events drained. Returns (tunnel, base, now, query nonce).
-fn up_tunnel(cfg: TunnelConfig) -> (Tunnel, Instant, Instant, u32) {
+/// Tunnel (RNG seed `seed`) taken through discovery and one (S1,G1)
+/// subscription to its first Request; transmits and events drained.
+/// Returns (tunnel, base time, request nonce).
+fn requesting(cfg: TunnelConfig, seed: u64) -> (Tunnel, Instant, u32) {
     let t0 = Instant::now();
-    let mut t = Tunnel::new(cfg, local(), t0, 42);
-    let now = t0;
+    let mut t = Tunnel::new(cfg, local(), t0, seed);
     let dn = discovery_nonce(&sent(&mut t));
     assert_eq!(
-        t.handle_datagram(now, discovery_addr(), &advertisement(dn, relay_addr().ip())),
+        t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip())),
         Received::Control
     );
-    t.subscribe(sg(ip(S1), ip(G1)), now).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
+    events(&mut t);
     let (rn, kind) = only_request(&sent(&mut t));
     assert_eq!(kind, QueryKind::Igmpv3);
+    (t, t0, rn)
+}
+
+/// [`requesting`] and a first Query: the tunnel is up. Returns (tunnel,
+/// base, now, query nonce).
+fn up_tunnel(cfg: TunnelConfig) -> (Tunnel, Instant, Instant, u32) {
+    let (mut t, t0, rn) = requesting(cfg, 42);
     assert_eq!(
-        t.handle_datagram(now, relay_addr(), &QueryOpts::new(rn).bytes()),
+        t.handle_datagram(t0, relay_addr(), &QueryOpts::new(rn).bytes()),
         Received::Control
     );
     sent(&mut t);
     events(&mut t);
-    (t, t0, now, rn)
+    (t, t0, t0, rn)
 }
 
 // ---- discovery -------------------------------------------------------------
@@ -406,13 +414,7 @@ fn ipv6_advertised_relay_is_used() {
 
 #[test]
 fn request_retransmission_then_relay_lost_and_rediscovery() {
-    let t0 = Instant::now();
-    let mut t = Tunnel::new(cfg(), local(), t0, 11);
-    let dn = discovery_nonce(&sent(&mut t));
-    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
-    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
-    events(&mut t);
-    let (rn, _) = only_request(&sent(&mut t));
+    let (mut t, t0, rn) = requesting(cfg(), 11);
     let mut prev = t0;
     // relay_loss_after = 3 retransmissions with the same nonce.
     for n in 1..=3u32 {
@@ -700,13 +702,7 @@ fn query_from_wrong_address_or_nonce_or_malformed_is_dropped() {
 
 #[test]
 fn limit_flag_before_up_refuses_and_holds_down() {
-    let t0 = Instant::now();
-    let mut t = Tunnel::new(cfg(), local(), t0, 13);
-    let dn = discovery_nonce(&sent(&mut t));
-    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
-    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
-    events(&mut t);
-    let (rn, _) = only_request(&sent(&mut t));
+    let (mut t, t0, rn) = requesting(cfg(), 13);
     let mut q = QueryOpts::new(rn);
     q.limit = true;
     assert_eq!(
