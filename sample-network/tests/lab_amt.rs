@@ -404,16 +404,11 @@ fn two_relays_three_sources_six_channels() {
     let rx = lab.mcrx(&channels, &["--duration", "10"]);
     let summary = rx.wait();
     for (s, g) in &channels {
-        let ch = channel_summary(&summary, s, g);
-        let packets = ch["packets"].as_u64().unwrap_or(0);
-        println!(
-            "({s},{g}): {packets} packets, first after {} ms",
-            ch["first_packet_ms"]
-        );
-        assert!(
-            packets >= 1600,
-            "({s},{g}) got {packets} packets in 10 s at 200 pkt/s; log:\n{}",
-            lab.daemon_log()
+        assert_received(
+            &lab,
+            &format!("({s},{g}) in 10 s at 200 pkt/s"),
+            channel_summary(&summary, s, g),
+            1600,
         );
     }
     let tunnels = lab.tunnels();
@@ -513,16 +508,11 @@ fn receiver_on_the_ingest_router_itself() {
     });
     println!("local IGMPv3 receiver seen by the sidecar: {joins}");
     let summary = rx.wait();
-    let ch = channel_summary(&summary, S, G);
-    let packets = ch["packets"].as_u64().unwrap_or(0);
-    println!(
-        "local receiver on ing-lan: {packets} packets in 6 s at 200 pkt/s, first after {} ms",
-        ch["first_packet_ms"]
-    );
-    assert!(
-        packets >= 900,
-        "local receiver got {packets} packets; log:\n{}",
-        lab.daemon_log()
+    let packets = assert_received(
+        &lab,
+        "local receiver on ing-lan in 6 s at 200 pkt/s",
+        channel_summary(&summary, S, G),
+        900,
     );
 
     // The same figures for Prometheus, read with curl (the daemon runs in

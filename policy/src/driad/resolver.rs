@@ -115,14 +115,7 @@ impl DriadResolver {
         {
             Ok(answers) => answers,
             Err((failure, negative_ttl)) => {
-                let retry_after = self.failure_ttl(&failure, negative_ttl);
-                tracing::info!(%failure, ?retry_after, "AMTRELAY lookup failed");
-                return DriadOutcome::Failed {
-                    source,
-                    query_name,
-                    failure,
-                    retry_after,
-                };
+                return self.failed(source, query_name, failure, negative_ttl);
             }
         };
         let mut records = Vec::new();
@@ -149,14 +142,8 @@ impl DriadResolver {
             }
         }
         if records.is_empty() && rejected.is_empty() {
-            let failure = DnsFailure::NoData;
-            let retry_after = self.failure_ttl(&failure, None);
-            return DriadOutcome::Failed {
-                source,
-                query_name,
-                failure,
-                retry_after,
-            };
+            // No AMTRELAY record among the answers: as good as NODATA.
+            return self.failed(source, query_name, DnsFailure::NoData, None);
         }
 
         let mut candidates = Vec::new();
@@ -216,6 +203,25 @@ impl DriadResolver {
             unresolved,
             ttl,
         })
+    }
+
+    /// The outcome of a lookup that found no AMTRELAY records, retried
+    /// after the failure's TTL.
+    fn failed(
+        &self,
+        source: IpAddr,
+        query_name: String,
+        failure: DnsFailure,
+        negative_ttl: Option<Duration>,
+    ) -> DriadOutcome {
+        let retry_after = self.failure_ttl(&failure, negative_ttl);
+        tracing::info!(%failure, ?retry_after, "AMTRELAY lookup failed");
+        DriadOutcome::Failed {
+            source,
+            query_name,
+            failure,
+            retry_after,
+        }
     }
 
     fn failure_ttl(&self, failure: &DnsFailure, negative_ttl: Option<Duration>) -> Duration {

@@ -792,3 +792,19 @@ impl Delivery {
         );
     }
 }
+
+/// Prints what `counts` (an mcrx summary, or one channel of it) says under
+/// `what`, and asserts it holds at least `min` packets; returns the count.
+pub fn assert_received(lab: &Lab, what: &str, counts: &Value, min: u64) -> u64 {
+    let packets = counts["packets"].as_u64().unwrap_or(0);
+    println!(
+        "{what}: {packets} packets, first after {} ms",
+        counts["first_packet_ms"]
+    );
+    assert!(
+        packets >= min,
+        "{what}: {packets} packets, want at least {min}; daemon log:\n{}",
+        lab.daemon_log()
+    );
+    packets
+}
