@@ -1,5 +1,6 @@
-//! The command-line arguments `mcrx` and `mcsend` share: which channels,
-//! on which interface and port.
+//! What the lab tools' command lines share: the arguments of `mcrx` and
+//! `mcsend` (which channels, on which interface and port), and how a tool
+//! reports a failure.
 
 use clap::Args;
 use ingest_types::SourceGroup;
@@ -40,5 +41,14 @@ impl ChannelArgs {
     /// The --iface interface; `None` without the option.
     pub fn interface(&self) -> Result<Option<Interface>, InterfaceError> {
         self.iface.as_deref().map(Interface::find).transpose()
+    }
+}
+
+/// Runs a tool's body; a failure is printed as `TOOL: error: cause: ...`
+/// on one line and the tool exits with status 1.
+pub fn run_tool(tool: &str, body: impl FnOnce() -> anyhow::Result<()>) {
+    if let Err(e) = body() {
+        eprintln!("{tool}: {e:#}");
+        std::process::exit(1);
     }
 }
