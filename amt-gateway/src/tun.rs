@@ -177,27 +177,18 @@ impl TunDevice {
         for (dst, src) in req.name.iter_mut().zip(self.name.bytes()) {
             *dst = src as libc::c_char;
         }
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the name and flags of
-        // a struct ifreq, which IfReqFlags mirrors (same size, see test).
-        unsafe {
-            if libc::ioctl(
-                ctl.as_raw_fd(),
-                libc::SIOCGIFFLAGS,
-                &mut req as *mut IfReqFlags,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
+        let flags_ioctl = |request: libc::Ioctl, req: &mut IfReqFlags| {
+            // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the name and flags
+            // of a struct ifreq, which IfReqFlags mirrors (same size, see test).
+            if unsafe { libc::ioctl(ctl.as_raw_fd(), request, req as *mut IfReqFlags) } < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
             }
-            req.flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(
-                ctl.as_raw_fd(),
-                libc::SIOCSIFFLAGS,
-                &mut req as *mut IfReqFlags,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        };
+        flags_ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+        req.flags |= libc::IFF_UP as libc::c_short;
+        flags_ioctl(libc::SIOCSIFFLAGS, &mut req)?;
         Ok(())
     }
 

@@ -103,26 +103,15 @@ impl Ingest for ApiService {
         let core = st.counters();
         let c = &self.shared.counters;
         let mut counters = std::collections::HashMap::new();
-        counters.insert(
-            "pim_malformed".into(),
-            c.pim_malformed.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "mroute_events".into(),
-            c.mroute_events.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "tun_read_other".into(),
-            c.tun_read_other.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "injected_packets".into(),
-            c.injected.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "tunnels_opened".into(),
-            c.tunnels_opened.load(Ordering::Relaxed),
-        );
+        for (name, counter) in [
+            ("pim_malformed", &c.pim_malformed),
+            ("mroute_events", &c.mroute_events),
+            ("tun_read_other", &c.tun_read_other),
+            ("injected_packets", &c.injected),
+            ("tunnels_opened", &c.tunnels_opened),
+        ] {
+            counters.insert(name.into(), counter.load(Ordering::Relaxed));
+        }
         for (name, value) in [
             ("relay_races", core.races),
             ("tunnels_closed", core.tunnels_closed),

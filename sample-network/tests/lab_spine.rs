@@ -324,13 +324,11 @@ fn runs_unprivileged_with_the_units_capabilities() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let config = border.join("static.toml");
-    std::fs::write(
-        &config,
-        "[amt]\nlinger_s = 5\n[[amt.static_relays]]\nprefix = \"198.51.100.0/24\"\nrelay = \"192.0.2.10\"\n[policy]\ndriad = false\n",
-    )
-    .expect("config");
-    let idx = lab.start_daemon(&["--config", &config.display().to_string()]);
+    let config = lab.write_config(
+        "static.toml",
+        &static_relays_config(Some(5), &[("198.51.100.0/24", "192.0.2.10")]),
+    );
+    let idx = lab.start_daemon(&["--config", &config]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", lab.daemon_pid(idx)))
         .expect("daemon status");
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
@@ -359,14 +357,10 @@ fn runs_unprivileged_with_the_units_capabilities() {
     let _tx = lab.mcsend(&[(S, G)], 200, &["--duration", "20"]);
     let rx = lab.mcrx(&[(S, G)], &["--duration", "6"]);
     let summary = rx.wait();
-    let packets = summary["packets"].as_u64().unwrap_or(0);
-    println!(
-        "unprivileged daemon: {packets} packets through AMT in 6 s at 200 pkt/s, first after {} ms",
-        summary["first_packet_ms"]
-    );
-    assert!(
-        packets >= 1000,
-        "unprivileged daemon delivered {packets} packets; log:\n{}",
-        lab.daemon_log()
+    assert_received(
+        &lab,
+        "unprivileged daemon, through AMT in 6 s at 200 pkt/s",
+        &summary,
+        1000,
     );
 }

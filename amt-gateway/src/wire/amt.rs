@@ -412,14 +412,7 @@ mod tests {
     }
 
     fn igmp_query_datagram() -> Vec<u8> {
-        let q = igmp::QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        };
+        let q = igmp::QueryRepr::general(100, 2, 125);
         encap::igmpv3_query_datagram(Ipv4Addr::new(10, 0, 0, 1), &q, false).unwrap()
     }
 

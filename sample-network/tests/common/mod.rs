@@ -815,3 +815,103 @@ impl Drop for Mcrx {
         }
     }
 }
+
+impl Lab {
+    /// Writes a daemon config file into the border's run directory and
+    /// returns its path.
+    pub fn write_config(&self, name: &str, toml: &str) -> String {
+        let path = self.node_dir("border").join(name);
+        std::fs::write(&path, toml).expect("write daemon config");
+        path.display().to_string()
+    }
+}
+
+/// A daemon config whose relays come from the static map alone (DRIAD
+/// off): one `[[amt.static_relays]]` per (prefix, relay), and `linger_s`
+/// when given.
+pub fn static_relays_config(linger_s: Option<u64>, relays: &[(&str, &str)]) -> String {
+    let mut toml = String::new();
+    if let Some(linger_s) = linger_s {
+        toml.push_str(&format!("[amt]\nlinger_s = {linger_s}\n\n"));
+    }
+    for (prefix, relay) in relays {
+        toml.push_str(&format!(
+            "[[amt.static_relays]]\nprefix = \"{prefix}\"\nrelay = \"{relay}\"\n\n"
+        ));
+    }
+    toml.push_str("[policy]\ndriad = false\n");
+    toml
+}
+
+/// The entry of (S,G) in an mcrx/mcsend summary; panics naming the
+/// summary when it has none.
+pub fn channel_summary<'a>(summary: &'a Value, s: &str, g: &str) -> &'a Value {
+    summary["channels"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["source"] == s && c["group"] == g))
+        .unwrap_or_else(|| panic!("no channel {s},{g} in {summary}"))
+}
+
+/// What a receiver got of one channel, from its summary.
+pub struct Delivery {
+    /// First packet after the join, in ms (`f64::MAX` when none came).
+    pub first_ms: f64,
+    /// Distinct sequence numbers received.
+    pub unique: u64,
+    /// Sequence numbers from the lowest to the highest received.
+    pub span: u64,
+    /// `unique / span`: the share of the received range delivered.
+    pub ratio: f64,
+}
+
+impl Delivery {
+    pub fn of(summary: &Value, s: &str, g: &str) -> Delivery {
+        let ch = channel_summary(summary, s, g);
+        let seq = &ch["sequence"];
+        let unique = seq["unique"].as_u64().unwrap_or(0);
+        let span = seq["highest"].as_u64().unwrap_or(0) + 1 - seq["lowest"].as_u64().unwrap_or(0);
+        Delivery {
+            first_ms: ch["first_packet_ms"].as_f64().unwrap_or(f64::MAX),
+            unique,
+            span,
+            ratio: unique as f64 / span.max(1) as f64,
+        }
+    }
+
+    /// The bar of a 31 s receiver of 1000 pkt/s end to end: the first
+    /// packet within 1 s of the join, 29 000 packets, 99.9 % of the range.
+    pub fn assert_end_to_end(&self, what: &str, summary: &Value, lab: &Lab) {
+        assert!(
+            self.first_ms < limit(Duration::from_secs(1)).as_secs_f64() * 1000.0,
+            "{what}: first packet {} ms after the join (want < 1 s); daemon log:\n{}",
+            self.first_ms,
+            lab.daemon_log()
+        );
+        assert!(
+            self.unique >= 29_000,
+            "{what}: only {} packets in 31 s at 1000 pkt/s: {summary}",
+            self.unique
+        );
+        assert!(
+            self.ratio >= 0.999,
+            "{what}: delivered {:.3} % < 99.9 %",
+            self.ratio * 100.0
+        );
+    }
+}
+
+/// Prints what `counts` (an mcrx summary, or one channel of it) says under
+/// `what`, and asserts it holds at least `min` packets; returns the count.
+pub fn assert_received(lab: &Lab, what: &str, counts: &Value, min: u64) -> u64 {
+    let packets = counts["packets"].as_u64().unwrap_or(0);
+    println!(
+        "{what}: {packets} packets, first after {} ms",
+        counts["first_packet_ms"]
+    );
+    assert!(
+        packets >= min,
+        "{what}: {packets} packets, want at least {min}; daemon log:\n{}",
+        lab.daemon_log()
+    );
+    packets
+}
