@@ -2,8 +2,8 @@
 //! server: `ingest_policy::dorms::parse_host_meta_xml`, a hand-written
 //! scanner (comments, CDATA, PIs, doctype, attributes).
 //!
-//! Asserts: no panic; a found RESTCONF href is non-empty, trimmed and a
-//! substring of the input.
+//! Asserts: no panic; a found RESTCONF href is non-empty and trimmed (it
+//! is entity-decoded, so not necessarily a substring of the input).
 #![no_main]
 
 use ingest_policy::dorms::parse_host_meta_xml;
@@ -16,6 +16,5 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(href) = parse_host_meta_xml(text) {
         assert!(!href.is_empty());
         assert_eq!(href.trim(), href);
-        assert!(text.contains(&href));
     }
 });
