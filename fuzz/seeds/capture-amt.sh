@@ -2,7 +2,8 @@
 # Captures real AMT traffic between amtgw and the lab's amt-relay for the
 # fuzz seed corpora: one throwaway namespace `fz-amt` (own prefix, so it
 # never meets other labs), relay and gateway on its loopback, synthetic
-# data from the relay (no sender needed), tcpdump on lo.
+# data from the relay (no sender needed; its LAN is a veth pair inside the
+# namespace), tcpdump on lo.
 #
 #   cargo build -p amt-gateway -p sample-network --bins
 #   fuzz/seeds/capture-amt.sh [BIN_DIR] [OUT.pcap]     (root)
@@ -27,7 +28,8 @@ trap cleanup EXIT
 ip netns del $NS 2>/dev/null || true
 ip netns add $NS
 $X ip link set lo up
-$X ip link add fzlan0 type dummy
+$X ip link add fzlan0 type veth peer name fzlan1
+$X ip link set fzlan1 up
 $X ip link set fzlan0 up
 $X ip addr add 10.98.1.2/24 dev fzlan0
 $X ip -6 addr add 2001:db8:98::2/64 dev fzlan0 nodad

@@ -73,11 +73,13 @@ def read_capture():
         check=True, capture_output=True, text=True).stdout
     msgs = []
     for line in out.splitlines():
-        sport, dport, payload, ip4, ip6 = line.split("|")
+        # Data messages carry an inner UDP packet that tshark dissects too:
+        # the first value of each field is the outer one.
+        sport, dport, payload, ip4, ip6 = (f.split(",")[0] for f in line.split("|"))
         if not payload:
             continue
         data = bytes.fromhex(payload.replace(":", ""))
-        msgs.append((int(sport) == 2268, bool(ip6), data))
+        msgs.append((int(sport) == 2268, bool(ip6) and not ip4, data))
     return msgs
 
 
@@ -141,9 +143,10 @@ def session_seeds(msgs):
         discovery = any(m[2][0] == 1 for m in s)
         # gateway_tunnel: the relay's side, with the nonces echoed.
         config = (0 if discovery else 1) | (0 if tunnel_v6 else 8) | 16
+        # Join the captured data's channels first, as amtgw did: that makes
+        # the tunnel send the Requests whose nonces the Queries echo.
         frames = b""
         subscribed = set()
-        data_sent = 0
         for from_relay, v6, data in s:
             if data[0] == 6:
                 inner = data[2:]
@@ -154,6 +157,9 @@ def session_seeds(msgs):
                 if sg not in subscribed:
                     frames += frame(2, sg)
                     subscribed.add(sg)
+        data_sent = 0
+        for from_relay, v6, data in s:
+            if data[0] == 6:
                 if data_sent >= 3:
                     continue
                 data_sent += 1
