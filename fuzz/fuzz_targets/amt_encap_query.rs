@@ -24,11 +24,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(parsed) = EncapQuery::parse(&datagram) else {
         return;
     };
-    let _ = (parsed.qrv(), parsed.qqi(), parsed.max_resp_time(), parsed.is_general());
+    let _ = (
+        parsed.qrv(),
+        parsed.qqi(),
+        parsed.max_resp_time(),
+        parsed.is_general(),
+    );
     let rebuilt = match &parsed {
-        EncapQuery::Igmp { src, query } => {
-            encap::igmpv3_query_datagram(*src, query, mode & 2 != 0)
-        }
+        EncapQuery::Igmp { src, query } => encap::igmpv3_query_datagram(*src, query, mode & 2 != 0),
         EncapQuery::Mld { src, query } => encap::mldv2_query_datagram(*src, query),
     };
     // A query too large for a rebuilt datagram (IPv6 payload length) may

@@ -31,6 +31,9 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(bytes) = rebuilt {
         let again = EncapReport::parse(&bytes).expect("a rebuilt report parses");
-        assert_eq!(again, parsed, "parse -> rebuild -> parse changed the report");
+        assert_eq!(
+            again, parsed,
+            "parse -> rebuild -> parse changed the report"
+        );
     }
 });

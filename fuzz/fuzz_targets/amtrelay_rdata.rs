@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let wire = record.encode();
     let again = AmtRelayRecord::decode(&wire).expect("encoded RDATA decodes");
-    assert_eq!(again, record, "decode -> encode -> decode changed the record");
+    assert_eq!(
+        again, record,
+        "decode -> encode -> decode changed the record"
+    );
     assert_eq!(again.encode(), wire, "encoding is not a fixed point");
     let text = record.to_string();
     let parsed = AmtRelayRecord::parse_presentation(&text)

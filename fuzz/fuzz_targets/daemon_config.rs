@@ -36,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|e| panic!("own output does not parse: {e}\n{printed}"));
     assert_eq!(again.to_toml(), printed, "to_toml is not a fixed point");
     if valid {
-        assert!(again.validate().is_ok(), "printing made a valid config invalid");
+        assert!(
+            again.validate().is_ok(),
+            "printing made a valid config invalid"
+        );
     }
 });

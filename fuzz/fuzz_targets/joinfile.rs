@@ -24,7 +24,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let rendered = parsed.joinfile.render();
     let again = Joinfile::parse(&rendered);
-    assert!(again.errors.is_empty(), "own rendering rejected: {:?}", again.errors);
-    assert_eq!(again.joinfile, parsed.joinfile, "render -> parse changed the set");
+    assert!(
+        again.errors.is_empty(),
+        "own rendering rejected: {:?}",
+        again.errors
+    );
+    assert_eq!(
+        again.joinfile, parsed.joinfile,
+        "render -> parse changed the set"
+    );
     assert_eq!(again.joinfile.render(), rendered);
 });

@@ -113,7 +113,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while let Some(tx) = relay.poll_transmit() {
-            assert!(spoke.contains(&tx.destination), "sent to {:?}", tx.destination);
+            assert!(
+                spoke.contains(&tx.destination),
+                "sent to {:?}",
+                tx.destination
+            );
             match Message::decode(&tx.payload).expect("the relay sends valid AMT messages") {
                 Message::RelayAdvertisement(_) => {}
                 Message::MembershipQuery(q) => {
