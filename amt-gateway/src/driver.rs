@@ -41,8 +41,8 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::gateway::{
-    Received, SubscribeError, SubscriptionStats, Tunnel, TunnelConfig, TunnelEvent, TunnelState,
-    TunnelStats,
+    Family, Received, SubscribeError, SubscriptionStats, Tunnel, TunnelConfig, TunnelEvent,
+    TunnelState, TunnelStats,
 };
 use crate::tun::PacketSink;
 use crate::wire::{ipv4, ipv6};
@@ -147,6 +147,7 @@ enum Command {
         sg: SourceGroup,
         reply: oneshot::Sender<bool>,
     },
+    Connect(Family),
     Snapshot(oneshot::Sender<TunnelSnapshot>),
     Close(oneshot::Sender<()>),
 }
@@ -205,6 +206,15 @@ impl TunnelHandle {
         let (reply, _) = oneshot::channel();
         self.commands
             .send(Command::Unsubscribe { sg, reply })
+            .map_err(|_| DriverError::Gone)
+    }
+
+    /// Starts the relay handshake for `family` without joining anything
+    /// (relay racing); [`TunnelEvent::Up`] follows when the relay answers.
+    /// `Err(Gone)` when the task has ended.
+    pub fn connect_nowait(&self, family: Family) -> Result<(), DriverError> {
+        self.commands
+            .send(Command::Connect(family))
             .map_err(|_| DriverError::Gone)
     }
 
@@ -579,6 +589,11 @@ impl TunnelTask {
                     info!(%sg, "unsubscribe");
                 }
                 let _ = reply.send(r);
+            }
+            Some(Command::Connect(family)) => {
+                if let Err(error) = self.tunnel.connect(family, now) {
+                    debug!(?family, %error, "connect refused");
+                }
             }
             Some(Command::Snapshot(reply)) => {
                 let _ = reply.send(self.snapshot(now));

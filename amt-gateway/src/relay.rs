@@ -20,6 +20,11 @@
 //!   message; drops that gateway's state.
 //! * Data path: [`Relay::forward`] returns the gateways subscribed to an
 //!   (S,G) (a precomputed index; no allocation).
+//! * Scale: every change is incremental: a report costs O(records × log n),
+//!   an expiry O(log n), the next timer O(log n), whatever the number n of
+//!   (gateway, channel) pairs. Changes are queued as [`ChannelEvent`]s, so
+//!   the I/O around the core (native joins, event logs) follows them
+//!   without comparing whole channel sets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -33,7 +38,9 @@ use rand::{Rng, SeedableRng};
 use crate::gateway::Transmit;
 use crate::wire::amt::{self, MembershipQuery, Message, QueryKind, ResponseMac};
 use crate::wire::encap::{self, EncapReport};
-use crate::wire::{RecordType, encode_float_code_u8, encode_float_code_u16, igmp, mld};
+use crate::wire::{
+    GroupRecord, RecordType, encode_float_code_u8, encode_float_code_u16, igmp, mld,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
@@ -120,6 +127,39 @@ pub struct RelayStats {
     pub secret_rotations: u64,
 }
 
+/// Why a gateway stopped receiving a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoveReason {
+    /// A report left it (BLOCK, or TO_IN without the source).
+    Left,
+    /// The gateway tore its tunnel down.
+    Teardown,
+    /// No report refreshed it within the membership interval.
+    Expired,
+}
+
+/// A change of subscriptions, in the order it happened. Callers that react
+/// to changes drain them with [`Relay::poll_channel_event`] (the queue
+/// grows until drained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelEvent {
+    /// `gateway` subscribed `channel`.
+    Added {
+        gateway: SocketAddr,
+        channel: SourceGroup,
+    },
+    /// `gateway` no longer receives `channel`.
+    Removed {
+        gateway: SocketAddr,
+        channel: SourceGroup,
+        reason: RemoveReason,
+    },
+    /// The first gateway subscribed `channel`: join it natively.
+    Wanted(SourceGroup),
+    /// The last gateway left `channel`: leave it natively.
+    Unwanted(SourceGroup),
+}
+
 /// Per-(gateway, channel) state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelState {
@@ -150,7 +190,12 @@ pub struct Relay {
     issued: HashMap<SocketAddr, VecDeque<u32>>,
     issued_order: VecDeque<SocketAddr>,
     gateways: HashMap<SocketAddr, GatewayState>,
+    /// (S,G) → subscribed gateways (sorted): the data path's lookup.
     index: HashMap<SourceGroup, Vec<SocketAddr>>,
+    /// Every (gateway, channel) by expiry time: the next timer and the
+    /// expired pairs without a scan.
+    expiries: BTreeSet<(Instant, SocketAddr, SourceGroup)>,
+    channel_events: VecDeque<ChannelEvent>,
     transmits: VecDeque<Transmit>,
     stats: RelayStats,
 }
@@ -170,6 +215,8 @@ impl Relay {
             issued_order: VecDeque::new(),
             gateways: HashMap::new(),
             index: HashMap::new(),
+            expiries: BTreeSet::new(),
+            channel_events: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: RelayStats::default(),
         }
@@ -304,11 +351,8 @@ impl Relay {
                     return RelayInput::Rejected(reason);
                 }
                 self.stats.teardowns_accepted += 1;
-                let changed = self.gateways.remove(&t.gateway).is_some();
+                let changed = self.remove_gateway(t.gateway, RemoveReason::Teardown);
                 self.issued.remove(&t.gateway);
-                if changed {
-                    self.rebuild_index();
-                }
                 RelayInput::Control { changed }
             }
             Message::RelayAdvertisement(_)
@@ -364,34 +408,22 @@ impl Relay {
     }
 
     fn apply_report(&mut self, now: Instant, gateway: SocketAddr, report: &EncapReport) -> bool {
-        let records: Vec<(RecordType, IpAddr, Vec<IpAddr>)> = match report {
-            EncapReport::Igmp { report, .. } => report
-                .records
-                .iter()
-                .map(|r| {
-                    (
-                        r.record_type,
-                        IpAddr::V4(r.group),
-                        r.sources.iter().map(|s| IpAddr::V4(*s)).collect(),
-                    )
-                })
-                .collect(),
-            EncapReport::Mld { report, .. } => report
-                .records
-                .iter()
-                .map(|r| {
-                    (
-                        r.record_type,
-                        IpAddr::V6(r.group),
-                        r.sources.iter().map(|s| IpAddr::V6(*s)).collect(),
-                    )
-                })
-                .collect(),
+        let records: Vec<GroupRecord<IpAddr>> = match report {
+            EncapReport::Igmp { report, .. } => {
+                report.records.iter().map(GroupRecord::to_ip).collect()
+            }
+            EncapReport::Mld { report, .. } => {
+                report.records.iter().map(GroupRecord::to_ip).collect()
+            }
         };
         let expires = now + self.cfg.membership_interval();
-        let gw = self.gateways.entry(gateway).or_default();
-        let before: BTreeSet<SourceGroup> = gw.channels.keys().copied().collect();
-        for (kind, group, sources) in records {
+        let mut changed = false;
+        for GroupRecord {
+            record_type: kind,
+            group,
+            sources,
+        } in records
+        {
             if !group.is_multicast() {
                 continue;
             }
@@ -400,24 +432,17 @@ impl Relay {
                 | RecordType::AllowNewSources
                 | RecordType::ChangeToInclude => {
                     if kind == RecordType::ChangeToInclude {
-                        gw.channels
-                            .retain(|sg, _| sg.group != group || sources.contains(&sg.source));
+                        changed |= self.keep_only_sources(gateway, group, &sources);
                     }
-                    for s in sources {
-                        gw.channels
-                            .entry(SourceGroup { source: s, group })
-                            .and_modify(|c| c.expires = expires)
-                            .or_insert(ChannelState {
-                                expires,
-                                since: now,
-                                packets: 0,
-                                bytes: 0,
-                            });
+                    for source in sources {
+                        changed |=
+                            self.refresh(now, expires, gateway, SourceGroup { source, group });
                     }
                 }
                 RecordType::BlockOldSources => {
-                    for s in sources {
-                        gw.channels.remove(&SourceGroup { source: s, group });
+                    for source in sources {
+                        let channel = SourceGroup { source, group };
+                        changed |= self.remove_channel(gateway, channel, RemoveReason::Left);
                     }
                 }
                 RecordType::ModeIsExclude
@@ -427,27 +452,110 @@ impl Relay {
                 }
             }
         }
-        let after: BTreeSet<SourceGroup> = gw.channels.keys().copied().collect();
+        changed
+    }
+
+    /// Adds or refreshes (gateway, channel); true when it is new.
+    fn refresh(
+        &mut self,
+        now: Instant,
+        expires: Instant,
+        gateway: SocketAddr,
+        channel: SourceGroup,
+    ) -> bool {
+        let channels = &mut self.gateways.entry(gateway).or_default().channels;
+        if let Some(state) = channels.get_mut(&channel) {
+            self.expiries.remove(&(state.expires, gateway, channel));
+            state.expires = expires;
+            self.expiries.insert((expires, gateway, channel));
+            return false;
+        }
+        channels.insert(
+            channel,
+            ChannelState {
+                expires,
+                since: now,
+                packets: 0,
+                bytes: 0,
+            },
+        );
+        self.expiries.insert((expires, gateway, channel));
+        self.channel_events
+            .push_back(ChannelEvent::Added { gateway, channel });
+        let subscribers = self.index.entry(channel).or_default();
+        if subscribers.is_empty() {
+            self.channel_events.push_back(ChannelEvent::Wanted(channel));
+        }
+        if let Err(at) = subscribers.binary_search(&gateway) {
+            subscribers.insert(at, gateway);
+        }
+        true
+    }
+
+    /// Removes (gateway, channel); true when it was there.
+    fn remove_channel(
+        &mut self,
+        gateway: SocketAddr,
+        channel: SourceGroup,
+        reason: RemoveReason,
+    ) -> bool {
+        let Some(gw) = self.gateways.get_mut(&gateway) else {
+            return false;
+        };
+        let Some(state) = gw.channels.remove(&channel) else {
+            return false;
+        };
         if gw.channels.is_empty() {
             self.gateways.remove(&gateway);
         }
-        let changed = before != after;
-        if changed {
-            self.rebuild_index();
+        self.expiries.remove(&(state.expires, gateway, channel));
+        self.channel_events.push_back(ChannelEvent::Removed {
+            gateway,
+            channel,
+            reason,
+        });
+        if let Some(subscribers) = self.index.get_mut(&channel) {
+            subscribers.retain(|g| *g != gateway);
+            if subscribers.is_empty() {
+                self.index.remove(&channel);
+                self.channel_events
+                    .push_back(ChannelEvent::Unwanted(channel));
+            }
+        }
+        true
+    }
+
+    /// TO_IN(B) for `group`: drops the gateway's sources of `group` not in
+    /// `keep`; true when any was dropped.
+    fn keep_only_sources(&mut self, gateway: SocketAddr, group: IpAddr, keep: &[IpAddr]) -> bool {
+        let Some(gw) = self.gateways.get(&gateway) else {
+            return false;
+        };
+        let dropped: Vec<SourceGroup> = gw
+            .channels
+            .keys()
+            .filter(|sg| sg.group == group && !keep.contains(&sg.source))
+            .copied()
+            .collect();
+        let mut changed = false;
+        for channel in dropped {
+            changed |= self.remove_channel(gateway, channel, RemoveReason::Left);
         }
         changed
     }
 
-    fn rebuild_index(&mut self) {
-        self.index.clear();
-        for (gw, state) in &self.gateways {
-            for key in state.channels.keys() {
-                self.index.entry(*key).or_default().push(*gw);
-            }
+    /// Drops all of a gateway's channels; true when it had any.
+    fn remove_gateway(&mut self, gateway: SocketAddr, reason: RemoveReason) -> bool {
+        let channels: Vec<SourceGroup> = self
+            .gateways
+            .get(&gateway)
+            .map(|g| g.channels.keys().copied().collect())
+            .unwrap_or_default();
+        let mut changed = false;
+        for channel in channels {
+            changed |= self.remove_channel(gateway, channel, reason);
         }
-        for list in self.index.values_mut() {
-            list.sort();
-        }
+        changed
     }
 
     /// Expires memberships and rotates the secret. Returns true when the
@@ -460,26 +568,24 @@ impl Relay {
             self.next_rotation = now + self.cfg.secret_rotation.max(Duration::from_secs(1));
         }
         let mut expired = 0;
-        for gw in self.gateways.values_mut() {
-            let before = gw.channels.len();
-            gw.channels.retain(|_, c| c.expires > now);
-            expired += before - gw.channels.len();
+        while let Some(&(expires, gateway, channel)) = self.expiries.first()
+            && expires <= now
+        {
+            self.remove_channel(gateway, channel, RemoveReason::Expired);
+            expired += 1;
         }
-        self.gateways.retain(|_, g| !g.channels.is_empty());
-        if expired > 0 {
-            self.stats.expired += expired as u64;
-            self.rebuild_index();
-        }
+        self.stats.expired += expired;
         expired > 0
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let earliest = self
-            .gateways
-            .values()
-            .flat_map(|g| g.channels.values().map(|c| c.expires))
-            .min();
+        let earliest = self.expiries.first().map(|(expires, _, _)| *expires);
         Some(earliest.map_or(self.next_rotation, |e| e.min(self.next_rotation)))
+    }
+
+    /// The next subscription change since the last call, oldest first.
+    pub fn poll_channel_event(&mut self) -> Option<ChannelEvent> {
+        self.channel_events.pop_front()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -496,6 +602,16 @@ impl Relay {
     /// Channels some gateway wants: the native (S,G) joins to hold.
     pub fn channels(&self) -> BTreeSet<SourceGroup> {
         self.index.keys().copied().collect()
+    }
+
+    /// Does some gateway want `channel`?
+    pub fn wants(&self, channel: SourceGroup) -> bool {
+        self.index.contains_key(&channel)
+    }
+
+    /// Number of (gateway, channel) subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.expiries.len()
     }
 
     /// Gateways to send a native packet of (S,G) to, counting it for each.
@@ -534,7 +650,6 @@ impl Relay {
 mod tests {
     use super::*;
     use crate::gateway::{Received, Tunnel, TunnelConfig, TunnelEvent, TunnelState};
-    use crate::wire::GroupRecord;
     use crate::wire::amt::MembershipUpdate;
 
     fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {
@@ -919,5 +1034,228 @@ mod tests {
         let status = r.gateways();
         assert_eq!(status.len(), 1);
         assert_eq!(status[0].gateway, gw_addr());
+    }
+
+    fn igmp_report(record_type: RecordType, group: &str, sources: &[String]) -> EncapReport {
+        EncapReport::Igmp {
+            src: Ipv4Addr::UNSPECIFIED,
+            report: igmp::ReportRepr {
+                records: vec![GroupRecord {
+                    record_type,
+                    group: group.parse().unwrap(),
+                    sources: sources.iter().map(|s| s.parse().unwrap()).collect(),
+                }],
+            },
+        }
+    }
+
+    /// A config whose secret rotation never comes first (timers are expiries).
+    fn no_rotation() -> RelayConfig {
+        RelayConfig {
+            secret_rotation: Duration::from_secs(100_000),
+            ..RelayConfig::default()
+        }
+    }
+
+    fn channel_events(r: &mut Relay) -> Vec<ChannelEvent> {
+        std::iter::from_fn(|| r.poll_channel_event()).collect()
+    }
+
+    /// The index as a full rebuild would make it (what the relay did
+    /// after every change before it became incremental).
+    fn rebuilt_index(r: &Relay) -> HashMap<SourceGroup, Vec<SocketAddr>> {
+        let mut index: HashMap<SourceGroup, Vec<SocketAddr>> = HashMap::new();
+        for (gw, state) in &r.gateways {
+            for key in state.channels.keys() {
+                index.entry(*key).or_default().push(*gw);
+            }
+        }
+        for list in index.values_mut() {
+            list.sort();
+        }
+        index
+    }
+
+    #[test]
+    fn channel_events_follow_joins_leaves_teardown_and_expiry() {
+        let t0 = Instant::now();
+        let mut r = Relay::new(no_rotation(), t0, 1);
+        let gw2: SocketAddr = "198.51.100.3:40000".parse().unwrap();
+        let ch = sg(ip("192.0.2.1"), ip("232.1.1.1"));
+        let ch2 = sg(ip("192.0.2.2"), ip("232.1.1.1"));
+        let allow = igmp_report(
+            RecordType::AllowNewSources,
+            "232.1.1.1",
+            &["192.0.2.1".into()],
+        );
+        assert!(r.apply_report(t0, gw_addr(), &allow));
+        assert!(r.apply_report(t0, gw2, &allow));
+        // A refresh changes nothing.
+        assert!(!r.apply_report(t0, gw2, &allow));
+        assert_eq!(
+            channel_events(&mut r),
+            vec![
+                ChannelEvent::Added {
+                    gateway: gw_addr(),
+                    channel: ch
+                },
+                ChannelEvent::Wanted(ch),
+                ChannelEvent::Added {
+                    gateway: gw2,
+                    channel: ch
+                },
+            ]
+        );
+        assert_eq!(r.forward(ch, 1), &[gw_addr(), gw2]);
+        let block = igmp_report(
+            RecordType::BlockOldSources,
+            "232.1.1.1",
+            &["192.0.2.1".into()],
+        );
+        assert!(r.apply_report(t0, gw_addr(), &block));
+        assert!(!r.apply_report(t0, gw_addr(), &block));
+        assert_eq!(
+            channel_events(&mut r),
+            vec![ChannelEvent::Removed {
+                gateway: gw_addr(),
+                channel: ch,
+                reason: RemoveReason::Left
+            }]
+        );
+        assert_eq!(r.forward(ch, 1), &[gw2]);
+
+        // gw2 adds a second source, then expires: both leave, each
+        // unwanted once its last gateway is gone.
+        let later = t0 + Duration::from_secs(10);
+        let allow2 = igmp_report(
+            RecordType::AllowNewSources,
+            "232.1.1.1",
+            &["192.0.2.2".into()],
+        );
+        assert!(r.apply_report(later, gw2, &allow2));
+        channel_events(&mut r);
+        let interval = r.config().membership_interval();
+        assert_eq!(r.poll_timeout(), Some(t0 + interval));
+        assert!(!r.handle_timeout(t0 + interval - Duration::from_millis(1)));
+        assert!(r.handle_timeout(t0 + interval));
+        assert_eq!(
+            channel_events(&mut r),
+            vec![
+                ChannelEvent::Removed {
+                    gateway: gw2,
+                    channel: ch,
+                    reason: RemoveReason::Expired
+                },
+                ChannelEvent::Unwanted(ch),
+            ]
+        );
+        assert_eq!(r.channels().into_iter().collect::<Vec<_>>(), vec![ch2]);
+        assert_eq!(r.poll_timeout(), Some(later + interval));
+
+        // A teardown drops the rest at once.
+        assert!(r.remove_gateway(gw2, RemoveReason::Teardown));
+        assert_eq!(
+            channel_events(&mut r),
+            vec![
+                ChannelEvent::Removed {
+                    gateway: gw2,
+                    channel: ch2,
+                    reason: RemoveReason::Teardown
+                },
+                ChannelEvent::Unwanted(ch2),
+            ]
+        );
+        assert!(r.gateways.is_empty() && r.index.is_empty() && r.expiries.is_empty());
+        assert_eq!(r.stats().expired, 1);
+    }
+
+    /// Issue 10: 20,000 channels of one gateway, one Update each, then a
+    /// refresh of all and their expiry. With the index rebuilt after every
+    /// Update this was quadratic (about 2 x 10^8 index insertions); now each
+    /// Update costs O(log n). The bound is loose on purpose (debug build on
+    /// a shared machine); the quadratic version needed minutes.
+    #[test]
+    fn twenty_thousand_channels_update_incrementally() {
+        const N: u32 = 20_000;
+        let t0 = Instant::now();
+        let mut r = Relay::new(no_rotation(), t0, 1);
+        let group = |i: u32| format!("232.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        let source = vec!["192.0.2.1".to_string()];
+        let started = Instant::now();
+        for i in 0..N {
+            let report = igmp_report(RecordType::AllowNewSources, &group(i), &source);
+            assert!(r.apply_report(t0, gw_addr(), &report));
+            assert!(matches!(
+                r.poll_channel_event(),
+                Some(ChannelEvent::Added { .. })
+            ));
+            assert!(matches!(
+                r.poll_channel_event(),
+                Some(ChannelEvent::Wanted(_))
+            ));
+        }
+        let refreshed = t0 + Duration::from_secs(30);
+        for i in 0..N {
+            let report = igmp_report(RecordType::ModeIsInclude, &group(i), &source);
+            assert!(!r.apply_report(refreshed, gw_addr(), &report));
+        }
+        assert_eq!(r.subscription_count(), N as usize);
+        assert_eq!(r.index, rebuilt_index(&r));
+        let expiry = refreshed + r.config().membership_interval();
+        assert_eq!(r.poll_timeout(), Some(expiry));
+        assert!(r.handle_timeout(expiry));
+        assert_eq!(r.stats().expired, u64::from(N));
+        assert!(r.index.is_empty() && r.expiries.is_empty() && r.gateways.is_empty());
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(20),
+            "{N} updates, refreshes and expiries took {elapsed:?}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any sequence of reports, teardowns and timeouts leaves the
+        /// incremental index, expiry set and event stream equal to what a
+        /// full recomputation gives.
+        #[test]
+        fn incremental_index_matches_a_rebuild(
+            ops in proptest::collection::vec((0u8..6, 0usize..3, 0u8..3, proptest::collection::vec(0u8..4, 0..4), 0u64..400), 1..60)
+        ) {
+            let t0 = Instant::now();
+            let mut r = Relay::new(RelayConfig::default(), t0, 1);
+            let gateways: Vec<SocketAddr> = (0..3).map(|i| SocketAddr::new(ip("198.51.100.2"), 40000 + i)).collect();
+            let mut wanted: BTreeSet<SourceGroup> = BTreeSet::new();
+            let mut pairs: BTreeSet<(SocketAddr, SourceGroup)> = BTreeSet::new();
+            for (op, gw, group, sources, secs) in ops {
+                let now = t0 + Duration::from_secs(secs);
+                let gateway = gateways[gw];
+                let group = format!("232.1.1.{group}");
+                let sources: Vec<String> = sources.iter().map(|s| format!("192.0.2.{s}")).collect();
+                match op {
+                    0 => { r.apply_report(now, gateway, &igmp_report(RecordType::AllowNewSources, &group, &sources)); }
+                    1 => { r.apply_report(now, gateway, &igmp_report(RecordType::ModeIsInclude, &group, &sources)); }
+                    2 => { r.apply_report(now, gateway, &igmp_report(RecordType::ChangeToInclude, &group, &sources)); }
+                    3 => { r.apply_report(now, gateway, &igmp_report(RecordType::BlockOldSources, &group, &sources)); }
+                    4 => { r.remove_gateway(gateway, RemoveReason::Teardown); }
+                    _ => { r.handle_timeout(now); }
+                }
+                for e in channel_events(&mut r) {
+                    match e {
+                        ChannelEvent::Added { gateway, channel } => proptest::prop_assert!(pairs.insert((gateway, channel))),
+                        ChannelEvent::Removed { gateway, channel, .. } => proptest::prop_assert!(pairs.remove(&(gateway, channel))),
+                        ChannelEvent::Wanted(c) => proptest::prop_assert!(wanted.insert(c)),
+                        ChannelEvent::Unwanted(c) => proptest::prop_assert!(wanted.remove(&c)),
+                    }
+                }
+                proptest::prop_assert_eq!(&r.index, &rebuilt_index(&r));
+                proptest::prop_assert_eq!(&wanted, &r.channels());
+                let held: BTreeSet<(SocketAddr, SourceGroup)> = r.gateways().iter()
+                    .flat_map(|g| g.channels.iter().map(move |(c, _)| (g.gateway, *c))).collect();
+                proptest::prop_assert_eq!(&pairs, &held);
+                let expiries: BTreeSet<(Instant, SocketAddr, SourceGroup)> = r.gateways.iter()
+                    .flat_map(|(g, st)| st.channels.iter().map(move |(c, cs)| (cs.expires, *g, *c))).collect();
+                proptest::prop_assert_eq!(&expiries, &r.expiries);
+            }
+        }
     }
 }

@@ -35,6 +35,9 @@ pub struct ApiInfo {
     pub frr_netns: String,
     pub tun_local: String,
     pub tun_neighbor: String,
+    pub tun_local6: String,
+    pub tun_neighbor6: String,
+    pub ipv4_rpf: String,
     pub join_source: String,
 }
 
@@ -102,6 +105,7 @@ impl Ingest for ApiService {
             c.tunnels_opened.load(Ordering::Relaxed),
         );
         for (name, value) in [
+            ("relay_races", core.races),
             ("tunnels_closed", core.tunnels_closed),
             ("relay_failures_reported", core.relay_failures_reported),
             ("flows_moved_to_another_relay", core.flows_moved),
@@ -138,6 +142,11 @@ impl Ingest for ApiService {
             tunnels: st.tunnels().len() as u32,
             join_source: self.info.join_source.clone(),
             counters,
+            pim6d_state: ws.pim6d_state.clone(),
+            tun_local6: self.info.tun_local6.clone(),
+            tun_neighbor6: self.info.tun_neighbor6.clone(),
+            ipv4_rpf: self.info.ipv4_rpf.clone(),
+            race_winners: core.race_winners.to_vec(),
         }))
     }
 
@@ -279,12 +288,14 @@ impl Ingest for ApiService {
 
     async fn list_flows(
         &self,
-        _: Request<ListFlowsRequest>,
+        req: Request<ListFlowsRequest>,
     ) -> Result<Response<FlowList>, GrpcStatus> {
+        let filter = FlowFilter::new(req.get_ref())?;
         let st = self.shared.read();
         let flows: Vec<Flow> = st
             .flows()
             .values()
+            .filter(|f| filter.matches(f))
             .map(|f| {
                 let policy = f.policy.as_ref();
                 Flow {
@@ -298,6 +309,11 @@ impl Ingest for ApiService {
                     // What people need: why it is (not) forwarding.
                     admission_reason: f.reason.clone(),
                     state: f.phase.as_str().into(),
+                    race: match (&f.race, &f.race_result) {
+                        (Some(race), _) => race.text(std::time::Instant::now()),
+                        (None, Some(result)) => result.to_string(),
+                        (None, None) => String::new(),
+                    },
                     relay: f.relay.map(|r| r.to_string()).unwrap_or_default(),
                     relay_origin: f.relay_origin.clone(),
                     candidates: policy
@@ -407,6 +423,56 @@ impl Ingest for ApiService {
             failed,
             elapsed_ms: started.elapsed().as_millis() as u64,
         }))
+    }
+}
+
+/// The optional filters of `ListFlows`, parsed.
+struct FlowFilter {
+    source: Option<IpAddr>,
+    group: Option<IpAddr>,
+    relay: Option<std::net::SocketAddr>,
+    state: Option<String>,
+}
+
+impl FlowFilter {
+    fn new(req: &ListFlowsRequest) -> Result<Self, GrpcStatus> {
+        let addr = |field: &str, v: &str| -> Result<Option<IpAddr>, GrpcStatus> {
+            if v.is_empty() {
+                Ok(None)
+            } else {
+                parse_addr(field, v).map(Some)
+            }
+        };
+        let relay = if req.relay.is_empty() {
+            None
+        } else {
+            Some(
+                crate::config::parse_relay(&req.relay)
+                    .map_err(|e| GrpcStatus::invalid_argument(format!("relay: {e}")))?,
+            )
+        };
+        Ok(Self {
+            source: addr("source", &req.source)?,
+            group: addr("group", &req.group)?,
+            relay,
+            state: (!req.state.is_empty()).then(|| req.state.clone()),
+        })
+    }
+
+    fn matches(&self, f: &FlowState) -> bool {
+        let racing_on = |relay: std::net::SocketAddr| {
+            f.race.as_ref().is_some_and(|race| {
+                race.attempts
+                    .iter()
+                    .any(|a| a.started.is_some() && a.choice.relay == relay)
+            })
+        };
+        self.source.is_none_or(|s| f.sg.source == s)
+            && self.group.is_none_or(|g| f.sg.group == g)
+            && self
+                .relay
+                .is_none_or(|r| f.relay == Some(r) || racing_on(r))
+            && self.state.as_deref().is_none_or(|s| f.phase.as_str() == s)
     }
 }
 

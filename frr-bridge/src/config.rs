@@ -2,7 +2,7 @@
 //! `frr-ingestd --print-default-config`) plus command-line overrides.
 //! Errors name the key and the problem in one line.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,6 +112,20 @@ pub struct TunSection {
     /// The sidecar's address as PIM neighbour on the TUN; routes to
     /// ingested sources point at it.
     pub neighbor: IpAddr,
+    /// Give the TUN a link-local IPv6 pair, so pim6d has an address there
+    /// and the sidecar is its PIMv6 neighbour (IPv6 channels).
+    pub ipv6: bool,
+    /// pim6d's link-local address on the TUN.
+    pub local6: Ipv6Addr,
+    /// The sidecar's link-local address on the TUN: PIMv6 neighbour and
+    /// next hop of IPv6 source routes.
+    pub neighbor6: Ipv6Addr,
+    /// How pimd's RPF for IPv4 sources points at the TUN: "routes" (a /32
+    /// route per ingested source via `neighbor`, every FRR) or "mroute"
+    /// (no per-source routes: FRR >= 10.3 with `ip mroute 0.0.0.0/0
+    /// <neighbor>` in its configuration; see frr-config/README.md). IPv6
+    /// sources always get routes (FRR has no `ipv6 mroute`).
+    pub ipv4_rpf: String,
     pub mtu: u32,
     /// Seconds between PIM Hellos (holdtime is 3.5 times this).
     pub hello_interval_s: u64,
@@ -190,6 +204,10 @@ pub struct AmtConfig {
     /// Seconds without data on a subscribed channel before the relay is
     /// considered failing for it (RFC 8777 §3.3.3); 0 disables.
     pub no_data_timeout_s: u64,
+    /// Relay racing (RFC 8777 §3.2): when a flow has several candidate
+    /// relays, the next one is tried too after this many milliseconds
+    /// without an answer; the first to answer carries the flow.
+    pub connection_attempt_delay_ms: u64,
     /// Static relay map: sources in `prefix` are ingested through `relay`.
     /// It overrides DNS discovery (DRIAD), and is the fallback for
     /// operators who want fixed relays.
@@ -202,6 +220,7 @@ impl Default for AmtConfig {
             linger_s: 60,
             bind: None,
             no_data_timeout_s: 10,
+            connection_attempt_delay_ms: 250,
             static_relays: Vec::new(),
         }
     }
@@ -329,6 +348,11 @@ impl Default for TunSection {
             name: "amt0".into(),
             local: IpAddr::from([169, 254, 77, 1]),
             neighbor: IpAddr::from([169, 254, 77, 2]),
+            ipv6: true,
+            // fe80::a9fe:4d0x: the IPv4 pair's 169.254.77.x, for people.
+            local6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0x4d01),
+            neighbor6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0x4d02),
+            ipv4_rpf: "routes".into(),
             mtu: 1500,
             hello_interval_s: 30,
         }
@@ -399,6 +423,26 @@ impl Config {
         if self.tun.local.is_multicast() || self.tun.neighbor.is_multicast() {
             return Err(invalid("tun.local", "TUN addresses must be unicast"));
         }
+        let link_local = |a: &Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
+        if !link_local(&self.tun.local6) {
+            return Err(invalid(
+                "tun.local6",
+                format!(
+                    "{} is not a link-local address (fe80::/10)",
+                    self.tun.local6
+                ),
+            ));
+        }
+        if !link_local(&self.tun.neighbor6) || self.tun.neighbor6 == self.tun.local6 {
+            return Err(invalid(
+                "tun.neighbor6",
+                format!(
+                    "{} must be a link-local address (fe80::/10) other than tun.local6",
+                    self.tun.neighbor6
+                ),
+            ));
+        }
+        self.ipv4_rpf()?;
         if !(576..=65535).contains(&self.tun.mtu) {
             return Err(invalid(
                 "tun.mtu",
@@ -443,6 +487,12 @@ impl Config {
             ));
         }
         self.policy.validate()?;
+        if !(10..=60_000).contains(&self.amt.connection_attempt_delay_ms) {
+            return Err(invalid(
+                "amt.connection_attempt_delay_ms",
+                "must be 10..60000 milliseconds",
+            ));
+        }
         if self.amt.linger_s > 86_400 {
             return Err(invalid("amt.linger_s", "must be at most 86400 seconds"));
         }
@@ -455,6 +505,19 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `tun.ipv4_rpf` parsed.
+    pub fn ipv4_rpf(&self) -> Result<crate::southbound::tun::Ipv4Rpf, ConfigError> {
+        use crate::southbound::tun::Ipv4Rpf;
+        match self.tun.ipv4_rpf.as_str() {
+            "routes" => Ok(Ipv4Rpf::SourceRoutes),
+            "mroute" => Ok(Ipv4Rpf::Mroute),
+            other => Err(invalid(
+                "tun.ipv4_rpf",
+                format!("{other:?}: expected \"routes\" or \"mroute\""),
+            )),
+        }
     }
 
     /// `ingest.join_source` parsed.

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::southbound::pim::{internet_checksum, ipv4_header};
+use amt_gateway::wire::udp::UdpRepr;
 
 pub const MIN_PAYLOAD: usize = 16;
 
@@ -20,66 +20,28 @@ pub struct InjectSpec {
     pub payload_size: usize,
 }
 
-fn udp_checksum(src: IpAddr, dst: IpAddr, udp: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(40 + udp.len());
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&[0, 17]);
-            pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 17]);
-        }
-        _ => return 0,
-    }
-    pseudo.extend_from_slice(udp);
-    match internet_checksum(&pseudo) {
-        0 => 0xffff,
-        c => c,
-    }
-}
-
 /// Build one packet with sequence number `seq` and send time `now_ns`.
-/// `None` when source and group are of different families.
+/// `None` when source and group are of different families (or the payload
+/// does not fit a datagram).
 pub fn build_packet(spec: &InjectSpec, seq: u64, now_ns: u64) -> Option<Vec<u8>> {
-    let payload_len = spec.payload_size.max(MIN_PAYLOAD);
-    let mut udp = vec![0u8; 8 + payload_len];
-    udp[0..2].copy_from_slice(&spec.src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&spec.dst_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-    udp[8..16].copy_from_slice(&seq.to_be_bytes());
-    udp[16..24].copy_from_slice(&now_ns.to_be_bytes());
-    let c = udp_checksum(spec.source, spec.group, &udp);
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    match (spec.source, spec.group) {
-        (IpAddr::V4(s), IpAddr::V4(g)) => {
-            let mut pkt = ipv4_header(s, g, 17, spec.ttl, 0, udp.len()).to_vec();
-            pkt.extend_from_slice(&udp);
-            Some(pkt)
-        }
-        (IpAddr::V6(s), IpAddr::V6(g)) => {
-            let mut pkt = Vec::with_capacity(40 + udp.len());
-            pkt.extend_from_slice(&[0x60, 0, 0, 0]);
-            pkt.extend_from_slice(&(udp.len() as u16).to_be_bytes());
-            pkt.push(17);
-            pkt.push(spec.ttl);
-            pkt.extend_from_slice(&s.octets());
-            pkt.extend_from_slice(&g.octets());
-            pkt.extend_from_slice(&udp);
-            Some(pkt)
-        }
-        _ => None,
+    let mut payload = vec![0u8; spec.payload_size.max(MIN_PAYLOAD)];
+    payload[0..8].copy_from_slice(&seq.to_be_bytes());
+    payload[8..16].copy_from_slice(&now_ns.to_be_bytes());
+    UdpRepr {
+        src: spec.source,
+        dst: spec.group,
+        src_port: spec.src_port,
+        dst_port: spec.dst_port,
+        ttl: spec.ttl,
     }
+    .packet(&payload)
+    .ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amt_gateway::wire::checksum::internet_checksum;
 
     #[test]
     fn ipv4_packet_checksums() {

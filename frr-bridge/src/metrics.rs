@@ -111,6 +111,24 @@ pub fn render(status: &Status, tunnels: &TunnelList, flows: &FlowList) -> String
         );
     }
 
+    out.header(
+        "frr_ingest_relay_race_winners_total",
+        "Relay races (RFC 8777 3.2) won, by the winner's position in the policy's order (last: that position or later).",
+        true,
+    );
+    for (i, n) in status.race_winners.iter().enumerate() {
+        let position = if i + 1 == status.race_winners.len() {
+            format!("{}+", i + 1)
+        } else {
+            (i + 1).to_string()
+        };
+        out.sample(
+            "frr_ingest_relay_race_winners_total",
+            &[("position", position.as_str())],
+            *n,
+        );
+    }
+
     out.gauge(
         "frr_ingest_tunnels",
         "AMT tunnels open (one per relay).",
@@ -356,11 +374,21 @@ fn route(head: &[u8]) -> Result<Route, &'static str> {
 
 /// Healthy while the join source works: pimd connected, or the joinfile
 /// read without error. Returns the state text either way.
+/// 200 while the join source works: pimd connected (or pim6d, for a
+/// deployment whose pimd is down), or the joinfile readable. Either IP
+/// family failing alone leaves the other one working, so it is reported in
+/// the body, not as a failure.
 pub fn health(status: &Status) -> (bool, String) {
     let state = status.frr_state.as_str();
-    let ok =
-        state == "connected" || (state.starts_with("joinfile:") && !state.contains("unreadable"));
-    (ok, format!("join source: {state}\n"))
+    let v6 = status.pim6d_state.as_str();
+    let ok = state == "connected"
+        || v6 == "connected"
+        || (state.starts_with("joinfile:") && !state.contains("unreadable"));
+    let mut text = format!("join source: {state}\n");
+    if !v6.is_empty() {
+        text.push_str(&format!("pim6d: {v6}\n"));
+    }
+    (ok, text)
 }
 
 async fn answer(mut stream: TcpStream, service: &ApiService) -> std::io::Result<()> {
@@ -418,7 +446,9 @@ async fn snapshot(service: &ApiService) -> String {
     let tunnels = service
         .list_tunnels(Request::new(ListTunnelsRequest {}))
         .await;
-    let flows = service.list_flows(Request::new(ListFlowsRequest {})).await;
+    let flows = service
+        .list_flows(Request::new(ListFlowsRequest::default()))
+        .await;
     match (status, tunnels, flows) {
         (Ok(s), Ok(t), Ok(f)) => render(s.get_ref(), t.get_ref(), f.get_ref()),
         _ => "# the daemon's state could not be read\n".into(),

@@ -121,6 +121,8 @@ pub trait TunnelPort: Send + Sync + 'static {
     fn subscribe(&self, sg: ingest_types::SourceGroup);
     /// Leave (S,G); does not wait for the tunnel task.
     fn unsubscribe(&self, sg: ingest_types::SourceGroup);
+    /// Start the relay handshake for `family` without joining anything.
+    fn connect(&self, family: amt_gateway::Family);
     /// Leave everything, send Teardown; resolves when the task ended.
     fn close(&self) -> PortFuture<'_, ()>;
     /// Counters and protocol state; None when the task does not answer.
@@ -139,6 +141,12 @@ impl TunnelPort for TunnelHandle {
     fn unsubscribe(&self, sg: ingest_types::SourceGroup) {
         if self.unsubscribe_nowait(sg).is_err() {
             debug!(%sg, relay = %self.configured_relay(), "unsubscribe: the tunnel task has ended");
+        }
+    }
+
+    fn connect(&self, family: amt_gateway::Family) {
+        if self.connect_nowait(family).is_err() {
+            debug!(?family, relay = %self.configured_relay(), "connect: the tunnel task has ended");
         }
     }
 
@@ -301,10 +309,17 @@ impl Pipeline {
         loop {
             self.decide().await;
             let now = clock();
-            let wakeup = match &self.deciding {
+            let policy_wakeup = match &self.deciding {
                 Deciding::Policy { engine, .. } => engine.next_wakeup(now),
                 Deciding::ServeAll => now + Duration::from_secs(3600),
             };
+            // Relay races need their next attempt on time (250 ms apart by
+            // default), not at the next tick.
+            let wakeup = self
+                .shared
+                .read()
+                .next_timeout()
+                .map_or(policy_wakeup, |t| t.min(policy_wakeup));
             tokio::select! {
                 changed = wanted.changed() => {
                     if changed.is_err() {
@@ -317,11 +332,14 @@ impl Pipeline {
                     self.lookup_finished(done);
                 }
                 Some(event) = self.relay_events.recv() => {
-                    let actions = self.shared.write().on_tunnel_event(event.relay, &event.event);
+                    let actions = self.shared.write().on_tunnel_event(event.relay, &event.event, clock());
                     self.execute(actions).await;
                 }
                 _ = tick.tick() => self.on_tick().await,
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wakeup)) => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wakeup)) => {
+                    let actions = self.shared.write().on_timeout(clock());
+                    self.execute(actions).await;
+                }
                 _ = stop.changed() => break,
             }
             // Take everything else that is ready before deciding once.
@@ -465,10 +483,11 @@ impl Pipeline {
                         }
                     }
                     Err(error) => {
-                        let more = self
-                            .shared
-                            .write()
-                            .on_tunnel_open_failed(relay, &error.error.to_string());
+                        let more = self.shared.write().on_tunnel_open_failed(
+                            relay,
+                            &error.error.to_string(),
+                            clock(),
+                        );
                         queue.extend(more);
                     }
                 },
@@ -479,6 +498,10 @@ impl Pipeline {
                         tokio::spawn(async move { port.close().await });
                     }
                 }
+                Action::Connect { relay, family } => match self.port(relay) {
+                    Some(port) => port.connect(family),
+                    None => debug!(%relay, ?family, "connect: no tunnel"),
+                },
                 Action::Subscribe { relay, sg } => match self.port(relay) {
                     Some(port) => port.subscribe(sg),
                     None => debug!(%relay, %sg, "subscribe: no tunnel"),

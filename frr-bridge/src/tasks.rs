@@ -14,7 +14,9 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::pipeline::Shared;
-use crate::southbound::pim::{HelloOptions, TunPacket, hello_v4, parse_tun_packet};
+use amt_gateway::wire::pim::{HelloRepr, hello_packet};
+
+use crate::southbound::pim::{TunPacket, parse_tun_packet};
 use crate::southbound::tun::IngestTun;
 
 struct FdRef(Arc<OwnedFd>);
@@ -40,39 +42,41 @@ fn read_fd(fd: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-/// Sends our Hellos on the TUN every `interval` (and at once when pimd
-/// appears or restarts, so its RPF check finds us without waiting), reads
-/// what pimd sends out of the TUN, and triggers a join poll on Join/Prune.
+/// Sends our Hellos on the TUN every `interval` from each of `neighbors`
+/// (the IPv4 neighbour address for pimd, a link-local IPv6 one for pim6d),
+/// and at once when pimd or pim6d appears or restarts, so its RPF check
+/// finds us without waiting; reads what they send out of the TUN, and
+/// triggers a join poll on Join/Prune.
 pub async fn run_pim(
     shared: Shared,
     tun: Arc<IngestTun>,
-    neighbor: IpAddr,
+    neighbors: Vec<IpAddr>,
     interval: Duration,
     trigger: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let IpAddr::V4(our_addr) = neighbor else {
-        warn!(
-            "tun.neighbor {neighbor} is not IPv4: no PIM Hellos are sent (pimd would not see a neighbour)"
-        );
-        return;
-    };
     let generation_id: u32 = rand::random();
     let holdtime = u16::try_from(interval.as_secs().saturating_mul(7) / 2).unwrap_or(u16::MAX);
-    let send_hello = |holdtime: u16| {
-        let pkt = hello_v4(
-            our_addr,
-            &HelloOptions {
-                holdtime,
-                dr_priority: 1,
-                generation_id,
-            },
-        );
-        match tun.write_packet(&pkt) {
-            Ok(()) => {
-                shared.counters.hellos_sent.fetch_add(1, Ordering::Relaxed);
+    // Hellos from every neighbour address of `family` (None: all).
+    let send_hellos = |holdtime: u16, family: Option<bool>| {
+        let hello = HelloRepr {
+            holdtime,
+            dr_priority: 1,
+            generation_id,
+        };
+        for from in neighbors
+            .iter()
+            .filter(|a| family.is_none_or(|v4| a.is_ipv4() == v4))
+        {
+            let sent = hello_packet(*from, &hello)
+                .map_err(std::io::Error::other)
+                .and_then(|pkt| tun.write_packet(&pkt));
+            match sent {
+                Ok(()) => {
+                    shared.counters.hellos_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => warn!(%from, "cannot send PIM Hello on {}: {e}", tun.name()),
             }
-            Err(e) => warn!("cannot send PIM Hello on {}: {e}", tun.name()),
         }
     };
     // SAFETY: the Arc keeps the TUN fd open for the AsyncFd's whole life.
@@ -83,22 +87,23 @@ pub async fn run_pim(
         Err(e) => {
             warn!("cannot watch the TUN for pimd's packets: {e}; Hellos still sent");
             loop {
-                send_hello(holdtime);
+                send_hellos(holdtime, None);
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
-                    _ = stop.changed() => { send_hello(0); return; }
+                    _ = stop.changed() => { send_hellos(0, None); return; }
                 }
             }
         }
     };
-    send_hello(holdtime);
+    send_hellos(holdtime, None);
     let mut next_hello = tokio::time::Instant::now() + interval;
-    let mut pimd_genid: Option<u32> = None;
+    // Generation ids of pimd (IPv4) and pim6d (IPv6) as last seen.
+    let mut daemon_genid: [Option<u32>; 2] = [None, None];
     let mut buf = vec![0u8; 65536];
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next_hello) => {
-                send_hello(holdtime);
+                send_hellos(holdtime, None);
                 next_hello = tokio::time::Instant::now() + interval;
             }
             r = afd.readable() => {
@@ -107,24 +112,25 @@ pub async fn run_pim(
                 loop {
                     match read_fd(guard.get_inner(), &mut buf) {
                         Ok(n) => match parse_tun_packet(&buf[..n]) {
-                            TunPacket::Hello { from, generation_id: g, holdtime: h } => {
-                                if h == Some(0) {
-                                    info!(%from, "pimd said goodbye on the TUN");
-                                    pimd_genid = None;
-                                } else if pimd_genid != g {
-                                    // New or restarted pimd: answer at once
+                            TunPacket::Hello { from, hello } => {
+                                let daemon = if from.is_ipv4() { "pimd" } else { "pim6d" };
+                                let seen = &mut daemon_genid[usize::from(from.is_ipv6())];
+                                if hello.holdtime == Some(0) {
+                                    info!(%from, "{daemon} said goodbye on the TUN");
+                                    *seen = None;
+                                } else if *seen != hello.generation_id {
+                                    // New or restarted daemon: answer at once
                                     // (RFC 7761 triggered Hello) so it has a
                                     // neighbour for RPF right away.
-                                    info!(%from, "pimd is up on the TUN (generation {:?}); sending Hello", g);
-                                    pimd_genid = g;
-                                    send_hello(holdtime);
-                                    next_hello = tokio::time::Instant::now() + interval;
+                                    info!(%from, "{daemon} is up on the TUN (generation {:?}); sending Hello", hello.generation_id);
+                                    *seen = hello.generation_id;
+                                    send_hellos(holdtime, Some(from.is_ipv4()));
                                     trigger.notify_one();
                                 }
                             }
-                            TunPacket::JoinPrune(jp) => {
+                            TunPacket::JoinPrune { from, join_prune } => {
                                 shared.counters.joinprunes_seen.fetch_add(1, Ordering::Relaxed);
-                                debug!(joins = ?jp.joins, prunes = ?jp.prunes, "PIM Join/Prune from pimd");
+                                debug!(%from, joins = ?join_prune.joins, prunes = ?join_prune.prunes, "PIM Join/Prune");
                                 trigger.notify_one();
                             }
                             TunPacket::Malformed(why) => {
@@ -149,8 +155,8 @@ pub async fn run_pim(
                 }
             }
             _ = stop.changed() => {
-                // Goodbye: pimd drops us as neighbour at once.
-                send_hello(0);
+                // Goodbye: the daemons drop us as neighbour at once.
+                send_hellos(0, None);
                 return;
             }
         }

@@ -1,11 +1,11 @@
 //! The `ingestctl driad` / `ingestctl dorms` reports against a real BIND
-//! and nginx on loopback (helpers from ingest-policy's `test-support`).
+//! and nginx on loopback (helpers from the `ingest-test-support` crate).
 
 use ingest_types::SourceGroup;
 use std::net::IpAddr;
 
 use frr_bridge::policy_cli::{dorms_report, driad_report};
-use ingest_policy::test_support::{Named, Nginx, Silent, Zone};
+use ingest_test_support::{Named, Nginx, Silent, Zone};
 
 fn sg(source: IpAddr, group: IpAddr) -> SourceGroup {
     SourceGroup::new(source, group).unwrap()

@@ -19,13 +19,6 @@ pub mod engine;
 pub mod joinfile;
 pub mod text;
 
-/// Loopback servers for integration tests (BIND `named` with temp zones,
-/// nginx with a temp CA). Shared with other crates' tests through the
-/// `test-support` feature so there is one copy; it is not for production use.
-#[cfg(feature = "test-support")]
-#[path = "../tests/common/mod.rs"]
-pub mod test_support;
-
 #[cfg(all(test, feature = "net"))]
 mod send_sync {
     use crate::dorms::DormsClient;

@@ -1,16 +1,14 @@
 //! DormsClient against BIND (SRV, A) and nginx (HTTPS with a test CA) on
 //! loopback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Named, Nginx, TempDir, Zone, free_port, make_pki};
 use ingest_policy::admission::BitrateOrigin;
 use ingest_policy::dns::{DnsConfig, DnsFailure};
 use ingest_policy::dorms::{
     DormsClient, DormsConfig, DormsError, DormsStep, MetadataError, MetadataLayout, RateField,
 };
+use ingest_test_support::{Named, Nginx, TempDir, Zone, free_port, make_pki};
 use ingest_types::SourceGroup;
 
 const HOST_META: &str = "<?xml version='1.0' encoding='UTF-8'?>

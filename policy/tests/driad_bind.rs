@@ -1,16 +1,14 @@
 //! DriadResolver against a real BIND 9 on loopback.
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{Named, Silent, Zone};
 use ingest_policy::dns::{DnsConfig, DnsFailure};
 use ingest_policy::driad::{
     DriadConfig, DriadOutcome, DriadResolver, HoldDownReason, HoldDownTracker, Relay, RelayAddress,
     SelectionOutcome, select_relays,
 };
+use ingest_test_support::{Named, Silent, Zone};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 

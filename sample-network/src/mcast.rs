@@ -48,16 +48,7 @@ pub fn join_ssm(
     channel: &SourceGroup,
     iface: Option<&Interface>,
 ) -> io::Result<()> {
-    match (channel.source, channel.group) {
-        (IpAddr::V4(source), IpAddr::V4(group)) => {
-            let local = match iface {
-                Some(i) => i.first_ipv4().map_err(io::Error::other)?,
-                None => Ipv4Addr::UNSPECIFIED,
-            };
-            socket.join_ssm_v4(&source, &group, &local)
-        }
-        _ => source_group_request(socket, channel, iface, libc::MCAST_JOIN_SOURCE_GROUP),
-    }
+    ssm_membership(socket, channel, iface, Membership::Join)
 }
 
 /// Leaves what [`join_ssm`] joined (closing the socket does the same).
@@ -66,15 +57,39 @@ pub fn leave_ssm(
     channel: &SourceGroup,
     iface: Option<&Interface>,
 ) -> io::Result<()> {
+    ssm_membership(socket, channel, iface, Membership::Leave)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Join,
+    Leave,
+}
+
+fn ssm_membership(
+    socket: &Socket,
+    channel: &SourceGroup,
+    iface: Option<&Interface>,
+    change: Membership,
+) -> io::Result<()> {
     match (channel.source, channel.group) {
         (IpAddr::V4(source), IpAddr::V4(group)) => {
             let local = match iface {
                 Some(i) => i.first_ipv4().map_err(io::Error::other)?,
                 None => Ipv4Addr::UNSPECIFIED,
             };
-            socket.leave_ssm_v4(&source, &group, &local)
+            match change {
+                Membership::Join => socket.join_ssm_v4(&source, &group, &local),
+                Membership::Leave => socket.leave_ssm_v4(&source, &group, &local),
+            }
         }
-        _ => source_group_request(socket, channel, iface, libc::MCAST_LEAVE_SOURCE_GROUP),
+        _ => {
+            let option = match change {
+                Membership::Join => libc::MCAST_JOIN_SOURCE_GROUP,
+                Membership::Leave => libc::MCAST_LEAVE_SOURCE_GROUP,
+            };
+            source_group_request(socket, channel, iface, option)
+        }
     }
 }
 
@@ -95,21 +110,7 @@ fn source_group_request(
     request.gsr_interface = iface.map_or(0, |i| i.index);
     write_storage(&mut request.gsr_group, channel.group);
     write_storage(&mut request.gsr_source, channel.source);
-    // SAFETY: request is a valid group_source_req and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&request as *const libc::group_source_req).cast(),
-            mem::size_of::<libc::group_source_req>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_option(socket, level, option, &request)
 }
 
 fn write_storage(storage: &mut libc::sockaddr_storage, addr: IpAddr) {
@@ -129,20 +130,42 @@ fn write_storage(storage: &mut libc::sockaddr_storage, addr: IpAddr) {
 /// SO_RCVBUFFORCE (root) with a fallback to SO_RCVBUF (capped at rmem_max).
 pub fn force_recv_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: value is a c_int and the length says so.
+    set_int(socket, libc::SOL_SOCKET, SO_RCVBUFFORCE, value)
+        .or_else(|_| socket.set_recv_buffer_size(bytes))
+}
+
+/// `setsockopt` of an int option socket2 does not wrap.
+pub fn set_int(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    set_option(socket, level, option, &value)
+}
+
+/// `setsockopt` with `value` (a C struct or int the option expects).
+fn set_option<T>(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: value points at a live T and the length is its size; the
+    // kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_RCVBUFFORCE,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            level,
+            option,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
         Ok(())
     } else {
-        socket.set_recv_buffer_size(bytes)
+        Err(io::Error::last_os_error())
     }
 }
 

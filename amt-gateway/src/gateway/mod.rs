@@ -582,6 +582,27 @@ impl Tunnel {
         Ok(true)
     }
 
+    /// Starts the Request/Query handshake for `family` without joining
+    /// anything: relay racing (RFC 8777 §3.2) gives a flow to the first
+    /// relay whose Query arrives, and only that one gets its membership
+    /// report. [`TunnelEvent::Up`] follows when the relay answers (at once
+    /// if it already has for this family).
+    pub fn connect(&mut self, family: Family, now: Instant) -> Result<(), SubscribeError> {
+        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            return Err(SubscribeError::Closed);
+        }
+        let f = family.index();
+        self.families[f].in_use = true;
+        if self.phase == Phase::Active
+            && self.families[f].request.is_none()
+            && self.families[f].query.is_none()
+        {
+            self.start_request(family, now);
+        }
+        self.refresh_timer();
+        Ok(())
+    }
+
     /// Leaves (S,G): data for it is dropped from now on, and
     /// BLOCK_OLD_SOURCES is sent (QRV times). Returns false if it was not
     /// subscribed.

@@ -1247,3 +1247,47 @@ fn data_stall_sends_one_early_request_per_silence() {
     assert_eq!(t.stats().stall_requests, 2);
     let _ = now;
 }
+
+// ---- relay racing --------------------------------------------------------
+
+#[test]
+fn connect_handshakes_without_reporting_anything() {
+    let t0 = Instant::now();
+    let mut t = Tunnel::new(cfg(), local(), t0, 7);
+    let dn = discovery_nonce(&sent(&mut t));
+    // Connecting before the relay is known starts the Request after the
+    // Advertisement.
+    t.connect(Family::V4, t0).unwrap();
+    assert!(sent(&mut t).is_empty());
+    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
+    let (rn, kind) = only_request(&sent(&mut t));
+    assert_eq!(kind, QueryKind::Igmpv3);
+    t.handle_datagram(t0, relay_addr(), &QueryOpts::new(rn).bytes());
+    assert_eq!(
+        events(&mut t),
+        vec![
+            TunnelEvent::RelayDiscovered {
+                relay: relay_addr()
+            },
+            TunnelEvent::Up {
+                relay: relay_addr(),
+                family: Family::V4
+            }
+        ]
+    );
+    assert!(
+        sent(&mut t).is_empty(),
+        "no membership report: nothing is subscribed"
+    );
+    assert_eq!(t.state(), TunnelState::Up);
+    // The winner of a race then subscribes: one report goes out.
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
+    let updates: Vec<_> = sent(&mut t)
+        .into_iter()
+        .filter(|(_, s)| matches!(s, Sent::Update { .. }))
+        .collect();
+    assert_eq!(updates.len(), 1);
+    // A closed tunnel cannot connect.
+    t.close(t0);
+    assert_eq!(t.connect(Family::V6, t0), Err(SubscribeError::Closed));
+}

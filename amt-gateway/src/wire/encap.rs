@@ -13,6 +13,56 @@ use super::{DecodeError, EncodeError, igmp, mld, need};
 /// TOS of IGMP datagrams (internetwork control, as Linux sends them).
 const IGMP_TOS: u8 = 0xc0;
 
+/// The membership message of an encapsulated IPv4/IGMP or IPv6/ICMPv6
+/// datagram, its IP layer checked (shared by queries and reports).
+enum Membership<'a> {
+    Igmp {
+        src: Ipv4Addr,
+        igmp: &'a [u8],
+    },
+    Mld {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        icmp: &'a [u8],
+    },
+}
+
+impl<'a> Membership<'a> {
+    /// The IPv4 header checksum must verify and the protocol be IGMP; for
+    /// IPv6 the upper layer (after extension headers) must be ICMPv6.
+    fn unwrap(datagram: &'a [u8]) -> Result<Self, DecodeError> {
+        need(datagram, 1)?;
+        match datagram[0] >> 4 {
+            4 => {
+                let ip = Ipv4Header::parse(datagram)?;
+                if !ip.checksum_ok() {
+                    return Err(DecodeError::Checksum("IPv4 header"));
+                }
+                if ip.protocol() != PROTO_IGMP {
+                    return Err(DecodeError::Protocol(ip.protocol()));
+                }
+                Ok(Self::Igmp {
+                    src: ip.src(),
+                    igmp: ip.payload(),
+                })
+            }
+            6 => {
+                let ip = Ipv6Header::parse(datagram)?;
+                let upper = ip.upper_layer()?;
+                if upper.protocol != NEXT_ICMPV6 {
+                    return Err(DecodeError::Protocol(upper.protocol));
+                }
+                Ok(Self::Mld {
+                    src: ip.src(),
+                    dst: ip.dst(),
+                    icmp: &ip.packet()[upper.offset..],
+                })
+            }
+            v => Err(DecodeError::IpVersion(v, 0)),
+        }
+    }
+}
+
 /// A membership query found inside an AMT Membership Query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EncapQuery {
@@ -32,35 +82,16 @@ impl EncapQuery {
     /// Alert are not required (relays differ: the reference capture has no
     /// Router Alert on queries).
     pub fn parse(datagram: &[u8]) -> Result<Self, DecodeError> {
-        need(datagram, 1)?;
-        match datagram[0] >> 4 {
-            4 => {
-                let ip = Ipv4Header::parse(datagram)?;
-                if !ip.checksum_ok() {
-                    return Err(DecodeError::Checksum("IPv4 header"));
-                }
-                if ip.protocol() != PROTO_IGMP {
-                    return Err(DecodeError::Protocol(ip.protocol()));
-                }
-                Ok(Self::Igmp {
-                    src: ip.src(),
-                    query: igmp::QueryRepr::parse(ip.payload())?,
-                })
-            }
-            6 => {
-                let ip = Ipv6Header::parse(datagram)?;
-                let upper = ip.upper_layer()?;
-                if upper.protocol != NEXT_ICMPV6 {
-                    return Err(DecodeError::Protocol(upper.protocol));
-                }
-                let icmp = &ip.packet()[upper.offset..];
-                Ok(Self::Mld {
-                    src: ip.src(),
-                    query: mld::QueryRepr::parse(icmp, &ip.src(), &ip.dst())?,
-                })
-            }
-            v => Err(DecodeError::IpVersion(v, 0)),
-        }
+        Ok(match Membership::unwrap(datagram)? {
+            Membership::Igmp { src, igmp } => Self::Igmp {
+                src,
+                query: igmp::QueryRepr::parse(igmp)?,
+            },
+            Membership::Mld { src, dst, icmp } => Self::Mld {
+                src,
+                query: mld::QueryRepr::parse(icmp, &src, &dst)?,
+            },
+        })
     }
 
     pub fn is_ipv6(&self) -> bool {
@@ -111,35 +142,16 @@ pub enum EncapReport {
 
 impl EncapReport {
     pub fn parse(datagram: &[u8]) -> Result<Self, DecodeError> {
-        need(datagram, 1)?;
-        match datagram[0] >> 4 {
-            4 => {
-                let ip = Ipv4Header::parse(datagram)?;
-                if !ip.checksum_ok() {
-                    return Err(DecodeError::Checksum("IPv4 header"));
-                }
-                if ip.protocol() != PROTO_IGMP {
-                    return Err(DecodeError::Protocol(ip.protocol()));
-                }
-                Ok(Self::Igmp {
-                    src: ip.src(),
-                    report: igmp::ReportRepr::parse(ip.payload())?,
-                })
-            }
-            6 => {
-                let ip = Ipv6Header::parse(datagram)?;
-                let upper = ip.upper_layer()?;
-                if upper.protocol != NEXT_ICMPV6 {
-                    return Err(DecodeError::Protocol(upper.protocol));
-                }
-                let icmp = &ip.packet()[upper.offset..];
-                Ok(Self::Mld {
-                    src: ip.src(),
-                    report: mld::ReportRepr::parse(icmp, &ip.src(), &ip.dst())?,
-                })
-            }
-            v => Err(DecodeError::IpVersion(v, 0)),
-        }
+        Ok(match Membership::unwrap(datagram)? {
+            Membership::Igmp { src, igmp } => Self::Igmp {
+                src,
+                report: igmp::ReportRepr::parse(igmp)?,
+            },
+            Membership::Mld { src, dst, icmp } => Self::Mld {
+                src,
+                report: mld::ReportRepr::parse(icmp, &src, &dst)?,
+            },
+        })
     }
 
     pub fn src(&self) -> IpAddr {

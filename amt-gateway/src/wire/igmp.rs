@@ -6,8 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::{
-    DecodeError, EncodeError, GroupRecord, RecordType, be16, checksum, decode_float_code_u8, need,
-    room, v4_at,
+    DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8, need, room, v4_at,
 };
 
 pub const TYPE_MEMBERSHIP_QUERY: u8 = 0x11;
@@ -127,26 +126,7 @@ impl ReportRepr {
             return Err(DecodeError::Checksum("IGMP"));
         }
         let count = usize::from(be16(buf, 6)?);
-        let mut records = Vec::with_capacity(count.min(buf.len() / RECORD_HEADER_LEN));
-        let mut at = REPORT_HEADER_LEN;
-        for _ in 0..count {
-            need(buf, at + RECORD_HEADER_LEN)?;
-            let record_type = RecordType::from_u8(buf[at]);
-            let aux_len = usize::from(buf[at + 1]) * 4;
-            let n = usize::from(be16(buf, at + 2)?);
-            let group = v4_at(buf, at + 4)?;
-            let end = at + RECORD_HEADER_LEN + 4 * n + aux_len;
-            need(buf, end)?;
-            let sources = (0..n)
-                .map(|i| v4_at(buf, at + RECORD_HEADER_LEN + 4 * i))
-                .collect::<Result<Vec<_>, _>>()?;
-            records.push(GroupRecord {
-                record_type,
-                group,
-                sources,
-            });
-            at = end;
-        }
+        let records = GroupRecord::parse_all(buf, REPORT_HEADER_LEN, count)?;
         Ok(Self { records })
     }
 
@@ -163,20 +143,7 @@ impl ReportRepr {
         out[0] = TYPE_V3_REPORT;
         out[1..6].fill(0);
         out[6..8].copy_from_slice(&count.to_be_bytes());
-        let mut at = REPORT_HEADER_LEN;
-        for r in &self.records {
-            let n = u16::try_from(r.sources.len())
-                .map_err(|_| EncodeError::Overflow("IGMP source count"))?;
-            out[at] = r.record_type.to_u8();
-            out[at + 1] = 0;
-            out[at + 2..at + 4].copy_from_slice(&n.to_be_bytes());
-            out[at + 4..at + 8].copy_from_slice(&r.group.octets());
-            at += RECORD_HEADER_LEN;
-            for s in &r.sources {
-                out[at..at + 4].copy_from_slice(&s.octets());
-                at += 4;
-            }
-        }
+        GroupRecord::emit_all(&self.records, out, REPORT_HEADER_LEN, "IGMP source count")?;
         let sum = checksum::internet_checksum(out);
         out[2..4].copy_from_slice(&sum.to_be_bytes());
         Ok(len)
@@ -185,12 +152,13 @@ impl ReportRepr {
 
 /// Encoded size of one record (no auxiliary data).
 pub fn record_len(r: &GroupRecord<Ipv4Addr>) -> usize {
-    RECORD_HEADER_LEN + 4 * r.sources.len()
+    r.encoded_len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::RecordType;
 
     fn general_query() -> QueryRepr {
         QueryRepr {

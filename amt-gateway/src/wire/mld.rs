@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::ipv6::NEXT_ICMPV6;
 use super::{
-    DecodeError, EncodeError, GroupRecord, RecordType, be16, checksum, decode_float_code_u8,
+    DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8,
     decode_float_code_u16, need, room, v6_at,
 };
 
@@ -150,26 +150,7 @@ impl ReportRepr {
         }
         verify(buf, src, dst)?;
         let count = usize::from(be16(buf, 6)?);
-        let mut records = Vec::with_capacity(count.min(buf.len() / RECORD_HEADER_LEN));
-        let mut at = REPORT_HEADER_LEN;
-        for _ in 0..count {
-            need(buf, at + RECORD_HEADER_LEN)?;
-            let record_type = RecordType::from_u8(buf[at]);
-            let aux_len = usize::from(buf[at + 1]) * 4;
-            let n = usize::from(be16(buf, at + 2)?);
-            let group = v6_at(buf, at + 4)?;
-            let end = at + RECORD_HEADER_LEN + 16 * n + aux_len;
-            need(buf, end)?;
-            let sources = (0..n)
-                .map(|i| v6_at(buf, at + RECORD_HEADER_LEN + 16 * i))
-                .collect::<Result<Vec<_>, _>>()?;
-            records.push(GroupRecord {
-                record_type,
-                group,
-                sources,
-            });
-            at = end;
-        }
+        let records = GroupRecord::parse_all(buf, REPORT_HEADER_LEN, count)?;
         Ok(Self { records })
     }
 
@@ -192,32 +173,20 @@ impl ReportRepr {
         out[1] = 0;
         out[4..6].fill(0);
         out[6..8].copy_from_slice(&count.to_be_bytes());
-        let mut at = REPORT_HEADER_LEN;
-        for r in &self.records {
-            let n = u16::try_from(r.sources.len())
-                .map_err(|_| EncodeError::Overflow("MLD source count"))?;
-            out[at] = r.record_type.to_u8();
-            out[at + 1] = 0;
-            out[at + 2..at + 4].copy_from_slice(&n.to_be_bytes());
-            out[at + 4..at + 20].copy_from_slice(&r.group.octets());
-            at += RECORD_HEADER_LEN;
-            for s in &r.sources {
-                out[at..at + 16].copy_from_slice(&s.octets());
-                at += 16;
-            }
-        }
+        GroupRecord::emit_all(&self.records, out, REPORT_HEADER_LEN, "MLD source count")?;
         fill_checksum(out, src, dst);
         Ok(len)
     }
 }
 
 pub fn record_len(r: &GroupRecord<Ipv6Addr>) -> usize {
-    RECORD_HEADER_LEN + 16 * r.sources.len()
+    r.encoded_len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::RecordType;
 
     fn addrs() -> (Ipv6Addr, Ipv6Addr) {
         ("fe80::1".parse().unwrap(), ALL_MLDV2_ROUTERS)

@@ -12,6 +12,8 @@ pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 pub mod mld;
+pub mod pim;
+pub mod udp;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -40,6 +42,10 @@ pub enum DecodeError {
     MessageType { what: &'static str, value: u8 },
     #[error("malformed IPv6 extension header chain")]
     ExtensionHeaders,
+    #[error("PIM version {0} is not 2")]
+    PimVersion(u8),
+    #[error("unknown address family {0} in {1}")]
+    AddressFamily(u8, &'static str),
 }
 
 /// Why encoding failed (the caller's buffer is too small, or a value does
@@ -159,6 +165,105 @@ pub struct GroupRecord<A> {
     pub record_type: RecordType,
     pub group: A,
     pub sources: Vec<A>,
+}
+
+/// The address of a group record: IPv4 for IGMPv3, IPv6 for MLDv2. Both
+/// reports lay records out alike (RFC 3376 §4.2.4, RFC 3810 §5.2.4): type,
+/// aux data length (in 32-bit words), source count, group, sources, aux data.
+pub trait RecordAddress: Copy + Into<std::net::IpAddr> {
+    /// Encoded length.
+    const LEN: usize;
+    fn read(buf: &[u8], at: usize) -> Result<Self, DecodeError>;
+    fn write(&self, out: &mut [u8]);
+}
+
+impl RecordAddress for Ipv4Addr {
+    const LEN: usize = 4;
+    fn read(buf: &[u8], at: usize) -> Result<Self, DecodeError> {
+        v4_at(buf, at)
+    }
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.octets());
+    }
+}
+
+impl RecordAddress for Ipv6Addr {
+    const LEN: usize = 16;
+    fn read(buf: &[u8], at: usize) -> Result<Self, DecodeError> {
+        v6_at(buf, at)
+    }
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.octets());
+    }
+}
+
+impl<A: RecordAddress> GroupRecord<A> {
+    /// Length of the fixed part (type, aux length, count, group).
+    pub(crate) const HEADER_LEN: usize = 4 + A::LEN;
+
+    /// Encoded size (no auxiliary data).
+    pub fn encoded_len(&self) -> usize {
+        Self::HEADER_LEN + A::LEN * self.sources.len()
+    }
+
+    /// The same record with plain IP addresses.
+    pub fn to_ip(&self) -> GroupRecord<std::net::IpAddr> {
+        GroupRecord {
+            record_type: self.record_type,
+            group: self.group.into(),
+            sources: self.sources.iter().map(|s| (*s).into()).collect(),
+        }
+    }
+
+    /// Decodes `count` records starting at `buf[at..]`.
+    pub(crate) fn parse_all(buf: &[u8], at: usize, count: usize) -> Result<Vec<Self>, DecodeError> {
+        let mut records = Vec::with_capacity(count.min(buf.len() / Self::HEADER_LEN));
+        let mut at = at;
+        for _ in 0..count {
+            need(buf, at + Self::HEADER_LEN)?;
+            let record_type = RecordType::from_u8(buf[at]);
+            let aux_len = usize::from(buf[at + 1]) * 4;
+            let n = usize::from(be16(buf, at + 2)?);
+            let group = A::read(buf, at + 4)?;
+            let end = at + Self::HEADER_LEN + A::LEN * n + aux_len;
+            need(buf, end)?;
+            let sources = (0..n)
+                .map(|i| A::read(buf, at + Self::HEADER_LEN + A::LEN * i))
+                .collect::<Result<Vec<_>, _>>()?;
+            records.push(GroupRecord {
+                record_type,
+                group,
+                sources,
+            });
+            at = end;
+        }
+        Ok(records)
+    }
+
+    /// Encodes `records` into `out` from `at` on (the caller checked the
+    /// room); returns the end. `source_count` names the field in errors.
+    pub(crate) fn emit_all(
+        records: &[Self],
+        out: &mut [u8],
+        at: usize,
+        source_count: &'static str,
+    ) -> Result<usize, EncodeError> {
+        let mut at = at;
+        for r in records {
+            let n =
+                u16::try_from(r.sources.len()).map_err(|_| EncodeError::Overflow(source_count))?;
+            out[at] = r.record_type.to_u8();
+            out[at + 1] = 0;
+            out[at + 2..at + 4].copy_from_slice(&n.to_be_bytes());
+            r.group.write(&mut out[at + 4..at + Self::HEADER_LEN]);
+            at += Self::HEADER_LEN;
+            for s in &r.sources {
+                s.write(&mut out[at..at + A::LEN]);
+                at += A::LEN;
+            }
+        }
+        Ok(at)
+    }
 }
 
 /// Decodes the 8-bit "floating point" code shared by IGMPv3 Max Resp Code

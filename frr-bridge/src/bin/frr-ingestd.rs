@@ -13,7 +13,7 @@ use frr_bridge::config::{Config, ConfigError, JoinSource};
 use frr_bridge::joinsource::{JoinfileWriter, run_joinfile_source};
 use frr_bridge::orchestrator::{Orchestrator, OrchestratorConfig};
 use frr_bridge::pipeline::{AmtSettings, Counters, DaemonSouthbound, Deciding, Pipeline, Shared};
-use frr_bridge::southbound::tun::{IngestTun, TunConfig};
+use frr_bridge::southbound::tun::{IngestTun, TunConfig, TunIpv6};
 use frr_bridge::tasks::{run_mroute_monitor, run_pim};
 use frr_bridge::watcher::{JoinWatcher, WatchStatus, WatcherConfig};
 use ingest_policy::engine::{Engine, NetLookups, PolicySet, WantedSet};
@@ -246,15 +246,26 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         netns: cfg.frr.netns.clone(),
         local: cfg.tun.local,
         neighbor: cfg.tun.neighbor,
+        ipv6: cfg.tun.ipv6.then_some(TunIpv6 {
+            local: cfg.tun.local6,
+            neighbor: cfg.tun.neighbor6,
+        }),
+        ipv4_rpf: cfg.ipv4_rpf()?,
         mtu: cfg.tun.mtu,
     })
     .context("setting up the ingest TUN")?;
     info!(
         tun = tun.name(),
         ifindex = tun.ifindex(),
-        "TUN up: {} peer {}",
+        ipv4_rpf = %cfg.tun.ipv4_rpf,
+        "TUN up: {} peer {}{}",
         cfg.tun.local,
-        cfg.tun.neighbor
+        cfg.tun.neighbor,
+        if cfg.tun.ipv6 {
+            format!(", {} peer {}", cfg.tun.local6, cfg.tun.neighbor6)
+        } else {
+            String::new()
+        }
     );
     match tun.remove_stale_routes() {
         Ok(0) => {}
@@ -291,6 +302,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         orchestrator: Arc::new(RwLock::new(Orchestrator::new(OrchestratorConfig {
             serve_all: cfg.ingest.serve_all_sources,
             linger: std::time::Duration::from_secs(cfg.amt.linger_s),
+            attempt_delay: std::time::Duration::from_millis(cfg.amt.connection_attempt_delay_ms),
         }))),
         tunnels: Arc::new(RwLock::new(BTreeMap::new())),
         watch_status: watch_status.clone(),
@@ -386,7 +398,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let pim_task = tokio::spawn(run_pim(
         shared.clone(),
         tun.clone(),
-        cfg.tun.neighbor,
+        std::iter::once(cfg.tun.neighbor)
+            .chain(
+                cfg.tun
+                    .ipv6
+                    .then_some(std::net::IpAddr::V6(cfg.tun.neighbor6)),
+            )
+            .collect(),
         std::time::Duration::from_secs(cfg.tun.hello_interval_s),
         trigger.clone(),
         stop_rx.clone(),
@@ -407,6 +425,17 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             .unwrap_or_default(),
         tun_local: cfg.tun.local.to_string(),
         tun_neighbor: cfg.tun.neighbor.to_string(),
+        tun_local6: if cfg.tun.ipv6 {
+            cfg.tun.local6.to_string()
+        } else {
+            String::new()
+        },
+        tun_neighbor6: if cfg.tun.ipv6 {
+            cfg.tun.neighbor6.to_string()
+        } else {
+            String::new()
+        },
+        ipv4_rpf: cfg.tun.ipv4_rpf.clone(),
         join_source: match &join_source {
             JoinSource::Pimd => format!("pimd:{}", cfg.pimd_socket().display()),
             JoinSource::File(p) => format!("file:{}", p.display()),

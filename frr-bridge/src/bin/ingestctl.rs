@@ -139,10 +139,25 @@ enum Show {
         #[arg(long)]
         json: bool,
     },
-    /// Per-flow policy: population, bitrate, admission, relay.
+    /// Per-flow policy: population, bitrate, admission, relay, relay race.
+    /// The filters are applied by the daemon (all that are given must
+    /// match), so a large flow table need not be pulled whole.
     Flows {
         #[arg(long)]
         json: bool,
+        /// Only this source address.
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        /// Only this group address.
+        #[arg(long)]
+        group: Option<std::net::IpAddr>,
+        /// Only flows on (or racing) this relay: ADDR or ADDR:PORT.
+        #[arg(long)]
+        relay: Option<String>,
+        /// Only flows in this state: forwarding, waiting-tunnel, racing,
+        /// not-served, error.
+        #[arg(long)]
+        state: Option<String>,
     },
 }
 
@@ -254,6 +269,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "last_poll_error": s.last_poll_error, "last_poll_age_ms": s.last_poll_age_ms,
                     "pim_hellos_sent": s.pim_hellos_sent, "pim_joinprunes_seen": s.pim_joinprunes_seen,
                     "tunnels": s.tunnels, "join_source": s.join_source,
+                    "pim6d_state": s.pim6d_state, "tun_local6": s.tun_local6,
+                    "tun_neighbor6": s.tun_neighbor6, "ipv4_rpf": s.ipv4_rpf,
                     "counters": counters.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -264,12 +281,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     uptime_ms_text(s.uptime_ms)
                 );
                 println!("  FRR:        {} ({})", s.frr_state, s.join_source);
+                if !s.pim6d_state.is_empty() {
+                    println!("  pim6d:      {}", s.pim6d_state);
+                }
                 if !s.frr_netns.is_empty() {
                     println!("  FRR netns:  {}", s.frr_netns);
                 }
                 println!(
-                    "  TUN:        {} {} peer {}",
-                    s.tun_name, s.tun_local, s.tun_neighbor
+                    "  TUN:        {} {} peer {}{} (IPv4 RPF: {})",
+                    s.tun_name,
+                    s.tun_local,
+                    s.tun_neighbor,
+                    if s.tun_local6.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} peer {}", s.tun_local6, s.tun_neighbor6)
+                    },
+                    s.ipv4_rpf
                 );
                 println!(
                     "  Joins:      {} ({} sources routed into the TUN)",
@@ -355,10 +383,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Show {
-            what: Show::Flows { json },
+            what:
+                Show::Flows {
+                    json,
+                    source,
+                    group,
+                    relay,
+                    state,
+                },
         } => {
+            let text = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
             let f = c
-                .list_flows(ListFlowsRequest {})
+                .list_flows(ListFlowsRequest {
+                    source: text(source),
+                    group: text(group),
+                    relay: relay.unwrap_or_default(),
+                    state: state.unwrap_or_default(),
+                })
                 .await
                 .context("ListFlows")?
                 .into_inner();
@@ -369,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "source": x.source, "group": x.group, "population": x.population,
                         "bitrate": x.bitrate, "bitrate_origin": x.bitrate_origin, "admitted": x.admitted,
                         "admission_reason": x.admission_reason, "relay": x.relay, "relay_origin": x.relay_origin,
-                        "state": x.state,
+                        "state": x.state, "race": x.race,
                         "candidates": x.candidates.iter().map(|c| json!({"relay": c.relay, "precedence": c.precedence,
                             "discovery_optional": c.discovery_optional, "outcome": c.outcome})).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
@@ -399,6 +440,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         if x.relay.is_empty() { "-" } else { &x.relay },
                         x.admission_reason
                     );
+                    if !x.race.is_empty() && x.state != "racing" {
+                        println!("{:<18} relay race: {}", "", x.race);
+                    }
                 }
                 let limit = if f.limit_bps == 0 {
                     "no limit".to_string()

@@ -38,8 +38,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amt_gateway::{LossReason, TunnelEvent};
-use ingest_policy::engine::{FlowPolicy, PolicySet, RelayFailure, RelayVerdict};
+use amt_gateway::{Family, LossReason, TunnelEvent};
+use ingest_policy::engine::{FlowPolicy, PolicySet, RelayChoice, RelayFailure, RelayVerdict};
 use ingest_types::SourceGroup;
 use tracing::{debug, info, info_span, warn};
 
@@ -50,6 +50,9 @@ pub struct OrchestratorConfig {
     pub serve_all: bool,
     /// How long a tunnel without channels stays open.
     pub linger: Duration,
+    /// Relay racing (RFC 8777 §3.2, Happy Eyeballs): how long a relay
+    /// attempt gets before the next candidate is started too.
+    pub attempt_delay: Duration,
 }
 
 /// What the sidecar is doing about one wanted (S,G). The strings are the
@@ -60,6 +63,8 @@ pub enum FlowPhase {
     Forwarding,
     /// Subscribed on a tunnel that is not (or no longer) up.
     WaitingTunnel,
+    /// Several relays are being tried; the first to answer gets the flow.
+    Racing,
     /// Nothing can carry it (no relay known, or blocked by policy).
     NotServed,
     /// Opening the tunnel or installing the route failed; retried.
@@ -71,6 +76,7 @@ impl FlowPhase {
         match self {
             FlowPhase::Forwarding => "forwarding",
             FlowPhase::WaitingTunnel => "waiting-tunnel",
+            FlowPhase::Racing => "racing",
             FlowPhase::NotServed => "not-served",
             FlowPhase::Error => "error",
         }
@@ -103,6 +109,84 @@ pub struct FlowState {
     /// The policy engine's latest decision (None in serve_all_sources
     /// mode).
     pub policy: Option<FlowPolicy>,
+    /// The relay race in progress, if any.
+    pub race: Option<Race>,
+    /// How the last race ended.
+    pub race_result: Option<RaceResult>,
+}
+
+/// One relay race (RFC 8777 §3.2): candidates in policy order, started one
+/// every `attempt_delay` until one answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Race {
+    pub began: Instant,
+    pub attempts: Vec<RaceAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaceAttempt {
+    pub choice: RelayChoice,
+    /// When its handshake started (None: not yet).
+    pub started: Option<Instant>,
+    /// It failed (lost, refused) during the race.
+    pub failed: bool,
+}
+
+impl Race {
+    fn started(&self) -> impl Iterator<Item = &RaceAttempt> {
+        self.attempts.iter().filter(|a| a.started.is_some())
+    }
+
+    /// When the next candidate is due: `delay` after the last start.
+    fn next_start(&self, delay: Duration) -> Option<Instant> {
+        if !self.attempts.iter().any(|a| a.started.is_none()) {
+            return None;
+        }
+        let last = self.started().filter_map(|a| a.started).max()?;
+        Some(last + delay)
+    }
+
+    /// The race as people read it, at `now`.
+    pub fn text(&self, now: Instant) -> String {
+        let tried: Vec<String> = self
+            .started()
+            .map(|a| {
+                let at = a.started.map_or(0, |t| (t - self.began).as_millis());
+                let failed = if a.failed { ", failed" } else { "" };
+                format!("{} (+{at} ms{failed})", a.choice.relay)
+            })
+            .collect();
+        format!(
+            "racing {} of {} relays for {} ms: {}",
+            tried.len(),
+            self.attempts.len(),
+            (now.saturating_duration_since(self.began)).as_millis(),
+            tried.join(", ")
+        )
+    }
+}
+
+/// How a race ended: the winner, its position in the policy's order
+/// (1-based), and how long the race took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaceResult {
+    pub winner: SocketAddr,
+    pub position: usize,
+    pub candidates: usize,
+    pub took: Duration,
+}
+
+impl fmt::Display for RaceResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "won by {} ({} of {}) in {} ms",
+            self.winner,
+            self.position,
+            self.candidates,
+            self.took.as_millis()
+        )
+    }
 }
 
 /// A change to one flow, for `WatchJoins`.
@@ -149,8 +233,12 @@ pub struct RelayTunnel {
     pub relay: SocketAddr,
     pub skip_discovery: bool,
     pub channels: BTreeSet<SourceGroup>,
-    /// A valid Query arrived and the relay is answering.
-    pub up: bool,
+    /// Flows racing on this tunnel (handshake only, nothing subscribed).
+    pub racers: BTreeSet<SourceGroup>,
+    /// A valid Query arrived and the relay is answering, per data family
+    /// (IGMP for IPv4 channels, MLD for IPv6 ones).
+    pub up_v4: bool,
+    pub up_v6: bool,
     pub status: TunnelStatus,
     /// Set when the last channel left: closed when this passes.
     pub linger_until: Option<Instant>,
@@ -158,6 +246,24 @@ pub struct RelayTunnel {
 }
 
 impl RelayTunnel {
+    /// The relay answers for `family`'s channels.
+    pub fn is_up(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.up_v4,
+            Family::V6 => self.up_v6,
+        }
+    }
+
+    /// Up for any family.
+    pub fn up(&self) -> bool {
+        self.up_v4 || self.up_v6
+    }
+
+    /// Nothing uses it: neither a channel nor a race.
+    fn unused(&self) -> bool {
+        self.channels.is_empty() && self.racers.is_empty()
+    }
+
     /// The state people see: "lingering" while it waits to close, else
     /// what the protocol last said.
     pub fn state_text(&self) -> String {
@@ -182,6 +288,12 @@ pub enum Action {
     /// Leave everything, send Teardown, end the tunnel.
     CloseTunnel {
         relay: SocketAddr,
+    },
+    /// Start the relay handshake for `family` without joining anything
+    /// (a relay race attempt).
+    Connect {
+        relay: SocketAddr,
+        family: Family,
     },
     Subscribe {
         relay: SocketAddr,
@@ -231,10 +343,18 @@ impl Eq for JoinChange {}
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrchestratorCounters {
     pub relay_failures_reported: u64,
+    /// Relay races run, and how many each candidate position won (index
+    /// 0: the first candidate; the last slot counts the rest).
+    pub races: u64,
+    pub race_winners: [u64; RACE_POSITIONS],
     pub flows_moved: u64,
     pub tunnels_closed: u64,
     pub route_errors: u64,
 }
+
+/// Race winners are counted by position up to this many (the last slot
+/// counts positions beyond).
+pub const RACE_POSITIONS: usize = 8;
 
 /// A source's route and the flows using it.
 #[derive(Debug, Clone, Default)]
@@ -352,6 +472,8 @@ impl Orchestrator {
                         relay_origin: String::new(),
                         routed: false,
                         policy: None,
+                        race: None,
+                        race_result: None,
                     };
                     self.serve(&mut flow, now, &mut out);
                     info!(
@@ -369,14 +491,19 @@ impl Orchestrator {
     }
 
     /// An event of the tunnel to `relay`.
-    pub fn on_tunnel_event(&mut self, relay: SocketAddr, event: &TunnelEvent) -> Vec<Action> {
+    pub fn on_tunnel_event(
+        &mut self,
+        relay: SocketAddr,
+        event: &TunnelEvent,
+        now: Instant,
+    ) -> Vec<Action> {
         let _span = info_span!("relay", %relay).entered();
         let mut out = Vec::new();
         let Some(tunnel) = self.tunnels.get_mut(&relay) else {
             debug!("event for a tunnel no longer tracked: {event:?}");
             return out;
         };
-        // (up now?, the flows' reason when it went down)
+        // (the family now up, the flows' reason when it went down)
         let (up, down_reason) = match event {
             TunnelEvent::RelayDiscovered { relay: advertised } => {
                 info!(%advertised, "relay discovered");
@@ -388,17 +515,21 @@ impl Orchestrator {
             TunnelEvent::Up { relay: r, family } => {
                 info!(relay_address = %r, ?family, "tunnel up");
                 tunnel.status = TunnelStatus::Up;
-                (true, None)
+                match family {
+                    Family::V4 => tunnel.up_v4 = true,
+                    Family::V6 => tunnel.up_v6 = true,
+                }
+                (Some(*family), None)
             }
             TunnelEvent::RelayLost { reason } => {
                 warn!(?reason, "relay lost; the tunnel retries with backoff");
                 tunnel.status = TunnelStatus::Lost(*reason);
-                (false, Some(tunnel.status.to_string()))
+                (None, Some(tunnel.status.to_string()))
             }
             TunnelEvent::RelayRefused { relay: r } => {
                 warn!(refusing = %r, "relay refused new gateways (L flag); held down");
                 tunnel.status = TunnelStatus::Refused { relay: *r };
-                (false, Some(tunnel.status.to_string()))
+                (None, Some(tunnel.status.to_string()))
             }
             TunnelEvent::GatewayAddressChanged { old, new } => {
                 info!(%old, %new, "relay sees us at a new address (NAT rebinding)");
@@ -410,23 +541,28 @@ impl Orchestrator {
                 return out;
             }
             TunnelEvent::Closed => {
-                if tunnel.channels.is_empty() {
+                if tunnel.unused() {
                     self.tunnels.remove(&relay);
                 }
                 return out;
             }
         };
-        tunnel.up = up;
+        if down_reason.is_some() {
+            tunnel.up_v4 = false;
+            tunnel.up_v6 = false;
+        }
         let channels: Vec<SourceGroup> = tunnel.channels.iter().copied().collect();
+        let racers: Vec<SourceGroup> = tunnel.racers.iter().copied().collect();
         if let Some(reason) = &down_reason {
-            self.report_failure(relay, &channels, reason, &mut out);
+            let involved: Vec<SourceGroup> = channels.iter().chain(&racers).copied().collect();
+            self.report_failure(relay, &involved, reason, &mut out);
         }
         for sg in channels {
             let Some(mut flow) = self.flows.remove(&sg) else {
                 continue;
             };
             let before = (flow.phase, flow.reason.clone());
-            if up {
+            if up == Some(Family::of(sg.group)) {
                 self.make_forwarding(&mut flow, &mut out);
             } else if let Some(reason) = &down_reason {
                 // Keep the route: when the relay answers again, pimd's
@@ -439,12 +575,37 @@ impl Orchestrator {
             }
             self.flows.insert(sg, flow);
         }
+        for sg in racers {
+            let Some(mut flow) = self.flows.remove(&sg) else {
+                continue;
+            };
+            if up == Some(Family::of(sg.group)) {
+                self.win_race(&mut flow, relay, now, &mut out);
+            } else if down_reason.is_some() {
+                // This attempt failed: the next candidate starts at once.
+                if let Some(race) = &mut flow.race {
+                    for attempt in &mut race.attempts {
+                        if attempt.choice.relay == relay {
+                            attempt.failed = true;
+                        }
+                    }
+                }
+                self.advance_race(&mut flow, now, true, &mut out);
+            }
+            out.push(Action::announce(JoinChange::Changed(flow.clone())));
+            self.flows.insert(sg, flow);
+        }
         out
     }
 
     /// The tunnel to `relay` could not be opened (no socket): its flows
     /// are in error and retried by [`Orchestrator::on_timeout`].
-    pub fn on_tunnel_open_failed(&mut self, relay: SocketAddr, error: &str) -> Vec<Action> {
+    pub fn on_tunnel_open_failed(
+        &mut self,
+        relay: SocketAddr,
+        error: &str,
+        now: Instant,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(tunnel) = self.tunnels.remove(&relay) else {
             return out;
@@ -458,6 +619,23 @@ impl Orchestrator {
             flow.reason = format!("cannot open a UDP socket for relay {relay}: {error}");
             out.push(Action::announce(JoinChange::Changed(flow.clone())));
         }
+        // A race attempt that cannot even open a socket has failed: the
+        // next candidate starts at once.
+        for sg in tunnel.racers {
+            let Some(mut flow) = self.flows.remove(&sg) else {
+                continue;
+            };
+            if let Some(race) = &mut flow.race {
+                for attempt in &mut race.attempts {
+                    if attempt.choice.relay == relay {
+                        attempt.failed = true;
+                    }
+                }
+            }
+            self.advance_race(&mut flow, now, true, &mut out);
+            out.push(Action::announce(JoinChange::Changed(flow.clone())));
+            self.flows.insert(sg, flow);
+        }
         out
     }
 
@@ -468,7 +646,7 @@ impl Orchestrator {
         let Some(old) = self.tunnels.remove(&relay) else {
             return out;
         };
-        if old.channels.is_empty() {
+        if old.unused() {
             return out;
         }
         warn!(%relay, "tunnel task ended unexpectedly; reopening");
@@ -480,7 +658,12 @@ impl Orchestrator {
         for sg in &old.channels {
             out.push(Action::Subscribe { relay, sg: *sg });
         }
+        let families: BTreeSet<Family> = old.racers.iter().map(|sg| Family::of(sg.group)).collect();
+        for family in families {
+            out.push(Action::Connect { relay, family });
+        }
         tunnel.channels = old.channels;
+        tunnel.racers = old.racers;
         self.tunnels.insert(relay, tunnel);
         out
     }
@@ -553,7 +736,7 @@ impl Orchestrator {
         let expired: Vec<SocketAddr> = self
             .tunnels
             .values()
-            .filter(|t| t.channels.is_empty() && t.linger_until.is_some_and(|u| u <= now))
+            .filter(|t| t.unused() && t.linger_until.is_some_and(|u| u <= now))
             .map(|t| t.relay)
             .collect();
         for relay in expired {
@@ -561,6 +744,25 @@ impl Orchestrator {
             info!(%relay, "linger over: closing the tunnel (leave + Teardown)");
             self.counters.tunnels_closed += 1;
             out.push(Action::CloseTunnel { relay });
+        }
+        let delay = self.cfg.attempt_delay;
+        let due: Vec<SourceGroup> = self
+            .flows
+            .values()
+            .filter(|f| {
+                f.race
+                    .as_ref()
+                    .and_then(|r| r.next_start(delay))
+                    .is_some_and(|t| t <= now)
+            })
+            .map(|f| f.sg)
+            .collect();
+        for sg in due {
+            if let Some(mut flow) = self.flows.remove(&sg) {
+                self.advance_race(&mut flow, now, false, &mut out);
+                out.push(Action::announce(JoinChange::Changed(flow.clone())));
+                self.flows.insert(sg, flow);
+            }
         }
         let failed: Vec<SourceGroup> = self
             .flows
@@ -578,6 +780,19 @@ impl Orchestrator {
             }
         }
         out
+    }
+
+    /// When [`Orchestrator::on_timeout`] has work next: a race's next
+    /// attempt, a linger's end (flows in error are retried on the shell's
+    /// regular tick).
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let delay = self.cfg.attempt_delay;
+        let races = self
+            .flows
+            .values()
+            .filter_map(|f| f.race.as_ref().and_then(|r| r.next_start(delay)));
+        let lingers = self.tunnels.values().filter_map(|t| t.linger_until);
+        races.chain(lingers).min()
     }
 
     /// Stop: every route removed and every tunnel closed. The state is
@@ -609,7 +824,9 @@ impl Orchestrator {
             relay,
             skip_discovery,
             channels: BTreeSet::new(),
-            up: false,
+            racers: BTreeSet::new(),
+            up_v4: false,
+            up_v6: false,
             status: if skip_discovery {
                 TunnelStatus::Requesting { advertised: None }
             } else {
@@ -620,15 +837,49 @@ impl Orchestrator {
         }
     }
 
+    /// The tunnel to `choice`'s relay, opened when there is none; a
+    /// lingering one is kept.
+    fn tunnel_for(
+        &mut self,
+        choice: &RelayChoice,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> &mut RelayTunnel {
+        let relay = choice.relay;
+        let tunnel = self.tunnels.entry(relay).or_insert_with(|| {
+            out.push(Action::OpenTunnel {
+                relay,
+                skip_discovery: choice.skip_discovery,
+            });
+            Self::new_tunnel(relay, choice.skip_discovery, now)
+        });
+        if tunnel.linger_until.take().is_some() {
+            info!(%relay, "tunnel reused before its linger ran out");
+        }
+        tunnel
+    }
+
+    /// Linger a tunnel nothing uses any more.
+    fn linger_if_unused(&mut self, relay: SocketAddr, now: Instant) {
+        let linger = self.cfg.linger;
+        if let Some(tunnel) = self.tunnels.get_mut(&relay)
+            && tunnel.unused()
+            && tunnel.linger_until.is_none()
+        {
+            tunnel.linger_until = Some(now + linger);
+            info!(%relay, linger_s = linger.as_secs(), "nothing uses the tunnel any more; closing after linger");
+        }
+    }
+
     /// Whether the flow's carrier is ready for it to forward: its tunnel is
-    /// up, or no tunnel is needed.
+    /// up for its family, or no tunnel is needed.
     fn carrying(&self, flow: &FlowState) -> bool {
         if self.cfg.serve_all {
             return true;
         }
         flow.relay
             .and_then(|r| self.tunnels.get(&r))
-            .is_some_and(|t| t.up && t.channels.contains(&flow.sg))
+            .is_some_and(|t| t.is_up(Family::of(flow.sg.group)) && t.channels.contains(&flow.sg))
     }
 
     fn forwarding_reason(&self, flow: &FlowState) -> String {
@@ -658,6 +909,12 @@ impl Orchestrator {
         {
             flow.phase = FlowPhase::Forwarding;
             flow.reason = self.forwarding_reason(flow);
+        } else if let Some(relay) = flow.relay {
+            flow.phase = FlowPhase::WaitingTunnel;
+            flow.reason = format!("tunnel to relay {relay} is up; adding the source route");
+        } else {
+            flow.phase = FlowPhase::WaitingTunnel;
+            flow.reason = "adding the source route".into();
         }
     }
 
@@ -681,72 +938,228 @@ impl Orchestrator {
         }
     }
 
-    /// Try to serve one flow (sets its phase and reason).
+    /// The relays the decision lets the flow use, best first (empty: not
+    /// served).
+    fn candidates(policy: &FlowPolicy) -> &[RelayChoice] {
+        match (&policy.relays, policy.admitted) {
+            (RelayVerdict::Relays(relays), true) => relays,
+            _ => &[],
+        }
+    }
+
+    /// Try to serve one flow (sets its phase and reason): through a tunnel
+    /// already up to one of its relays, through its only relay, or by
+    /// racing its relays.
     fn serve(&mut self, flow: &mut FlowState, now: Instant, out: &mut Vec<Action>) {
         if self.cfg.serve_all {
             self.make_forwarding(flow, out);
-            if flow.phase != FlowPhase::Forwarding {
-                flow.phase = FlowPhase::WaitingTunnel;
-                flow.reason = "adding the source route".into();
-            }
             return;
         }
         flow.policy = self.decisions.get(&flow.sg).cloned();
-        let Some(policy) = &flow.policy else {
+        let Some(policy) = flow.policy.clone() else {
             flow.phase = FlowPhase::NotServed;
             flow.reason = "waiting for the policy decision".into();
             return;
         };
-        let Some(choice) = policy.serve().copied() else {
+        let candidates = Self::candidates(&policy);
+        if candidates.is_empty() {
             flow.phase = FlowPhase::NotServed;
-            flow.reason = not_served_reason(policy);
+            flow.reason = not_served_reason(&policy);
             return;
-        };
+        }
+        let family = Family::of(flow.sg.group);
+        // A tunnel already up to a candidate is used without a race.
+        let up = candidates
+            .iter()
+            .find(|c| self.tunnels.get(&c.relay).is_some_and(|t| t.is_up(family)));
+        if let Some(choice) = up.or((candidates.len() == 1).then(|| &candidates[0])) {
+            self.attach(flow, *choice, now, out);
+            return;
+        }
+        self.counters.races += 1;
+        flow.race = Some(Race {
+            began: now,
+            attempts: candidates
+                .iter()
+                .map(|choice| RaceAttempt {
+                    choice: *choice,
+                    started: None,
+                    failed: false,
+                })
+                .collect(),
+        });
+        info!(
+            candidates = candidates.len(),
+            "racing the relays (first to answer gets the flow)"
+        );
+        self.advance_race(flow, now, true, out);
+    }
+
+    /// Subscribe the flow on `choice`'s tunnel.
+    fn attach(
+        &mut self,
+        flow: &mut FlowState,
+        choice: RelayChoice,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let relay = choice.relay;
         flow.relay = Some(relay);
         flow.relay_origin = choice.origin.to_string();
-        let tunnel = self.tunnels.entry(relay).or_insert_with(|| {
-            out.push(Action::OpenTunnel {
-                relay,
-                skip_discovery: choice.skip_discovery,
-            });
-            Self::new_tunnel(relay, choice.skip_discovery, now)
-        });
+        let tunnel = self.tunnel_for(&choice, now, out);
         tunnel.channels.insert(flow.sg);
-        if tunnel.linger_until.take().is_some() {
-            info!(%relay, "tunnel reused before its linger ran out");
-        }
+        let up = tunnel.is_up(Family::of(flow.sg.group));
+        let status = tunnel.status.to_string();
         out.push(Action::Subscribe { relay, sg: flow.sg });
-        if tunnel.up {
+        if up {
             self.make_forwarding(flow, out);
-            if flow.phase != FlowPhase::Forwarding {
-                flow.phase = FlowPhase::WaitingTunnel;
-                flow.reason = format!("tunnel to relay {relay} is up; adding the source route");
-            }
         } else {
             flow.phase = FlowPhase::WaitingTunnel;
-            flow.reason = format!("waiting for relay {relay} ({})", tunnel.status);
+            flow.reason = format!("waiting for relay {relay} ({status})");
         }
     }
 
-    /// A flow is gone or no longer served here: release its route and its
-    /// subscription.
+    /// Start the next candidate of the flow's race (`now_or_due`: start it
+    /// now even if its delay has not passed, after a failure). A candidate
+    /// whose tunnel is already up wins at once.
+    fn advance_race(
+        &mut self,
+        flow: &mut FlowState,
+        now: Instant,
+        now_or_due: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let delay = self.cfg.attempt_delay;
+        let Some(race) = &mut flow.race else {
+            return;
+        };
+        let due = race.next_start(delay).is_none_or(|t| t <= now) || now_or_due;
+        let next = race.attempts.iter().position(|a| a.started.is_none());
+        if let (true, Some(index)) = (due, next) {
+            race.attempts[index].started = Some(now);
+            let choice = race.attempts[index].choice;
+            let family = Family::of(flow.sg.group);
+            let tunnel = self.tunnel_for(&choice, now, out);
+            tunnel.racers.insert(flow.sg);
+            if tunnel.is_up(family) {
+                self.win_race(flow, choice.relay, now, out);
+                return;
+            }
+            out.push(Action::Connect {
+                relay: choice.relay,
+                family,
+            });
+        }
+        let Some(race) = &flow.race else {
+            return;
+        };
+        flow.phase = FlowPhase::Racing;
+        flow.reason = if race.attempts.iter().all(|a| a.failed) {
+            format!(
+                "every relay failed ({} tried); waiting for the policy to move on",
+                race.attempts.len()
+            )
+        } else {
+            race.text(now)
+        };
+    }
+
+    /// `relay` answered first: the flow is subscribed there, the other
+    /// attempts are given up (their tunnels linger if nothing else uses
+    /// them), and those that had the connection-attempt delay to answer
+    /// and did not are reported as failed (an attempt started just before
+    /// the win had no fair chance: it is abandoned, not blamed).
+    fn win_race(
+        &mut self,
+        flow: &mut FlowState,
+        relay: SocketAddr,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(race) = flow.race.take() else {
+            return;
+        };
+        let Some(position) = race.attempts.iter().position(|a| a.choice.relay == relay) else {
+            return;
+        };
+        let result = RaceResult {
+            winner: relay,
+            position: position + 1,
+            candidates: race.attempts.len(),
+            took: now.saturating_duration_since(race.began),
+        };
+        self.counters.race_winners[position.min(RACE_POSITIONS - 1)] += 1;
+        info!(sg = %flow.sg, "relay race {result}");
+        let family = Family::of(flow.sg.group);
+        for attempt in race.started() {
+            let other = attempt.choice.relay;
+            if let Some(tunnel) = self.tunnels.get_mut(&other) {
+                tunnel.racers.remove(&flow.sg);
+            }
+            if other == relay {
+                continue;
+            }
+            let answered = self.tunnels.get(&other).is_some_and(|t| t.is_up(family));
+            let had_its_chance = attempt
+                .started
+                .is_some_and(|t| t + self.cfg.attempt_delay <= now);
+            if !attempt.failed && !answered && had_its_chance {
+                let after = attempt.started.map_or(0, |t| (now - t).as_millis());
+                self.report_failure(
+                    other,
+                    &[flow.sg],
+                    &format!("lost the relay race: no Query {after} ms after the Request"),
+                    out,
+                );
+            }
+            self.linger_if_unused(other, now);
+        }
+        flow.race_result = Some(result);
+        self.attach(flow, race.attempts[position].choice, now, out);
+    }
+
+    /// A flow is gone or no longer served here: release its route, its
+    /// subscription and its race.
     fn unserve(&mut self, flow: &mut FlowState, now: Instant, out: &mut Vec<Action>) {
         self.release_route(flow, out);
+        if let Some(race) = flow.race.take() {
+            for attempt in race.started() {
+                let relay = attempt.choice.relay;
+                if let Some(tunnel) = self.tunnels.get_mut(&relay) {
+                    tunnel.racers.remove(&flow.sg);
+                }
+                self.linger_if_unused(relay, now);
+            }
+        }
         let Some(relay) = flow.relay.take() else {
             return;
         };
         flow.relay_origin.clear();
-        let linger = self.cfg.linger;
-        let Some(tunnel) = self.tunnels.get_mut(&relay) else {
-            return;
-        };
-        if tunnel.channels.remove(&flow.sg) {
+        if let Some(tunnel) = self.tunnels.get_mut(&relay)
+            && tunnel.channels.remove(&flow.sg)
+        {
             out.push(Action::Unsubscribe { relay, sg: flow.sg });
         }
-        if tunnel.channels.is_empty() && tunnel.linger_until.is_none() {
-            tunnel.linger_until = Some(now + linger);
-            info!(%relay, linger_s = linger.as_secs(), "last channel left the tunnel; closing after linger");
+        self.linger_if_unused(relay, now);
+    }
+
+    /// Whether the flow is where the decision lets it be: on a relay that
+    /// is still a candidate (a working relay is kept, even if another one
+    /// is now preferred), racing the same candidates, or not served when
+    /// there is none.
+    fn in_line(flow: &FlowState, decision: Option<&FlowPolicy>) -> bool {
+        let candidates = decision.map(Self::candidates).unwrap_or_default();
+        match (&flow.relay, &flow.race) {
+            (Some(relay), _) => candidates.iter().any(|c| c.relay == *relay),
+            (None, Some(race)) => {
+                race.attempts.len() == candidates.len()
+                    && race
+                        .attempts
+                        .iter()
+                        .zip(candidates)
+                        .all(|(a, c)| a.choice.relay == c.relay)
+            }
+            (None, None) => candidates.is_empty(),
         }
     }
 
@@ -760,18 +1173,14 @@ impl Orchestrator {
         let before = (flow.phase, flow.reason.clone(), flow.relay);
         let decision = self.decisions.get(&flow.sg).cloned();
         let policy_changed = flow.policy != decision;
-        let wanted = decision
-            .as_ref()
-            .and_then(|p| p.serve())
-            .map(|choice| choice.relay);
-        if flow.relay != wanted {
+        if !Self::in_line(flow, decision.as_ref()) {
+            let candidates = decision.as_ref().map(Self::candidates).unwrap_or_default();
             if let Some(old) = flow.relay {
-                match wanted {
-                    Some(new) => {
-                        info!(from = %old, to = %new, "policy moves the flow to another relay");
-                        self.counters.flows_moved += 1;
-                    }
-                    None => info!(relay = %old, "policy stops serving the flow"),
+                if candidates.is_empty() {
+                    info!(relay = %old, "policy stops serving the flow");
+                } else {
+                    info!(from = %old, "policy moves the flow off its relay");
+                    self.counters.flows_moved += 1;
                 }
             }
             self.unserve(flow, now, out);

@@ -20,6 +20,7 @@ use super::*;
 use crate::wanted::{JoinSet, WantedTracker};
 
 const LINGER: Duration = Duration::from_secs(60);
+const DELAY: Duration = Duration::from_millis(250);
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
@@ -37,6 +38,7 @@ fn orchestrator() -> Orchestrator {
     Orchestrator::new(OrchestratorConfig {
         serve_all: false,
         linger: LINGER,
+        attempt_delay: DELAY,
     })
 }
 
@@ -94,7 +96,7 @@ fn phase(o: &Orchestrator, flow: SourceGroup) -> FlowPhase {
 fn forwarding(o: &mut Orchestrator, flow: &FlowPolicy, t0: Instant) {
     o.on_decisions(decisions(std::slice::from_ref(flow)), t0);
     let r = flow.serve().unwrap().relay;
-    o.on_tunnel_event(r, &up(r));
+    o.on_tunnel_event(r, &up(r), Instant::now());
     o.on_route_added(flow.sg.source, Ok(()));
     assert_eq!(phase(o, flow.sg), FlowPhase::Forwarding);
 }
@@ -132,6 +134,7 @@ fn route_added_only_after_the_tunnel_is_up() {
         &TunnelEvent::RelayDiscovered {
             relay: relay("192.0.2.11"),
         },
+        Instant::now(),
     );
     assert!(work(&discovered).is_empty());
     assert_eq!(
@@ -139,7 +142,11 @@ fn route_added_only_after_the_tunnel_is_up() {
         "requesting (relay 192.0.2.11:2268)"
     );
 
-    let actions = o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.11")));
+    let actions = o.on_tunnel_event(
+        relay("192.0.2.10"),
+        &up(relay("192.0.2.11")),
+        Instant::now(),
+    );
     assert_eq!(
         work(&actions),
         vec![Action::AddRoute {
@@ -191,6 +198,7 @@ fn failover_to_another_relay() {
         &TunnelEvent::RelayLost {
             reason: LossReason::NoQuery,
         },
+        Instant::now(),
     );
     assert_eq!(
         work(&actions),
@@ -234,7 +242,11 @@ fn failover_to_another_relay() {
         Some(t1 + LINGER),
         "the old tunnel lingers"
     );
-    let actions = o.on_tunnel_event(relay("192.0.2.11"), &up(relay("192.0.2.11")));
+    let actions = o.on_tunnel_event(
+        relay("192.0.2.11"),
+        &up(relay("192.0.2.11")),
+        Instant::now(),
+    );
     assert_eq!(
         work(&actions),
         vec![Action::AddRoute {
@@ -320,7 +332,7 @@ fn tunnel_open_and_route_failures_are_retried() {
     let a = sg("198.51.100.4", "232.1.1.1");
     let flow = decision(a, &["192.0.2.10"]);
     o.on_decisions(decisions(std::slice::from_ref(&flow)), t0);
-    o.on_tunnel_open_failed(relay("192.0.2.10"), "Address family not supported");
+    o.on_tunnel_open_failed(relay("192.0.2.10"), "Address family not supported", t0);
     assert_eq!(phase(&o, a), FlowPhase::Error);
     assert_eq!(
         o.flows()[&a].reason,
@@ -339,7 +351,11 @@ fn tunnel_open_and_route_failures_are_retried() {
             },
         ]
     );
-    o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.10")));
+    o.on_tunnel_event(
+        relay("192.0.2.10"),
+        &up(relay("192.0.2.10")),
+        Instant::now(),
+    );
     o.on_route_added(ip("198.51.100.4"), Err("File exists".into()));
     assert_eq!(phase(&o, a), FlowPhase::Error);
     assert_eq!(o.counters().route_errors, 1);
@@ -372,7 +388,7 @@ fn a_tunnel_task_that_ends_is_reopened_with_its_channels() {
             },
         ]
     );
-    assert!(!o.tunnels()[&relay("192.0.2.10")].up);
+    assert!(!o.tunnels()[&relay("192.0.2.10")].up());
 }
 
 // ---- the cores together ------------------------------------------------
@@ -450,6 +466,7 @@ fn last_relay_failing_asks_dns_again() {
         &TunnelEvent::RelayLost {
             reason: LossReason::NoQuery,
         },
+        Instant::now(),
     );
     assert!(actions.contains(&Action::ReportRelayFailure(RelayFailure {
         relay: relay("192.0.2.12"),
@@ -508,7 +525,11 @@ fn pimd_restart_grace_keeps_flows_forwarding() {
     };
     tracker.on_answer(Family::V4, joins.clone(), t0);
     step(&mut tracker, &mut o, t0);
-    o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.10")));
+    o.on_tunnel_event(
+        relay("192.0.2.10"),
+        &up(relay("192.0.2.10")),
+        Instant::now(),
+    );
     o.on_route_added(a.source, Ok(()));
     o.on_route_added(b.source, Ok(()));
     assert_eq!(phase(&o, a), FlowPhase::Forwarding);
@@ -556,6 +577,7 @@ fn serve_all_routes_without_tunnels_and_shutdown_cleans_up() {
     let mut o = Orchestrator::new(OrchestratorConfig {
         serve_all: true,
         linger: LINGER,
+        attempt_delay: DELAY,
     });
     let a = sg("198.51.100.4", "232.1.1.1");
     let mut flow = decision(a, &[]);
@@ -581,4 +603,237 @@ fn serve_all_routes_without_tunnels_and_shutdown_cleans_up() {
         }]
     );
     assert_eq!(o.routed_sources(), 0);
+}
+
+// ---- relay racing (RFC 8777 §3.2) ---------------------------------------
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn connect(r: &str) -> Action {
+    Action::Connect {
+        relay: relay(r),
+        family: Family::V4,
+    }
+}
+
+fn open(r: &str) -> Action {
+    Action::OpenTunnel {
+        relay: relay(r),
+        skip_discovery: true,
+    }
+}
+
+#[test]
+fn dead_first_relay_loses_the_race_to_the_second() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.7", "232.1.1.1");
+    let actions = o.on_decisions(decisions(&[decision(a, &["192.0.2.12", "192.0.2.11"])]), t0);
+    assert_eq!(
+        work(&actions),
+        vec![open("192.0.2.12"), connect("192.0.2.12")],
+        "the best candidate first; nothing subscribed yet"
+    );
+    assert_eq!(phase(&o, a), FlowPhase::Racing);
+    assert_eq!(o.next_timeout(), Some(t0 + DELAY));
+    assert!(work(&o.on_timeout(t0 + ms(249))).is_empty());
+    assert_eq!(
+        work(&o.on_timeout(t0 + DELAY)),
+        vec![open("192.0.2.11"), connect("192.0.2.11")]
+    );
+    assert!(o.flows()[&a].reason.starts_with("racing 2 of 2 relays"));
+    assert_eq!(o.next_timeout(), None, "every candidate started");
+
+    // The second answers first: it gets the flow, the first is reported.
+    let t1 = t0 + ms(270);
+    let actions = o.on_tunnel_event(relay("192.0.2.11"), &up(relay("192.0.2.11")), t1);
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::ReportRelayFailure(RelayFailure {
+                relay: relay("192.0.2.12"),
+                sg: Some(a),
+                reason: "lost the relay race: no Query 270 ms after the Request".into(),
+                hold_down: true,
+            }),
+            Action::Subscribe {
+                relay: relay("192.0.2.11"),
+                sg: a
+            },
+            Action::AddRoute {
+                source: ip("198.51.100.7")
+            },
+        ]
+    );
+    let flow = &o.flows()[&a];
+    assert_eq!(flow.relay, Some(relay("192.0.2.11")));
+    assert_eq!(
+        flow.race_result
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("won by 192.0.2.11:2268 (2 of 2) in 270 ms")
+    );
+    assert_eq!(o.counters().races, 1);
+    assert_eq!(o.counters().race_winners[1], 1);
+    // The loser's tunnel serves nothing: it lingers, then closes.
+    assert_eq!(
+        o.tunnels()[&relay("192.0.2.12")].linger_until,
+        Some(t1 + LINGER)
+    );
+    assert!(o.tunnels()[&relay("192.0.2.12")].channels.is_empty());
+    // A late answer from the loser changes nothing for the flow.
+    let late = o.on_tunnel_event(relay("192.0.2.12"), &up(relay("192.0.2.12")), t1 + ms(100));
+    assert!(work(&late).is_empty());
+    assert_eq!(o.flows()[&a].relay, Some(relay("192.0.2.11")));
+
+    // The policy still lists both (the engine has not heard back yet):
+    // the flow stays on the relay that works.
+    let actions = o.on_decisions(decisions(&[decision(a, &["192.0.2.12", "192.0.2.11"])]), t1);
+    assert!(work(&actions).is_empty());
+}
+
+#[test]
+fn two_live_relays_exactly_one_carries_the_flow() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    o.on_decisions(decisions(&[decision(a, &["192.0.2.10", "192.0.2.11"])]), t0);
+    o.on_timeout(t0 + DELAY);
+    let first = o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.10")), t0 + ms(260));
+    let second = o.on_tunnel_event(relay("192.0.2.11"), &up(relay("192.0.2.11")), t0 + ms(261));
+    let subscribes: Vec<Action> = work(&first)
+        .into_iter()
+        .chain(work(&second))
+        .filter(|a| matches!(a, Action::Subscribe { .. }))
+        .collect();
+    assert_eq!(
+        subscribes,
+        vec![Action::Subscribe {
+            relay: relay("192.0.2.10"),
+            sg: a
+        }]
+    );
+    assert_eq!(o.counters().race_winners[0], 1);
+    // The second had been asked only 10 ms before: abandoned, not blamed.
+    assert!(
+        !work(&first)
+            .iter()
+            .any(|a| matches!(a, Action::ReportRelayFailure(_))),
+        "{first:?}"
+    );
+    assert_eq!(
+        o.tunnels()[&relay("192.0.2.11")].linger_until,
+        Some(t0 + ms(260) + LINGER)
+    );
+}
+
+#[test]
+fn a_tunnel_already_up_is_reused_without_a_race() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let b = sg("198.51.100.5", "232.1.1.1");
+    forwarding(&mut o, &decision(b, &["192.0.2.11"]), t0);
+    let c = sg("198.51.100.6", "232.1.1.1");
+    let actions = o.on_decisions(
+        decisions(&[
+            decision(b, &["192.0.2.11"]),
+            decision(c, &["192.0.2.12", "192.0.2.11"]),
+        ]),
+        t0,
+    );
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::Subscribe {
+                relay: relay("192.0.2.11"),
+                sg: c
+            },
+            Action::AddRoute {
+                source: ip("198.51.100.6")
+            },
+        ]
+    );
+    assert_eq!(o.counters().races, 0);
+    assert!(!o.tunnels().contains_key(&relay("192.0.2.12")));
+}
+
+#[test]
+fn a_refusing_relay_starts_the_next_candidate_at_once() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    o.on_decisions(
+        decisions(&[decision(a, &["192.0.2.10", "192.0.2.11", "192.0.2.12"])]),
+        t0,
+    );
+    let actions = o.on_tunnel_event(
+        relay("192.0.2.10"),
+        &TunnelEvent::RelayRefused {
+            relay: relay("192.0.2.10"),
+        },
+        t0 + ms(20),
+    );
+    assert_eq!(
+        work(&actions),
+        vec![
+            Action::ReportRelayFailure(RelayFailure {
+                relay: relay("192.0.2.10"),
+                sg: Some(a),
+                reason: "refused by relay 192.0.2.10:2268 (L flag)".into(),
+                hold_down: true,
+            }),
+            open("192.0.2.11"),
+            connect("192.0.2.11"),
+        ]
+    );
+    // A relay that cannot even get a socket fails its attempt too.
+    let actions = o.on_tunnel_open_failed(relay("192.0.2.11"), "no route", t0 + ms(21));
+    assert!(work(&actions).contains(&connect("192.0.2.12")));
+    assert!(o.flows()[&a].reason.contains("(+21 ms)"));
+}
+
+#[test]
+fn fifty_candidates_are_tried_one_every_delay() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    let other = sg("198.51.100.9", "232.1.1.9");
+    let relays: Vec<String> = (1..=50).map(|i| format!("192.0.2.{}", 100 + i)).collect();
+    let names: Vec<&str> = relays.iter().map(String::as_str).collect();
+    o.on_decisions(
+        decisions(&[decision(a, &names), decision(other, &["192.0.2.10"])]),
+        t0,
+    );
+    let mut now = t0;
+    while let Some(next) = o.next_timeout() {
+        if next > t0 + Duration::from_secs(60) {
+            break;
+        }
+        now = next;
+        o.on_timeout(now);
+    }
+    assert_eq!(
+        now,
+        t0 + DELAY * 49,
+        "the 50th started 49 delays after the first"
+    );
+    assert_eq!(o.tunnels().len(), 51);
+    // The other flow was never held back: it is subscribed on its relay.
+    assert_eq!(phase(&o, other), FlowPhase::WaitingTunnel);
+    // The 37th answers: it wins; the 48 others that had their delay to
+    // answer are reported once each, the 50th (asked just now) is not.
+    let actions = o.on_tunnel_event(relay(names[36]), &up(relay(names[36])), now);
+    let reports = work(&actions)
+        .into_iter()
+        .filter(|a| matches!(a, Action::ReportRelayFailure(_)))
+        .count();
+    assert_eq!(reports, 48);
+    assert_eq!(
+        o.flows()[&a].race_result.as_ref().map(|r| r.position),
+        Some(37)
+    );
+    assert_eq!(o.counters().race_winners[RACE_POSITIONS - 1], 1);
 }

@@ -143,6 +143,7 @@ enum Call {
     Open(SocketAddr),
     Subscribe(SocketAddr, SourceGroup),
     Unsubscribe(SocketAddr, SourceGroup),
+    Connect(SocketAddr, amt_gateway::Family),
     Close(SocketAddr),
     AddRoute(IpAddr),
     RemoveRoute(IpAddr),
@@ -174,6 +175,13 @@ impl TunnelPort for FakePort {
             .lock()
             .unwrap()
             .push(Call::Unsubscribe(self.relay, sg));
+    }
+    fn connect(&self, family: amt_gateway::Family) {
+        self.world
+            .calls
+            .lock()
+            .unwrap()
+            .push(Call::Connect(self.relay, family));
     }
     fn close(&self) -> PortFuture<'_, ()> {
         self.world
@@ -232,6 +240,7 @@ fn shared() -> Shared {
         orchestrator: Arc::new(RwLock::new(Orchestrator::new(OrchestratorConfig {
             serve_all: false,
             linger: Duration::from_secs(60),
+            attempt_delay: Duration::from_millis(250),
         }))),
         tunnels: Arc::new(RwLock::new(BTreeMap::new())),
         watch_status: Arc::new(Mutex::new(WatchStatus::default())),

@@ -6,14 +6,18 @@
 //! helper thread `setns`es into it, so the rest of the process stays in its
 //! own namespace with its AMT, DNS and HTTPS sockets), addresses it as a
 //! point-to-point link (`local peer neighbor/32`; pimd needs an IPv4
-//! address to make it a VIF), and installs per-source routes via the
-//! neighbour so pimd's RPF check resolves to amt0. The TUN disappears with
+//! address to make it a VIF; and for pim6d a link-local pair
+//! `local6 peer neighbor6/128`), and installs per-source routes via the
+//! neighbour (IPv6 sources: via the link-local neighbour, which pim6d's RPF
+//! needs) so pimd's RPF check resolves to amt0. With `Ipv4Rpf::Mroute`
+//! (FRR >= 10.3 with one static `ip mroute` toward the neighbour) IPv4
+//! sources need no route of their own. The TUN disappears with
 //! the process (it is not persistent), taking its routes with it, so a
 //! crash leaves nothing stale in FRR's namespace.
 
 use std::fs::File;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,7 +35,29 @@ pub struct TunConfig {
     pub local: IpAddr,
     /// The sidecar's PIM neighbour address: the RPF next hop for sources.
     pub neighbor: IpAddr,
+    /// Link-local IPv6 pair for pim6d (None: no IPv6 on the TUN).
+    pub ipv6: Option<TunIpv6>,
+    /// How pimd's RPF for IPv4 sources points at the TUN.
+    pub ipv4_rpf: Ipv4Rpf,
     pub mtu: u32,
+}
+
+/// The TUN's IPv6 side: pim6d's link-local address and the sidecar's
+/// (the PIMv6 neighbour and next hop of IPv6 source routes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunIpv6 {
+    pub local: Ipv6Addr,
+    pub neighbor: Ipv6Addr,
+}
+
+/// How pimd's RPF lookup for an IPv4 source is made to point at the TUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Rpf {
+    /// A /32 route per ingested source via the neighbour (every FRR).
+    SourceRoutes,
+    /// Nothing per source: FRR (>= 10.3) has `ip mroute 0.0.0.0/0
+    /// <neighbour>` in its configuration, which its RPF lookup honours.
+    Mroute,
 }
 
 /// The io::Error is part of each message (not an error `source`), so a
@@ -65,6 +91,8 @@ pub struct IngestTun {
     ifindex: u32,
     netlink: Mutex<Netlink>,
     neighbor: IpAddr,
+    neighbor6: Option<Ipv6Addr>,
+    ipv4_rpf: Ipv4Rpf,
 }
 
 /// Opens the TUN (in the calling thread's namespace) with the workspace's
@@ -148,6 +176,22 @@ impl IngestTun {
             let prefix = if c.local.is_ipv4() { 32 } else { 128 };
             nl.add_address(idx, c.local, Some(c.neighbor), prefix)
                 .map_err(|e| conf(&format!("add address {} peer {}", c.local, c.neighbor), e))?;
+            if let Some(v6) = c.ipv6 {
+                // A TUN (NOARP, point-to-point) runs no duplicate address
+                // detection and gets no link-local of its own: this pair is
+                // pim6d's address and its PIMv6 neighbour on the link.
+                let _ = write_sysctl(
+                    &format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", c.name),
+                    "0",
+                );
+                nl.add_address(
+                    idx,
+                    IpAddr::V6(v6.local),
+                    Some(IpAddr::V6(v6.neighbor)),
+                    128,
+                )
+                .map_err(|e| conf(&format!("add address {} peer {}", v6.local, v6.neighbor), e))?;
+            }
             nl.set_link_up(idx, Some(c.mtu))
                 .map_err(|e| conf("set link up", e))?;
             Ok((fd, nl, idx))
@@ -158,6 +202,8 @@ impl IngestTun {
             ifindex,
             netlink: Mutex::new(netlink),
             neighbor: cfg.neighbor,
+            neighbor6: cfg.ipv6.map(|v6| v6.neighbor),
+            ipv4_rpf: cfg.ipv4_rpf,
         })
     }
 
@@ -187,12 +233,13 @@ impl IngestTun {
                 prefix_len: 32,
                 gateway: self.neighbor.is_ipv4().then_some(self.neighbor),
             },
-            // An IPv6 source routes onto the link; pim6d's RPF needs a
-            // link-local neighbour there (FRR research §9), not our v4 one.
+            // An IPv6 source routes via the link-local neighbour: pim6d's
+            // RPF needs a PIMv6 neighbour at the next hop (research note
+            // frr10-and-ipv6.md), not our IPv4 one.
             IpAddr::V6(_) => SourceRoute {
                 destination: source,
                 prefix_len: 128,
-                gateway: self.neighbor.is_ipv6().then_some(self.neighbor),
+                gateway: self.neighbor6.map(IpAddr::V6),
             },
         }
     }
@@ -203,13 +250,30 @@ impl IngestTun {
         self.netlink.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `source` gets a route of its own (see [`Ipv4Rpf`]).
+    fn routed_per_source(&self, source: IpAddr) -> bool {
+        source.is_ipv6() || self.ipv4_rpf == Ipv4Rpf::SourceRoutes
+    }
+
     /// Route `source` through the TUN so pimd's RPF for it resolves here.
     pub fn add_source_route(&self, source: IpAddr) -> io::Result<()> {
+        if !self.routed_per_source(source) {
+            return Ok(());
+        }
+        if source.is_ipv6() && self.neighbor6.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the TUN has no IPv6 (tun.ipv6 = false): IPv6 sources cannot be ingested",
+            ));
+        }
         let r = self.route_for(source);
         self.netlink().add_route(&r, self.ifindex)
     }
 
     pub fn del_source_route(&self, source: IpAddr) -> io::Result<()> {
+        if !self.routed_per_source(source) {
+            return Ok(());
+        }
         let r = self.route_for(source);
         self.netlink().del_route(&r, self.ifindex)
     }

@@ -2,8 +2,9 @@
 //! and nginx with a temp CA. Each server lives in its own temp directory and
 //! is killed (and the directory removed) on drop. Missing binaries fail the
 //! test loudly.
-
-#![allow(dead_code)]
+//!
+//! A dev-dependency of `ingest-policy` and `frr-bridge` (their integration
+//! tests start these servers); never a dependency of production code.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -50,7 +51,6 @@ pub fn require_binary(path: &str) {
     );
 }
 
-/// A loopback port free for both TCP and UDP right now.
 /// A loopback port free for both TCP and UDP, with the probing sockets
 /// still bound so nothing can take it before the caller decides.
 ///
@@ -246,16 +246,20 @@ fn run(cmd: &mut Command) {
 pub fn make_pki(dir: &Path, dns_name: &str) {
     require_binary(OPENSSL);
     let p = |n: &str| dir.join(n);
-    run(Command::new(OPENSSL)
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(p("ca.key")));
+    // An EC P-256 private key at `path`.
+    let new_key = |path: PathBuf| {
+        run(Command::new(OPENSSL)
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(path));
+    };
+    new_key(p("ca.key"));
     run(Command::new(OPENSSL)
         .args([
             "req",
@@ -273,16 +277,7 @@ pub fn make_pki(dir: &Path, dns_name: &str) {
         .arg(p("ca.key"))
         .arg("-out")
         .arg(p("ca.crt")));
-    run(Command::new(OPENSSL)
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(p("server.key")));
+    new_key(p("server.key"));
     run(Command::new(OPENSSL)
         .args(["req", "-new", "-sha256", "-subj"])
         .arg(format!("/CN={dns_name}"))
