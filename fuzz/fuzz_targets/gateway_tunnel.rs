@@ -14,7 +14,8 @@
 //!   fuzzer would almost never get past the nonce and checksum checks.
 //! - op 1: time passes (`body` u16 in 10 ms units) and timers run.
 //! - op 2: subscribe (bit 2 clear) or unsubscribe an (S,G) made from `body`.
-//! - op 3: close the tunnel.
+//! - op 3: bit 2 clear: close the tunnel; set: `connect` the family in
+//!   bit 3 (a relay race's handshake without a report).
 //!
 //! Asserts: every datagram the tunnel sends decodes as an AMT message of a
 //! kind a gateway sends, and the reports in its Updates parse; accepted
@@ -25,6 +26,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use amt_gateway::gateway::Family;
 use amt_gateway::wire::amt::{Message, QueryKind};
 use amt_gateway::wire::encap::EncapReport;
 use amt_gateway::wire::ip;
@@ -190,7 +192,15 @@ fuzz_target!(|data: &[u8]| {
                     tunnel.unsubscribe(sg, now);
                 }
             }
-            _ => tunnel.close(now),
+            _ if control & 4 == 0 => tunnel.close(now),
+            _ => {
+                let family = if control & 8 == 0 {
+                    Family::V4
+                } else {
+                    Family::V6
+                };
+                let _ = tunnel.connect(family, now);
+            }
         }
         drain(&mut tunnel, &mut echo);
     }

@@ -16,14 +16,17 @@
 //!
 //! Asserts: every datagram the relay sends is a valid AMT message of a kind
 //! a relay sends, addressed to a gateway that spoke to it; the channel
-//! index (`channels`) always equals the union of the gateways' channels.
+//! index (`channels`) always equals the union of the gateways' channels;
+//! the channel events, replayed into a model, always give exactly the
+//! relay's (gateway, channel) pairs and wanted channels (no event lost,
+//! doubled or out of order).
 #![no_main]
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use amt_gateway::relay::{Relay, RelayConfig};
+use amt_gateway::relay::{ChannelEvent, Relay, RelayConfig};
 use amt_gateway::wire::amt::{Message, ResponseMac, encode_gateway_ip};
 use fuzz_support::{Frames, fix_datagram_checksums};
 use ingest_types::SourceGroup;
@@ -61,6 +64,9 @@ fuzz_target!(|data: &[u8]| {
     let mut relay = Relay::new(cfg, now, u64::from(config));
     let mut last_query: HashMap<SocketAddr, (ResponseMac, u32)> = HashMap::new();
     let mut spoke: BTreeSet<SocketAddr> = BTreeSet::new();
+    // What the channel events say the relay holds.
+    let mut pairs: BTreeSet<(SocketAddr, SourceGroup)> = BTreeSet::new();
+    let mut wanted: BTreeSet<SourceGroup> = BTreeSet::new();
 
     for (control, body) in Frames::new(rest).take(MAX_STEPS) {
         match control & 3 {
@@ -126,12 +132,36 @@ fuzz_target!(|data: &[u8]| {
                 other => panic!("a relay never sends {other:?} from its control path"),
             }
         }
-        let from_gateways: BTreeSet<SourceGroup> = relay
+        while let Some(event) = relay.poll_channel_event() {
+            match event {
+                ChannelEvent::Added { gateway, channel } => {
+                    assert!(pairs.insert((gateway, channel)), "added twice: {event:?}");
+                }
+                ChannelEvent::Removed {
+                    gateway, channel, ..
+                } => {
+                    assert!(
+                        pairs.remove(&(gateway, channel)),
+                        "removed unknown: {event:?}"
+                    );
+                }
+                ChannelEvent::Wanted(channel) => {
+                    assert!(wanted.insert(channel), "wanted twice: {event:?}");
+                }
+                ChannelEvent::Unwanted(channel) => {
+                    assert!(wanted.remove(&channel), "unwanted unknown: {event:?}");
+                }
+            }
+        }
+        let held: BTreeSet<(SocketAddr, SourceGroup)> = relay
             .gateways()
             .iter()
-            .flat_map(|g| g.channels.iter().map(|(sg, _)| *sg))
+            .flat_map(|g| g.channels.iter().map(|(sg, _)| (g.gateway, *sg)))
             .collect();
+        assert_eq!(held, pairs, "channel events out of step with the gateways");
+        let from_gateways: BTreeSet<SourceGroup> = held.iter().map(|(_, sg)| *sg).collect();
         assert_eq!(relay.channels(), from_gateways, "channel index out of step");
+        assert_eq!(wanted, from_gateways, "Wanted/Unwanted events out of step");
     }
     let _ = relay.stats();
 });

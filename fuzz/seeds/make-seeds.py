@@ -327,8 +327,14 @@ def pim_seeds():
 
     hello = pim(0, struct.pack("!HHH", 1, 2, 105) + struct.pack("!HHI", 19, 4, 1)
                 + struct.pack("!HHI", 20, 4, 0xDEADBEEF) + struct.pack("!HHHH", 2, 4, 500, 2500))
-    seed("pim_tun_packet", ipv4("169.254.77.2", "224.0.0.13", hello), "hello-v4")
-    seed("pim_tun_packet", ipv6("fe80::2", "ff02::d", hello), "hello-v6")
+    seed("pim_message", hello, "hello")
+    seed("pim_tun_packet", b"\0" + ipv4("169.254.77.2", "224.0.0.13", hello), "hello-v4")
+    seed("pim_tun_packet", b"\0" + ipv6("fe80::2", "ff02::d", hello), "hello-v6")
+    # Mode 1: the sidecar's own Hello (holdtime, DR priority, generation
+    # id, source) built and parsed back.
+    fields = struct.pack("!HII", 105, 1, 0xDEADBEEF)
+    seed("pim_tun_packet", b"\1" + fields + ipaddress.IPv4Address("169.254.77.1").packed, "own-hello-v4")
+    seed("pim_tun_packet", b"\3" + fields + ipaddress.IPv6Address("fe80::1").packed, "own-hello-v6")
 
     def enc_ucast(a):
         ip = ipaddress.ip_address(a)
@@ -341,11 +347,13 @@ def pim_seeds():
     jp = pim(3, enc_ucast("169.254.77.1") + bytes([0, 1]) + struct.pack("!H", 210)
              + enc_group("232.1.1.1") + struct.pack("!HH", 1, 1)
              + enc_group("198.51.100.4", 0x04) + enc_group("198.51.100.5", 0x04))
-    seed("pim_tun_packet", ipv4("169.254.77.2", "224.0.0.13", jp), "join-v4")
+    seed("pim_message", jp, "join-v4")
+    seed("pim_tun_packet", b"\0" + ipv4("169.254.77.2", "224.0.0.13", jp), "join-v4")
     jp6 = pim(3, enc_ucast("fe80::1") + bytes([0, 1]) + struct.pack("!H", 210)
               + enc_group("ff3e::8000:1") + struct.pack("!HH", 1, 0)
               + enc_group("2001:db8:5100::4", 0x04))
-    seed("pim_tun_packet", ipv6("fe80::2", "ff02::d", jp6), "join-v6")
+    seed("pim_message", jp6, "join-v6")
+    seed("pim_tun_packet", b"\0" + ipv6("fe80::2", "ff02::d", jp6), "join-v6")
 
 
 def text_seeds():
