@@ -1420,7 +1420,12 @@ fn offloaded_data_counts_and_defers_the_stall_probe() {
     let mut at = first;
     for i in 0..10u64 {
         at += Duration::from_millis(500);
-        t.record_offloaded_data(sg(ip(S1), ip(G1)), 50, 50 * 128, at - Duration::from_millis(10));
+        t.record_offloaded_data(
+            sg(ip(S1), ip(G1)),
+            50,
+            50 * 128,
+            at - Duration::from_millis(10),
+        );
         while let Some(d) = t.poll_timeout().filter(|d| *d <= at) {
             t.handle_timeout(d);
         }
@@ -1438,7 +1443,9 @@ fn offloaded_data_counts_and_defers_the_stall_probe() {
     t.record_offloaded_data(sg(ip(S1), ip(G1)), 1, 128, first);
     let last = at - Duration::from_millis(10);
     assert_eq!(
-        t.subscription_stats(sg(ip(S1), ip(G1))).unwrap().last_data_at,
+        t.subscription_stats(sg(ip(S1), ip(G1)))
+            .unwrap()
+            .last_data_at,
         Some(last)
     );
     // The kernel stops delivering: the probe goes out 3 s after its last packet.
