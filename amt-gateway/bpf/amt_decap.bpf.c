@@ -14,8 +14,12 @@
 //     redirect_mode 1: bpf_redirect_peer(redirect_ifindex): the host end
 //                      of a veth pair whose other end is in FRR's
 //                      namespace, where amt_to_tun takes over (variant D).
-//   Everything else returns TC_ACT_OK untouched: the tunnel's socket gets
-//   it and the userspace tunnel handles (or drops and counts) it.
+//   Everything else is passed on untouched (PASS_ON): the tunnel's socket
+//   gets it and the userspace tunnel handles (or drops and counts) it.
+//
+// Attached as a TCX link (Linux >= 6.6) or as a direct-action bpf filter on
+// a clsact qdisc (older kernels, e.g. Debian 12's 6.1): the same code, and
+// both verifiers accept it.
 //
 // amt_to_tun (TC/TCX ingress of the veth end in FRR's namespace):
 //   packets marked by amt_decap (Ethernet source AMT_MARK_MAC) with a
@@ -25,9 +29,9 @@
 //   arriving there (the veth's own stack traffic) is dropped: nothing but
 //   decapsulated data may enter FRR's namespace this way.
 //
-// Once a packet has been decapsulated it must never be returned with
-// TC_ACT_OK: the inner packet would then be processed as if it had been
-// received on the uplink. Failures after the decapsulation drop it.
+// Once a packet has been decapsulated it must never be passed on: the inner
+// packet would then be processed as if it had been received on the uplink.
+// Failures after the decapsulation drop it.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -124,6 +128,12 @@ volatile const __u32 redirect_mode = 0; // 0: ingress of a TUN here, 1: veth pee
 volatile const __u8 min_ttl = 0; // 0: leave TTL/hop limit alone
 volatile const __u32 tun_ifindex = 0; // amt_to_tun's target
 
+// A packet that is not ours: TC_ACT_UNSPEC (= TCX_NEXT) lets the next
+// program or filter on the uplink have it, and the stack when there is none.
+// TC_ACT_OK would end the chain: a program attached after ours (TCX) or a
+// filter at a later priority (clsact) would never see any packet.
+#define PASS_ON TC_ACT_UNSPEC
+
 // Locally administered, spells "AMT": marks decapsulated frames for amt_to_tun.
 #define AMT_MARK_MAC {0x02, 0x41, 0x4d, 0x54, 0x00, 0x00}
 
@@ -160,7 +170,7 @@ int amt_decap(struct __sk_buff *skb)
 {
 	__u16 proto = skb->protocol;
 	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
-		return TC_ACT_OK;
+		return PASS_ON;
 
 	// Non-linear skbs (real NICs): make the headers readable directly.
 	// Only when the packet is longer than its linear part: pulling a short
@@ -172,7 +182,7 @@ int amt_decap(struct __sk_buff *skb)
 	// ones.)
 	if ((long)skb->data + PARSE_LEN > (long)skb->data_end && skb->len >= PARSE_LEN) {
 		if (bpf_skb_pull_data(skb, PARSE_LEN) < 0)
-			return TC_ACT_OK;
+			return PASS_ON;
 	}
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -186,15 +196,15 @@ int amt_decap(struct __sk_buff *skb)
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = data + ETH_LEN;
 		if ((void *)(ip + 1) > data_end)
-			return TC_ACT_OK;
+			return PASS_ON;
 		// Options, fragments: the socket's business.
 		if (ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
-			return TC_ACT_OK;
+			return PASS_ON;
 		if (ip->frag_off & bpf_htons(0x3fff))
-			return TC_ACT_OK;
+			return PASS_ON;
 		__u32 tot = bpf_ntohs(ip->tot_len);
 		if (tot < sizeof(*ip) + sizeof(*udp))
-			return TC_ACT_OK;
+			return PASS_ON;
 		outer_len = sizeof(*ip);
 		ip_payload_len = tot - sizeof(*ip);
 		map_v4(tk.relay_addr, ip->saddr);
@@ -203,10 +213,10 @@ int amt_decap(struct __sk_buff *skb)
 	} else {
 		struct ipv6hdr *ip6 = data + ETH_LEN;
 		if ((void *)(ip6 + 1) > data_end)
-			return TC_ACT_OK;
+			return PASS_ON;
 		// Extension headers (fragment header included): the socket's business.
 		if (ip6->nexthdr != IPPROTO_UDP)
-			return TC_ACT_OK;
+			return PASS_ON;
 		outer_len = sizeof(*ip6);
 		ip_payload_len = bpf_ntohs(ip6->payload_len);
 		__builtin_memcpy(tk.relay_addr, &ip6->saddr, 16);
@@ -214,29 +224,29 @@ int amt_decap(struct __sk_buff *skb)
 		udp = (void *)(ip6 + 1);
 	}
 	if ((void *)(udp + 1) > data_end)
-		return TC_ACT_OK;
+		return PASS_ON;
 	tk.relay_port = udp->source;
 	tk.local_port = udp->dest;
 	struct tunnel_info *tun = bpf_map_lookup_elem(&amt_tunnels, &tk);
 	if (!tun)
-		return TC_ACT_OK;
+		return PASS_ON;
 	__u32 tid = tun->id;
 	struct tunnel_stats *ts = bpf_map_lookup_elem(&amt_tunnel_stats, &tid);
 
 	if ((tun->flags & TUNNEL_HAS_LOCAL_ADDR) &&
 	    !addr_eq(dst_addr, tun->local_addr)) {
 		count_pass(ts, PASS_WRONG_LOCAL_ADDR);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 
 	__u8 *amt = (void *)(udp + 1);
 	if ((void *)(amt + AMT_DATA_HEADER_LEN) > data_end) {
 		count_pass(ts, PASS_MALFORMED);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 	if (amt[0] != AMT_TYPE_MULTICAST_DATA) {
 		count_pass(ts, PASS_CONTROL);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 	__u32 udp_len = bpf_ntohs(udp->len);
 	// The UDP length must describe exactly the IP payload, and the frame
@@ -245,7 +255,7 @@ int amt_decap(struct __sk_buff *skb)
 	    udp_len < sizeof(*udp) + AMT_DATA_HEADER_LEN ||
 	    skb->len < ETH_LEN + outer_len + udp_len) {
 		count_pass(ts, PASS_MALFORMED);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 	__u32 room = udp_len - sizeof(*udp) - AMT_DATA_HEADER_LEN; // bytes for the inner packet
 
@@ -256,19 +266,19 @@ int amt_decap(struct __sk_buff *skb)
 	__u8 *inner = amt + AMT_DATA_HEADER_LEN;
 	if ((void *)(inner + 1) > data_end) {
 		count_pass(ts, PASS_MALFORMED);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 	__u8 version = inner[0] >> 4;
 	if (version == 4) {
 		struct iphdr *in4 = (void *)inner;
 		if ((void *)(in4 + 1) > data_end) {
 			count_pass(ts, PASS_MALFORMED);
-			return TC_ACT_OK;
+			return PASS_ON;
 		}
 		inner_len = bpf_ntohs(in4->tot_len);
 		if (in4->ihl < 5 || inner_len < (__u32)in4->ihl * 4 || inner_len > room) {
 			count_pass(ts, PASS_MALFORMED);
-			return TC_ACT_OK;
+			return PASS_ON;
 		}
 		map_v4(ck.source, in4->saddr);
 		map_v4(ck.group, in4->daddr);
@@ -277,36 +287,36 @@ int amt_decap(struct __sk_buff *skb)
 		struct ipv6hdr *in6 = (void *)inner;
 		if ((void *)(in6 + 1) > data_end) {
 			count_pass(ts, PASS_MALFORMED);
-			return TC_ACT_OK;
+			return PASS_ON;
 		}
 		inner_len = sizeof(*in6) + bpf_ntohs(in6->payload_len);
 		if (inner_len > room) {
 			count_pass(ts, PASS_MALFORMED);
-			return TC_ACT_OK;
+			return PASS_ON;
 		}
 		__builtin_memcpy(ck.source, &in6->saddr, 16);
 		__builtin_memcpy(ck.group, &in6->daddr, 16);
 		decap_flags = BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
 	} else {
 		count_pass(ts, PASS_MALFORMED);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 
 	struct channel_stats *cs = bpf_map_lookup_elem(&amt_channels, &ck);
 	if (!cs) {
 		count_pass(ts, PASS_NOT_SUBSCRIBED);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 	// GRO/GSO aggregates carry several datagrams; adjust_room refuses them.
 	if (skb->gso_segs > 1 || skb->gso_size) {
 		count_pass(ts, PASS_GSO);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 
 	__s32 strip = outer_len + sizeof(*udp) + AMT_DATA_HEADER_LEN;
 	if (bpf_skb_adjust_room(skb, -strip, BPF_ADJ_ROOM_MAC, decap_flags) < 0) {
 		count_pass(ts, PASS_ADJUST_FAILED);
-		return TC_ACT_OK;
+		return PASS_ON;
 	}
 	// From here on the frame is the inner packet: drop on any failure.
 

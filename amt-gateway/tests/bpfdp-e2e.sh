@@ -29,12 +29,32 @@
 #   * kernel mode: the kernel delivered N + 100 packets and raised 100 TTLs,
 #     and the AMT handshake (control messages) worked through the socket;
 #     userspace mode: the kernel data plane was not used;
-#   * after amtgw exits: no amt_* BPF program or map, no veth, no TCX link.
+#   * after amtgw exits: no amt_* BPF program or map, no veth, no TCX link,
+#     no tc filter, no clsact qdisc (amtgw added it, so it must go).
 # Also with Relay Discovery (the relay address reaches the kernel later).
+#
+# Attach modes (amtgw --dataplane-attach): the kernel cases run once per
+# mode the kernel allows: on Linux >= 6.6 with `auto` (must pick TCX) and
+# with `tc` (legacy: clsact qdisc + direct-action bpf filter, forced), on
+# older kernels (Debian 12's 6.1) with `auto` (must pick tc), and `tcx` must
+# be refused there. ATTACH="auto:tcx tc:tc" (requested:expected pairs)
+# overrides the list. Per mode also:
+#   * kill -9 of amtgw (variant D, fixed local port): TCX leaves only the
+#     veth pair, tc also its filter, its clsact qdisc and the program the
+#     filter holds; the next start removes all of it before attaching
+#     (stale filter of the old process gone, its program freed), delivers
+#     every packet through the kernel again, and leaves nothing when it
+#     stops;
+# and for tc: a clsact qdisc that was there before (someone else's) stays;
+# two amtgw on the same uplink share the clsact qdisc amtgw added: the
+# first to stop removes only its own filter, the last removes the qdisc.
 # Then: the capabilities (a non-root user with only CAP_BPF + CAP_NET_ADMIN,
-# plus CAP_SYS_ADMIN for variant D, runs the kernel data plane; without
-# CAP_BPF, auto falls back to userspace and says why), and auto without a
-# TUN falls back with its reason.
+# plus CAP_SYS_ADMIN for variant D, runs the kernel data plane, in every
+# attach mode; without CAP_BPF, auto falls back to userspace and says why),
+# and auto without a TUN falls back with its reason.
+#
+# ONLY=caps runs the capability part only; ONLY=kill9 the kill -9 and
+# sharing cases only.
 set -u
 B=${1:-target/debug}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -48,6 +68,14 @@ for bin in amtgw amt-relay; do
     [ -x "$B/$bin" ] || die "missing $B/$bin (build first, see the header)"
 done
 B=$(cd "$B" && pwd)
+command -v tc >/dev/null || die "needs tc (iproute2)"
+kver=$(uname -r); kmaj=${kver%%.*}; kmin=${kver#*.}; kmin=${kmin%%[!0-9]*}
+if [ "$kmaj" -gt 6 ] || { [ "$kmaj" = 6 ] && [ "$kmin" -ge 6 ]; }; then
+    HAS_TCX=1; ATTACH=${ATTACH:-auto:tcx tc:tc}
+else
+    HAS_TCX=0; ATTACH=${ATTACH:-auto:tc}
+fi
+echo "bpfdp-e2e: kernel $kver, attach modes (requested:expected): $ATTACH"
 TMP=$(mktemp -d /tmp/bpfdp-e2e.XXXXXX)
 fail=0
 passed=0
@@ -103,6 +131,10 @@ setup() { # with-frr (0|1)
     done
 }
 
+# Filters of amtgw on the uplink's ingress (tc legacy), one line each.
+uplink_filters() { tc -n bpfdp-gw filter show dev bpfdp-g0 ingress 2>/dev/null | grep -E 'handle .*amt_decap'; }
+uplink_clsact() { tc -n bpfdp-gw qdisc show dev bpfdp-g0 2>/dev/null | grep -E '^qdisc clsact'; }
+
 leftovers() { # -> prints what the kernel data plane left behind
     bpftool prog show 2>/dev/null | grep -E 'name (amt_decap|amt_to_tun) '
     bpftool map show 2>/dev/null | grep -E 'name amt_(tunnels|channels|tunnel_stat)'
@@ -110,12 +142,17 @@ leftovers() { # -> prints what the kernel data plane left behind
     ip -n bpfdp-frr -o link show 2>/dev/null | grep -E 'bpfdp-tun0-df'
     bpftool link show 2>/dev/null | grep -E -A1 'tcx' | grep -E 'ifindex' | grep -q . &&
         ip netns exec bpfdp-gw bpftool net show dev bpfdp-g0 2>/dev/null | grep -E 'amt_'
+    uplink_filters
+    # A clsact qdisc someone else added before amtgw came must stay.
+    [ "${FOREIGN_CLSACT:-0}" = 1 ] || uplink_clsact
 }
 
-# run_case MODE VARIANT OUTER INNER [AMTGW-OPTION]
+# run_case MODE VARIANT OUTER INNER [AMTGW-OPTION]; the attach mode is
+# $REQ (requested) / $EXP (expected).
 run_case() {
     local mode=$1 variant=$2 outer=$3 inner=$4 extra=${5:-}
     local name="$mode/$variant outer v$outer inner v$inner${extra:+ $extra}"
+    [ "$mode" = kernel ] && name="$name [attach $REQ]"
     local relay gw forged_src s g os og tunns opts
     if [ "$outer" = 4 ]; then relay=10.98.1.1; gw=10.98.1.2; forged_src=10.98.1.3
     else relay=2001:db8:98::1; gw=2001:db8:98::2; forged_src=2001:db8:98::3; fi
@@ -133,7 +170,7 @@ run_case() {
     PIDS+=($!)
     sleep 0.3
     ip netns exec bpfdp-gw "$B/amtgw" --relay "$relay_sa" --bind "$gw_sa" --source "$s" --group "$g" \
-        --tun bpfdp-tun0 $opts $extra --dataplane "$mode" --json \
+        --tun bpfdp-tun0 $opts $extra --dataplane "$mode" --dataplane-attach "$REQ" --json \
         >"$TMP/gw.log" 2>"$TMP/gw.err" &
     local gwpid=$!
     PIDS+=($gwpid)
@@ -153,6 +190,8 @@ run_case() {
     # While amtgw runs, the leftover check must see its program (or the
     # check below could not fail).
     local during; during=$(leftovers)
+    local during_filters; during_filters=$(uplink_filters)
+    local during_remote; during_remote=$(tc -n bpfdp-frr filter show dev bpfdp-tun0-df ingress 2>/dev/null | grep -E 'handle .*amt_to_tun')
     local inj="python3 $T/inject.py --dst $gw --dport 40000 --channel $s,$g --other-channel $os,$og"
     ip netns exec bpfdp-rl $inj --src $relay legit
     ip netns exec bpfdp-rl $inj --src $forged_src forged
@@ -199,6 +238,17 @@ run_case() {
     if [ "$mode" = kernel ]; then
         check "$name: while running, the leftover check sees the data plane" \
             test -n "$(grep amt_decap <<<"$during")" -a \( "$variant" = B -o -n "$(grep bpfdp-tun0-df <<<"$during")" \)
+        local att katt; att=$(jget "$TMP/dp.json" "d.get('attach')"); katt=$(jget "$TMP/sum.json" "d.get('kernel_attach')")
+        check "$name: attach mode $att at start, $katt at the end ($(jget "$TMP/dp.json" "d.get('attach_reason')"), kernel $(jget "$TMP/dp.json" "d.get('kernel_release')"))" \
+            test "$att" = "$EXP" -a "$katt" = "$EXP"
+        if [ "$EXP" = tc ]; then
+            check "$name: tc: one amt_decap filter at pref 65280 on bpfdp-g0, owned by amtgw (pid $gwpid), clsact added" \
+                test "$(grep -c . <<<"$during_filters")" = 1 -a -n "$(grep -E "pref 65280 .*amt_decap:pid=$gwpid,start=[0-9]+ direct-action" <<<"$during_filters")" -a -n "$(grep clsact <<<"$during")"
+            [ "$variant" = D ] && check "$name: tc: amt_to_tun filter on bpfdp-tun0-df in bpfdp-frr" \
+                test -n "$(grep "amt_to_tun:pid=$gwpid," <<<"$during_remote")"
+        else
+            check "$name: tcx: no tc filter on bpfdp-g0 ($during_filters)" test -z "$during_filters"
+        fi
     fi
     sleep 0.2
     local left; left=$(leftovers)
@@ -206,21 +256,180 @@ run_case() {
     cleanup
 }
 
-if [ "${ONLY:-all}" = all ]; then
-for variant in D B; do
-    for mode in kernel userspace; do
-        for outer in 4 6; do
-            for inner in 4 6; do
-                run_case $mode $variant $outer $inner
+# ---- kill -9 ---------------------------------------------------------------
+# start_gw VARIANT LOG-STEM [OPTIONS...]: amtgw in kernel mode with a fixed
+# local port (so a stale program would match the next run's tunnel), and a
+# fresh relay sending 1000 packets after 2 s. Sets GWPID.
+start_relay() {
+    ip netns exec bpfdp-rl "$B/amt-relay" --listen 10.98.1.1:2268 --lan-interface bpfdp-r0 \
+        --status-interval 0 --synthetic 10.98.5.1,232.98.0.1 --synthetic-rate 1000 --synthetic-size 100 \
+        --synthetic-port 5001 --synthetic-count 1000 --synthetic-delay 2 >"$TMP/$1.relay.log" 2>&1 &
+    RLPID=$!
+    PIDS+=($RLPID)
+    sleep 0.3
+}
+start_gw() {
+    local variant=$1 stem=$2; shift 2
+    local opts=""
+    [ "$variant" = D ] && opts="--tun-netns /run/netns/bpfdp-frr"
+    ip netns exec bpfdp-gw "$B/amtgw" --relay 10.98.1.1 --bind 10.98.1.2:40000 --source 10.98.5.1 \
+        --group 232.98.0.1 --tun bpfdp-tun0 $opts --dataplane kernel --dataplane-attach "$REQ" --json "$@" \
+        >"$TMP/$stem.log" 2>"$TMP/$stem.err" &
+    GWPID=$!
+    PIDS+=($GWPID)
+}
+progs_amt() { bpftool prog show 2>/dev/null | grep -cE 'name (amt_decap|amt_to_tun) '; }
+
+kill9_case() { # VARIANT
+    local variant=$1 name="kill -9/$1 [attach $REQ]"
+    setup $([ "$variant" = D ] && echo 1 || echo 0)
+    start_relay k1
+    start_gw "$variant" k1
+    local pid1=$GWPID
+    wait_for "$TMP/k1.log" '"kind":"dataplane"' 10
+    # Attached once the tunnel has its relay (at once, no discovery).
+    local i
+    for i in $(seq 100); do [ -n "$(leftovers | grep amt_decap)" ] && break; sleep 0.05; done
+    sleep 1
+    kill -9 $pid1; wait $pid1 2>/dev/null
+    kill $RLPID; wait $RLPID 2>/dev/null
+    sleep 0.3
+    local left; left=$(leftovers)
+    if [ "$EXP" = tc ]; then
+        check "$name: after kill -9 the filter, the clsact qdisc and the program stay (the check can fail)" \
+            test -n "$(grep "amt_decap:pid=$pid1," <<<"$left")" -a -n "$(grep clsact <<<"$left")" -a -n "$(grep 'name amt_decap' <<<"$left")"
+    else
+        check "$name: after kill -9 the TCX links and programs are gone with the process" \
+            test -z "$(uplink_filters)" -a -z "$(grep 'name amt_' <<<"$left")"
+    fi
+    [ "$variant" = D ] && check "$name: after kill -9 the veth pair stays (the check can fail)" \
+        test -n "$(grep bpfdp-tun0-dp <<<"$left")"
+    # The second run: everything stale goes before attaching.
+    start_relay k2
+    start_gw "$variant" k2 -v
+    local pid2=$GWPID
+    rm -f "$TMP/recv.ready"
+    local tunns=bpfdp-gw; [ "$variant" = D ] && tunns=bpfdp-frr
+    for i in $(seq 100); do ip -n $tunns link show bpfdp-tun0 >/dev/null 2>&1 && break; sleep 0.05; done
+    ip netns exec $tunns python3 "$T/recv.py" --iface bpfdp-tun0 --port 5001 \
+        --ready-file "$TMP/recv.ready" 10.98.5.1,232.98.0.1 >"$TMP/k2.recv.log" 2>&1 &
+    local rpid=$!
+    PIDS+=($rpid)
+    wait_for "$TMP/k2.relay.log" '"kind":"synthetic_summary"' 20
+    sleep 0.5
+    local during; during=$(leftovers)
+    local filters; filters=$(uplink_filters)
+    local progs; progs=$(progs_amt)
+    kill -INT $pid2; wait $pid2; local rc=$?
+    kill -TERM $rpid; wait $rpid
+    grep '"kind":"summary"' "$TMP/k2.log" >"$TMP/sum.json"
+    grep recv_summary "$TMP/k2.recv.log" >"$TMP/rs.json"
+    grep '"kind":"synthetic_summary"' "$TMP/k2.relay.log" | head -1 >"$TMP/syn.json"
+    local sent kp got
+    sent=$(jget "$TMP/syn.json" "d.get('sent', 0)"); kp=$(jget "$TMP/sum.json" "d.get('kernel_packets')")
+    got=$(jget "$TMP/rs.json" "d['channels'].get('10.98.5.1,232.98.0.1', {}).get('synthetic', {}).get('packets', 0)")
+    check "$name: the next start: exit $rc, the kernel delivered all $sent packets ($kp), all arrived ($got)" \
+        test "$rc" = 0 -a "${sent:-0}" -ge 500 -a "$kp" = "$sent" -a "$got" = "$sent"
+    # amtgw loads both programs whatever the variant.
+    check "$name: the next start: only its own 2 programs are loaded ($progs)" test "$progs" = 2
+    if [ "$EXP" = tc ]; then
+        check "$name: the next start removed the stale filter and attached its own (pid $pid2): $(tr -s ' ' <<<"$filters" | cut -c1-120)" \
+            test "$(grep -c . <<<"$filters")" = 1 -a -n "$(grep "amt_decap:pid=$pid2," <<<"$filters")"
+        check "$name: the next start said so" grep -q 'removed a stale tc filter' "$TMP/k2.err"
+    fi
+    sleep 0.2
+    left=$(leftovers)
+    check "$name: after the next start stops, nothing is left${left:+: $left}" test -z "$left"
+    cleanup
+}
+
+# Someone else's clsact qdisc (empty) was there first: it stays.
+foreign_clsact_case() {
+    local name="tc: a clsact qdisc added by someone else [attach $REQ]"
+    setup 0
+    tc -n bpfdp-gw qdisc add dev bpfdp-g0 clsact || die "tc qdisc add"
+    start_relay f1
+    start_gw B f1 --duration 3
+    wait $GWPID; local rc=$?
+    local att; att=$(grep '"kind":"summary"' "$TMP/f1.log" | python3 -c "import json,sys; print(json.loads(sys.stdin.read() or '{}').get('kernel_attach'))")
+    local left; left=$(FOREIGN_CLSACT=1 leftovers)
+    check "$name: exit $rc, attached with $att, no filter left, the qdisc is still there${left:+ (left: $left)}" \
+        test "$rc" = 0 -a "$att" = tc -a -z "$left" -a -n "$(uplink_clsact)"
+    cleanup
+}
+
+# Two amtgw on one uplink share the clsact qdisc the first one added.
+shared_uplink_case() {
+    local name="tc: two amtgw on one uplink [attach $REQ]"
+    setup 0
+    start_relay s1
+    ip netns exec bpfdp-gw "$B/amtgw" --relay 10.98.1.1 --bind 10.98.1.2:40001 --source 10.98.5.1 \
+        --group 232.98.0.1 --tun bpfdp-tun1 --dataplane kernel --dataplane-attach "$REQ" --json \
+        >"$TMP/s1.log" 2>"$TMP/s1.err" &
+    local a=$!
+    PIDS+=($a)
+    local i
+    for i in $(seq 100); do [ -n "$(uplink_filters)" ] && break; sleep 0.05; done
+    start_gw B s2
+    local b=$GWPID
+    for i in $(seq 100); do [ "$(uplink_filters | grep -c .)" = 2 ] && break; sleep 0.05; done
+    local both; both=$(uplink_filters | grep -c .)
+    kill -INT $b; wait $b; local rcb=$?
+    local after_b; after_b=$(uplink_filters)
+    local clsact_b; clsact_b=$(uplink_clsact)
+    kill -INT $a; wait $a; local rca=$?
+    sleep 0.2
+    local left; left=$(leftovers)
+    check "$name: both attached ($both filters)" test "$both" = 2
+    check "$name: the second one's stop (exit $rcb) left the first one's filter and the qdisc" \
+        test "$rcb" = 0 -a "$(grep -c . <<<"$after_b")" = 1 -a -n "$(grep "amt_decap:pid=$a," <<<"$after_b")" -a -n "$clsact_b"
+    check "$name: the first one's stop (exit $rca) left nothing${left:+: $left}" test "$rca" = 0 -a -z "$left"
+    cleanup
+}
+
+first=1
+for pair in $ATTACH; do
+    REQ=${pair%%:*}; EXP=${pair#*:}
+    if [ "${ONLY:-all}" = all ]; then
+        for variant in D B; do
+            for mode in kernel userspace; do
+                # The userspace data plane attaches nothing: once is enough.
+                [ $mode = userspace ] && [ $first = 0 ] && continue
+                for outer in 4 6; do
+                    for inner in 4 6; do
+                        run_case $mode $variant $outer $inner
+                    done
+                done
             done
         done
-    done
+
+        # Relay Discovery first: the kernel learns the relay address only from the
+        # Advertisement (the driver follows the tunnel's relay into the maps).
+        run_case kernel D 4 4 --discovery
+        run_case kernel D 6 6 --discovery
+    fi
+    if [ "${ONLY:-all}" = all ] || [ "${ONLY:-all}" = kill9 ]; then
+        kill9_case D
+        kill9_case B
+        if [ "$EXP" = tc ]; then
+            foreign_clsact_case
+            shared_uplink_case
+        fi
+    fi
+    first=0
 done
 
-# Relay Discovery first: the kernel learns the relay address only from the
-# Advertisement (the driver follows the tunnel's relay into the maps).
-run_case kernel D 4 4 --discovery
-run_case kernel D 6 6 --discovery
+if [ "$HAS_TCX" = 0 ] && [ "${ONLY:-all}" != caps ]; then
+    setup 0
+    REQ=tcx
+    start_relay t1
+    start_gw B t1 --give-up 2
+    wait $GWPID; rc=$?
+    check "tcx requested on kernel $kver (no TCX): refused with exit 1 ($(head -c 160 "$TMP/t1.err"))" \
+        test "$rc" = 1 -a -n "$(grep -i 'amt_decap' "$TMP/t1.err")"
+    left=$(leftovers)
+    check "tcx requested on kernel $kver: nothing left${left:+: $left}" test -z "$left"
+    cleanup
 fi
 
 # ---- capabilities ---------------------------------------------------------
@@ -229,21 +438,23 @@ fi
 # world-accessible node is bound over it, so only capabilities matter.
 mknod "$TMP/tun" c 10 200 && chmod 666 "$TMP/tun" || die "mknod"
 chmod 755 "$TMP"
-cap_case() { # description, variant, mode, caps, expected-running
-    local what=$1 variant=$2 mode=$3 caps=$4 want=$5 opts="" tunns=bpfdp-gw
+cap_case() { # description, variant, mode, caps, expected-running [attach]
+    local what=$1 variant=$2 mode=$3 caps=$4 want=$5 attach=${6:-auto} opts="" tunns=bpfdp-gw
     if [ "$variant" = D ]; then setup 1; opts="--tun-netns /run/netns/bpfdp-frr"; tunns=bpfdp-frr; else setup 0; fi
     ip netns exec bpfdp-rl "$B/amt-relay" --listen 10.98.1.1:2268 --lan-interface bpfdp-r0 \
         --status-interval 0 --synthetic 10.98.5.1,232.98.0.1 --synthetic-rate 1000 --synthetic-size 100 \
         --synthetic-port 5001 --synthetic-count 500 --synthetic-delay 1 >"$TMP/relay.log" 2>&1 &
     PIDS+=($!)
     sleep 0.3
-    ip netns exec bpfdp-gw sh -c "mount --bind $TMP/tun /dev/net/tun && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all$caps --ambient-caps=-all$caps $B/amtgw --relay 10.98.1.1 --source 10.98.5.1 --group 232.98.0.1 --tun bpfdp-tun0 $opts --dataplane $mode --duration 5 --json" \
+    ip netns exec bpfdp-gw sh -c "mount --bind $TMP/tun /dev/net/tun && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all$caps --ambient-caps=-all$caps $B/amtgw --relay 10.98.1.1 --source 10.98.5.1 --group 232.98.0.1 --tun bpfdp-tun0 $opts --dataplane $mode --dataplane-attach $attach --duration 5 --json" \
         >"$TMP/gw.log" 2>"$TMP/gw.err"
     local rc=$?
     grep '"kind":"dataplane"' "$TMP/gw.log" >"$TMP/dp.json"
     grep '"kind":"summary"' "$TMP/gw.log" >"$TMP/sum.json"
-    local running reason kp
+    local running reason kp att
     running=$(jget "$TMP/dp.json" "d.get('running')"); reason=$(jget "$TMP/dp.json" "d.get('reason')")
+    att=$(jget "$TMP/sum.json" "d.get('kernel_attach')")
+    [ "$running" = kernel ] && reason="$reason, attach $att"
     kp=$(jget "$TMP/sum.json" "d.get('kernel_packets')")
     grep '"kind":"synthetic_summary"' "$TMP/relay.log" | head -1 >"$TMP/syn.json"
     local sent; sent=$(jget "$TMP/syn.json" "d.get('sent', 0)")
@@ -255,10 +466,16 @@ cap_case() { # description, variant, mode, caps, expected-running
             test "$rc" = 0 -a "$running" = userspace -a -n "$(grep -i 'not permitted' "$TMP/dp.json")"
     fi
     [ "$rc" = 0 ] || sed 's/^/    amtgw: /' "$TMP/gw.err"
+    local left; left=$(leftovers)
+    [ "$running" = kernel ] && check "capabilities: $what: nothing left${left:+: $left}" test -z "$left"
     cleanup
 }
-cap_case "B with CAP_BPF,CAP_NET_ADMIN" B kernel ",+bpf,+net_admin" kernel
-cap_case "D with CAP_BPF,CAP_NET_ADMIN,CAP_SYS_ADMIN" D kernel ",+bpf,+net_admin,+sys_admin" kernel
+if [ "${ONLY:-all}" != kill9 ]; then
+for pair in $ATTACH; do
+    REQ=${pair%%:*}
+    cap_case "B with CAP_BPF,CAP_NET_ADMIN, attach $REQ" B kernel ",+bpf,+net_admin" kernel "$REQ"
+    cap_case "D with CAP_BPF,CAP_NET_ADMIN,CAP_SYS_ADMIN, attach $REQ" D kernel ",+bpf,+net_admin,+sys_admin" kernel "$REQ"
+done
 cap_case "B without CAP_BPF, auto" B auto ",+net_admin" userspace
 # CAP_SYS_ADMIN implies BPF permission (the kernel's bpf_capable()).
 cap_case "D with CAP_NET_ADMIN,CAP_SYS_ADMIN (no CAP_BPF)" D auto ",+net_admin,+sys_admin" kernel
@@ -275,6 +492,7 @@ ip netns exec bpfdp-gw "$B/amtgw" --relay 10.98.1.1:2999 --source 10.98.5.1 --gr
 rc=$?
 check "kernel without --tun: refused with exit 1 ($(head -c 100 "$TMP/gw.err"))" test $rc = 1
 cleanup
+fi
 
 echo "$passed passed, $failed failed"
 exit $fail

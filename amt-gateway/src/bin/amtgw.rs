@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amt_gateway::dataplane::{self, DataPlaneKind, DataPlaneMode, DeliveryTarget};
+use amt_gateway::dataplane::{
+    self, AttachPreference, DataPlaneKind, DataPlaneMode, DeliveryTarget,
+};
 use amt_gateway::wire::ipv4::{Ipv4Header, PROTO_UDP};
 use amt_gateway::wire::ipv6::{Ipv6Header, NEXT_UDP};
 use amt_gateway::{
@@ -47,6 +49,15 @@ it can and says why not otherwise (first output line, kind \"dataplane\").
 In kernel mode the per-second packet and byte counts come from the kernel's
 counters; sequence/latency analysis only sees packets that took the
 userspace path.
+
+How the kernel data plane hooks in (--dataplane-attach): `tcx` links (Linux
+6.6 and later; they vanish with the process), `tc` legacy filters (a
+direct-action bpf filter at priority 65280 on a clsact qdisc, added if the
+interface has none; for older kernels such as Debian 12's 6.1), or `auto`
+(default): TCX when the kernel has it, else tc. Legacy filters outlive the
+process: amtgw removes them (and a clsact qdisc it added) when it exits, and
+after a kill -9 the next start in the same namespace removes the stale ones
+before attaching. The dataplane line says which mode runs and why.
 
 Exit status: 0 on a normal run; 2 when the relay never completed the
 handshake within --give-up seconds; 3 when the relay refused us (L flag);
@@ -101,6 +112,15 @@ struct Args {
     /// (see above). The kernel data plane needs --tun.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     dataplane: DataPlaneMode,
+    /// How the kernel data plane attaches its programs: auto, tcx or tc
+    /// (see above).
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "auto",
+        env = "AMT_DATAPLANE_ATTACH"
+    )]
+    dataplane_attach: AttachPreference,
     /// Local address to bind the tunnel socket to (default: any, ephemeral port).
     #[arg(long, value_name = "ADDR:PORT")]
     bind: Option<SocketAddr>,
@@ -255,6 +275,10 @@ struct Line<'a> {
     /// Interface whose ingress hook handles the tunnel (kernel mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_uplink: Option<String>,
+    /// How the kernel data plane was attached in the end, `tcx` or `tc`
+    /// (summary only, kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_attach: Option<&'static str>,
     /// Packets the tunnel dropped, by reason (summary only).
     #[serde(skip_serializing_if = "Option::is_none")]
     dropped_by_reason: Option<std::collections::BTreeMap<&'static str, u64>>,
@@ -302,6 +326,7 @@ fn line<'a>(
         kernel_uplink: snap
             .and_then(|s| s.driver.kernel.as_ref())
             .and_then(|k| k.uplink.clone()),
+        kernel_attach: None,
         dropped_by_reason: None,
     }
 }
@@ -409,28 +434,42 @@ async fn run() -> anyhow::Result<ExitCode> {
     };
     let min_inner_ttl = DriverConfig::new(TunnelConfig::new(relay)).min_inner_ttl;
     let selection =
-        dataplane::select(args.dataplane, target, min_inner_ttl).context("--dataplane kernel")?;
+        dataplane::select_with_attach(args.dataplane, target, min_inner_ttl, args.dataplane_attach)
+            .context("--dataplane kernel")?;
     let interfaces: Vec<String> = selection
         .kernel
         .as_ref()
         .map(|k| {
             k.attached_interfaces()
                 .iter()
-                .map(|i| format!("{} ({:?})", i.name, i.role))
+                .map(|i| match i.attach {
+                    Some(mode) => format!("{} ({:?}, {})", i.name, i.role, mode.as_str()),
+                    None => format!("{} ({:?})", i.name, i.role),
+                })
                 .collect()
         })
         .unwrap_or_default();
     if args.json {
+        let attach = selection.status.attach.as_ref();
         let v = serde_json::json!({
             "kind": "dataplane",
             "requested": selection.status.requested.as_str(),
             "running": selection.status.running.as_str(),
             "reason": selection.status.reason_text(),
+            "attach": attach.map(|a| a.mode.as_str()),
+            "attach_reason": attach.map(|a| a.reason.clone()),
+            "kernel_release": attach.map(|a| a.kernel_release.clone()),
             "interfaces": interfaces,
         });
         println!("{v}");
     } else {
         println!("data plane: {}", selection.status);
+    }
+    if let (Some(attach), false) = (&selection.status.attach, args.json) {
+        println!(
+            "kernel data plane attach mode: {} ({})",
+            attach.mode, attach.reason
+        );
     }
     if selection.status.running == DataPlaneKind::Kernel && !args.json {
         println!("kernel data plane attached to: {}", interfaces.join(", "));
@@ -534,6 +573,10 @@ async fn run() -> anyhow::Result<ExitCode> {
         &StreamCounters::default(),
         snap.as_ref(),
     );
+    l.kernel_attach = selection
+        .kernel
+        .as_ref()
+        .map(|k| k.attach_info().mode.as_str());
     l.dropped_by_reason = snap.as_ref().map(|s| {
         s.stats
             .dropped
@@ -562,10 +605,11 @@ async fn run() -> anyhow::Result<ExitCode> {
             }
             if let Some(k) = &s.driver.kernel {
                 println!(
-                    "  kernel data plane: {} packets delivered, {} passed to the socket, uplink {}",
+                    "  kernel data plane: {} packets delivered, {} passed to the socket, uplink {} ({})",
                     k.counters.packets,
                     k.counters.passed_total(),
-                    k.uplink.as_deref().unwrap_or("none")
+                    k.uplink.as_deref().unwrap_or("none"),
+                    l.kernel_attach.unwrap_or("-")
                 );
             }
         }

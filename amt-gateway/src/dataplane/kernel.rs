@@ -3,7 +3,7 @@
 //! relays' packets arrive, and reads its per-CPU counters.
 //!
 //! # Where things are attached
-//! * `amt_decap`, TCX ingress of every **uplink**: the output interface of
+//! * `amt_decap`, ingress of every **uplink**: the output interface of
 //!   the route towards a tunnel's relay (RTM_GETROUTE in the namespace of
 //!   the calling thread, which must be the namespace of the tunnel sockets),
 //!   attached when the first tunnel using that interface gets its relay and
@@ -18,21 +18,30 @@
 //! * [`DeliveryTarget::OtherNamespace`] (variant D): a veth pair is created,
 //!   one end here (IPv6 off, no address, up), the other in the target
 //!   namespace (same), `amt_decap` hands packets to the far end with
-//!   `bpf_redirect_peer`, and `amt_to_tun` on that end's TCX ingress
+//!   `bpf_redirect_peer`, and `amt_to_tun` on that end's ingress
 //!   redirects them into the TUN's ingress there. `bpf_redirect` alone
 //!   cannot cross namespaces.
 //!
+//! "Ingress" is a TCX link where the kernel has TCX (Linux >= 6.6) and a
+//! `bpf` filter on a `clsact` qdisc otherwise ("tc legacy", e.g. Debian
+//! 12's 6.1); see [`super::attach`] for the choice
+//! ([`AttachPreference`], `AMT_DATAPLANE_ATTACH`) and the cleanup rules.
+//!
 //! # Lifetime
 //! Programs, maps and TCX links are file descriptors of this process: the
-//! kernel removes them when the process exits, however it exits. The veth
-//! pair is a device and would survive a crash: [`KernelDataPlane::open`]
-//! deletes a leftover pair of the same names first, and dropping the
-//! [`KernelDataPlane`] deletes it. Dropping a [`KernelTunnel`] removes the
-//! tunnel's map entries and releases its uplink.
+//! kernel removes them when the process exits, however it exits. Legacy
+//! tc filters, the `clsact` qdisc we added and the veth pair are interface
+//! state and would survive a crash: [`KernelDataPlane::open`] removes
+//! stale filters of ours (and a `clsact` qdisc they leave empty) in its
+//! namespace and deletes a leftover veth pair of the same names first, and
+//! dropping the [`KernelDataPlane`] removes its filters, its empty `clsact`
+//! qdiscs and the pair. Dropping a [`KernelTunnel`] removes the tunnel's
+//! map entries and releases its uplink.
 //!
 //! # Capabilities (measured as a non-root user with `setpriv`)
 //! CAP_BPF (map creation, program load, map access) and CAP_NET_ADMIN
-//! (SCHED_CLS program type, TCX links, the veth pair); CAP_PERFMON is not
+//! (SCHED_CLS program type, TCX links or qdiscs and filters, the veth
+//! pair); CAP_PERFMON is not
 //! needed. [`DeliveryTarget::OtherNamespace`] also needs CAP_SYS_ADMIN
 //! (setns into the target namespace to configure the far veth end and
 //! attach to it), which frr-ingestd already has for creating `amt0` there.
@@ -51,10 +60,14 @@ use aya::maps::{
     HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader, Pod};
 use thiserror::Error;
+use tracing::{info, warn};
 
+use super::attach::{
+    self, ATTACH_ENV, AttachInfo, AttachMode, AttachPreference, ParseAttachError, TcFilter,
+};
 use super::netlink::{LinkInfo, Netlink};
 use ingest_types::SourceGroup;
 
@@ -341,7 +354,7 @@ pub struct ChannelCounters {
 /// What an interface is attached for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachmentRole {
-    /// `amt_decap` on TCX ingress, for this many tunnels.
+    /// `amt_decap` on ingress, for this many tunnels.
     Uplink { tunnels: usize },
     /// Our end of the veth pair (no program; `bpf_redirect_peer` target).
     VethLocal,
@@ -354,6 +367,9 @@ pub struct AttachedInterface {
     pub name: String,
     pub ifindex: u32,
     pub role: AttachmentRole,
+    /// How the program is attached there (`None`: no program, the local
+    /// veth end).
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, Error)]
@@ -397,6 +413,8 @@ pub enum KernelError {
     DuplicateTunnel { relay: SocketAddr, local_port: u16 },
     #[error("internal: {0}")]
     Internal(&'static str),
+    #[error("{ATTACH_ENV}: {0}")]
+    AttachSetting(ParseAttachError),
 }
 
 impl KernelError {
@@ -436,9 +454,24 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 // ---- the data plane ------------------------------------------------------------
 
+/// A program attached to an interface's ingress.
+enum Hook {
+    Tcx(SchedClassifierLinkId),
+    Tc(TcFilter),
+}
+
+impl Hook {
+    fn mode(&self) -> AttachMode {
+        match self {
+            Self::Tcx(_) => AttachMode::Tcx,
+            Self::Tc(_) => AttachMode::TcLegacy,
+        }
+    }
+}
+
 struct Uplink {
     name: String,
-    link: Option<SchedClassifierLinkId>,
+    hook: Option<Hook>,
     tunnels: usize,
 }
 
@@ -448,7 +481,8 @@ struct Veth {
     remote: String,
     remote_ifindex: u32,
     netns: PathBuf,
-    link: Option<SchedClassifierLinkId>,
+    /// `amt_to_tun` on the remote end (a legacy filter goes with the pair).
+    hook: Option<Hook>,
 }
 
 struct Slot {
@@ -469,6 +503,7 @@ struct Inner {
     slots: Vec<Option<Slot>>,
     veth: Option<Veth>,
     redirect_peer: bool,
+    attach: AttachInfo,
 }
 
 /// The loaded kernel data plane, shared by every tunnel (wrap it in an
@@ -542,21 +577,53 @@ fn classifier<'a>(
         .map_err(|e: aya::programs::ProgramError| KernelError::Load(chain(&e)))
 }
 
+/// Attaches `program` to the ingress of `link` (an interface of the
+/// calling thread's namespace) the way `attach` says. With
+/// [`AttachPreference::Auto`], a TCX attachment refused as unsupported
+/// switches the data plane to tc legacy (for this and later attachments).
 fn attach_ingress(
-    prog: &mut SchedClassifier,
+    ebpf: &mut Ebpf,
+    attach: &mut AttachInfo,
     program: &'static str,
-    interface: &str,
-) -> Result<SchedClassifierLinkId, KernelError> {
-    prog.attach_with_options(
-        interface,
-        TcAttachType::Ingress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )
-    .map_err(|e| KernelError::Attach {
-        program,
-        interface: interface.to_string(),
-        error: chain(&e),
-    })
+    link: &LinkInfo,
+) -> Result<Hook, KernelError> {
+    let prog = classifier(ebpf, program)?;
+    if attach.mode == AttachMode::Tcx {
+        match prog.attach_with_options(
+            &link.name,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        ) {
+            Ok(id) => return Ok(Hook::Tcx(id)),
+            Err(e) => {
+                let unsupported = matches!(&e, ProgramError::SyscallError(s) if attach::tcx_unsupported(&s.io_error));
+                let error = chain(&e);
+                if !unsupported || attach.requested != AttachPreference::Auto {
+                    return Err(KernelError::Attach {
+                        program,
+                        interface: link.name.clone(),
+                        error,
+                    });
+                }
+                warn!(interface = %link.name, %error, "kernel data plane: TCX attachment refused, falling back to tc legacy (clsact + bpf filter)");
+                attach.mode = AttachMode::TcLegacy;
+                attach.reason = format!("TCX attachment refused: {error}");
+            }
+        }
+    }
+    attach::attach_tc(prog, program, link.ifindex, &link.name).map(Hook::Tc)
+}
+
+/// Undoes `hook` on the uplink `name` (in the calling thread's namespace).
+fn detach_uplink(ebpf: &mut Ebpf, hook: Hook, name: &str) {
+    match hook {
+        Hook::Tcx(id) => {
+            if let Ok(prog) = classifier(ebpf, "amt_decap") {
+                let _ = prog.detach(id);
+            }
+        }
+        Hook::Tc(filter) => attach::detach_tc(&filter, name),
+    }
 }
 
 impl KernelDataPlane {
@@ -564,10 +631,36 @@ impl KernelDataPlane {
     /// [`DeliveryTarget::OtherNamespace`], the veth pair with `amt_to_tun`
     /// on its far end. Uplinks are attached later, per tunnel. Must be
     /// called from a thread in the namespace of the tunnel sockets.
+    ///
+    /// How programs are attached follows `AMT_DATAPLANE_ATTACH`
+    /// (`auto` when unset; see [`KernelDataPlane::open_with_attach`]).
     pub fn open(config: KernelConfig) -> Result<Self, KernelError> {
+        let attach = AttachPreference::from_env().map_err(KernelError::AttachSetting)?;
+        Self::open_with_attach(config, attach)
+    }
+
+    /// [`KernelDataPlane::open`] with an explicit attach preference:
+    /// `Auto` uses TCX when the kernel has it (Linux >= 6.6) and tc legacy
+    /// (clsact + direct-action bpf filter) otherwise; `Tcx` and `Tc` force
+    /// one. First removes stale legacy filters of ours from this namespace
+    /// (left by a process that was killed), whatever the mode.
+    pub fn open_with_attach(
+        config: KernelConfig,
+        attach: AttachPreference,
+    ) -> Result<Self, KernelError> {
         if let Some(why) = not_built_reason() {
             return Err(KernelError::NotBuilt(why));
         }
+        let stale = attach::remove_stale_filters()?;
+        if !stale.filters.is_empty() {
+            warn!(
+                filters = stale.filters.len(),
+                qdiscs = stale.qdiscs.len(),
+                "kernel data plane: removed tc filters left by a gateway that did not stop cleanly"
+            );
+        }
+        let attach = attach::decide(attach);
+        info!(attach = %attach, reason = %attach.reason, "kernel data plane: attach mode");
         let target = match &config.target {
             DeliveryTarget::OtherNamespace {
                 netns, tun_ifindex, ..
@@ -584,7 +677,7 @@ impl KernelDataPlane {
         };
         match target {
             DeliveryTarget::SameNamespace { tun_ifindex } => {
-                let inner = Self::load(&config, tun_ifindex, false, 0)?;
+                let inner = Self::load(&config, tun_ifindex, false, 0, attach)?;
                 Ok(Self {
                     inner: Mutex::new(inner),
                     config,
@@ -597,11 +690,12 @@ impl KernelDataPlane {
                 veth_remote,
             } => {
                 let veth = create_veth(&netns, &veth_local, &veth_remote)?;
-                let plane =
-                    Self::load(&config, veth.local_ifindex, true, tun_ifindex).map(|inner| Self {
+                let plane = Self::load(&config, veth.local_ifindex, true, tun_ifindex, attach).map(
+                    |inner| Self {
                         inner: Mutex::new(inner),
                         config: config.clone(),
-                    });
+                    },
+                );
                 let plane = match plane {
                     Ok(p) => p,
                     Err(e) => {
@@ -612,13 +706,20 @@ impl KernelDataPlane {
                 {
                     let mut inner = plane.lock();
                     inner.veth = Some(veth);
-                    let Inner { ebpf, veth, .. } = &mut *inner;
+                    let Inner {
+                        ebpf, veth, attach, ..
+                    } = &mut *inner;
                     let veth = veth.as_mut().ok_or(KernelError::Internal("veth"))?;
-                    let prog = classifier(ebpf, "amt_to_tun")?;
-                    let remote = veth.remote.clone();
-                    let link =
-                        in_netns(&veth.netns, || attach_ingress(prog, "amt_to_tun", &remote))?;
-                    veth.link = Some(link);
+                    let remote = LinkInfo {
+                        ifindex: veth.remote_ifindex,
+                        name: veth.remote.clone(),
+                        link_type: ARPHRD_ETHER,
+                    };
+                    // On failure, dropping `plane` deletes the pair.
+                    let hook = in_netns(&veth.netns, || {
+                        attach_ingress(ebpf, attach, "amt_to_tun", &remote)
+                    })?;
+                    veth.hook = Some(hook);
                 }
                 Ok(plane)
             }
@@ -630,6 +731,7 @@ impl KernelDataPlane {
         redirect_ifindex: u32,
         redirect_peer: bool,
         tun_ifindex: u32,
+        attach: AttachInfo,
     ) -> Result<Inner, KernelError> {
         let mode: u32 = u32::from(redirect_peer);
         let min_ttl: u8 = config.min_inner_ttl.unwrap_or(0);
@@ -667,6 +769,7 @@ impl KernelDataPlane {
             slots: Vec::new(),
             veth: None,
             redirect_peer,
+            attach,
         })
     }
 
@@ -683,6 +786,13 @@ impl KernelDataPlane {
     /// True when packets cross into another namespace through the veth pair.
     pub fn crosses_namespace(&self) -> bool {
         self.lock().redirect_peer
+    }
+
+    /// How programs are attached (TCX or tc legacy), on which kernel, and
+    /// why. Decided by [`KernelDataPlane::open`]; with `auto` it can still
+    /// change from TCX to tc legacy if the kernel refuses a TCX attachment.
+    pub fn attach_info(&self) -> AttachInfo {
+        self.lock().attach.clone()
     }
 
     /// Registers a tunnel whose socket is bound to `local` (a specific
@@ -742,6 +852,7 @@ impl KernelDataPlane {
                 name: u.name.clone(),
                 ifindex: *ifindex,
                 role: AttachmentRole::Uplink { tunnels: u.tunnels },
+                attach: u.hook.as_ref().map(Hook::mode),
             })
             .collect();
         if let Some(v) = &inner.veth {
@@ -749,6 +860,7 @@ impl KernelDataPlane {
                 name: v.local.clone(),
                 ifindex: v.local_ifindex,
                 role: AttachmentRole::VethLocal,
+                attach: None,
             });
             out.push(AttachedInterface {
                 name: v.remote.clone(),
@@ -756,6 +868,7 @@ impl KernelDataPlane {
                 role: AttachmentRole::VethRemote {
                     netns: v.netns.clone(),
                 },
+                attach: v.hook.as_ref().map(Hook::mode),
             });
         }
         out
@@ -767,15 +880,17 @@ impl Drop for KernelDataPlane {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         // Detach before the veth goes, so that no packet is redirected to a
         // half-deleted pair.
-        if let Ok(prog) = classifier(&mut inner.ebpf, "amt_decap") {
-            for uplink in inner.uplinks.values_mut() {
-                if let Some(link) = uplink.link.take() {
-                    let _ = prog.detach(link);
-                }
+        for uplink in inner.uplinks.values_mut() {
+            if let Some(hook) = uplink.hook.take() {
+                detach_uplink(&mut inner.ebpf, hook, &uplink.name);
             }
         }
         if let Some(veth) = inner.veth.take() {
-            if let (Some(link), Ok(prog)) = (veth.link, classifier(&mut inner.ebpf, "amt_to_tun")) {
+            // A legacy filter (and its clsact) on the remote end goes with
+            // the device.
+            if let (Some(Hook::Tcx(link)), Ok(prog)) =
+                (veth.hook, classifier(&mut inner.ebpf, "amt_to_tun"))
+            {
                 let _ = prog.detach(link);
             }
             delete_veth(&veth.local, veth.local_ifindex);
@@ -837,7 +952,7 @@ fn create_veth(netns: &Path, local: &str, remote: &str) -> Result<Veth, KernelEr
             remote: remote.to_string(),
             remote_ifindex: there.ifindex,
             netns: netns.to_path_buf(),
-            link: None,
+            hook: None,
         })
     })();
     if result.is_err()
@@ -881,13 +996,12 @@ impl Inner {
             u.tunnels += 1;
             return Ok(());
         }
-        let prog = classifier(&mut self.ebpf, "amt_decap")?;
-        let id = attach_ingress(prog, "amt_decap", &link.name)?;
+        let hook = attach_ingress(&mut self.ebpf, &mut self.attach, "amt_decap", link)?;
         self.uplinks.insert(
             link.ifindex,
             Uplink {
                 name: link.name.clone(),
-                link: Some(id),
+                hook: Some(hook),
                 tunnels: 1,
             },
         );
@@ -903,10 +1017,9 @@ impl Inner {
             return;
         }
         if let Some(u) = self.uplinks.remove(&ifindex)
-            && let Some(link) = u.link
-            && let Ok(prog) = classifier(&mut self.ebpf, "amt_decap")
+            && let Some(hook) = u.hook
         {
-            let _ = prog.detach(link);
+            detach_uplink(&mut self.ebpf, hook, &u.name);
         }
     }
 }

@@ -16,7 +16,10 @@
 //!
 //! Choosing: [`select`] turns a [`DataPlaneMode`] (`auto|kernel|userspace`)
 //! into a [`DataPlaneSelection`]: the loaded kernel data plane, if any, and
-//! a [`DataPlaneStatus`] that says which data plane runs and why.
+//! a [`DataPlaneStatus`] that says which data plane runs and why, and for
+//! the kernel one how its programs are attached ([`AttachInfo`]: TCX on
+//! Linux >= 6.6, tc legacy = clsact + bpf filter before; `auto` by default,
+//! `AMT_DATAPLANE_ATTACH=tcx|tc` or [`select_with_attach`] to force one).
 //!
 //! Using it (the daemon): `select` once with the TUN's [`DeliveryTarget`],
 //! then put the `Arc<KernelDataPlane>` into every
@@ -25,6 +28,7 @@
 //! relay address and subscriptions, and removes it when the tunnel ends.
 //! The same calls can be made directly with a [`KernelTunnel`].
 
+pub mod attach;
 pub mod kernel;
 pub mod netlink;
 
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+pub use attach::{ATTACH_ENV, AttachInfo, AttachMode, AttachPreference, ParseAttachError};
 pub use kernel::{
     AttachedInterface, AttachmentRole, ChannelCounters, DeliveryTarget, KernelConfig,
     KernelDataPlane, KernelError, KernelTunnel, PassReason, TunnelCounters,
@@ -161,11 +166,20 @@ pub struct DataPlaneStatus {
     pub requested: DataPlaneMode,
     pub running: DataPlaneKind,
     pub reason: DataPlaneReason,
+    /// The kernel data plane's attach mode (when it runs), as decided when
+    /// it was opened ([`KernelDataPlane::attach_info`] has the current one).
+    pub attach: Option<AttachInfo>,
 }
 
 impl fmt::Display for DataPlaneStatus {
+    /// `kernel (tc legacy, kernel 6.1.0-28-amd64; requested auto: kernel
+    /// data plane loaded)`, `userspace (requested auto: <why not kernel>)`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (requested {}", self.running.as_str(), self.requested)?;
+        write!(f, "{} (", self.running.as_str())?;
+        if let Some(attach) = &self.attach {
+            write!(f, "{attach}; ")?;
+        }
+        write!(f, "requested {}", self.requested)?;
         match &self.reason {
             DataPlaneReason::Requested => write!(f, ")"),
             DataPlaneReason::KernelLoaded => write!(f, ": kernel data plane loaded)"),
@@ -196,17 +210,42 @@ pub struct DataPlaneSelection {
 /// Opens the data plane `mode` asks for. `target` is where packets must go
 /// (`None`: there is no TUN, so only userspace can run). `Kernel` returns
 /// the error when the kernel data plane cannot load; `Auto` falls back to
-/// userspace and says why.
+/// userspace and says why. The attach mode follows `AMT_DATAPLANE_ATTACH`
+/// (`auto|tcx|tc`, `auto` when unset; an invalid value is an error of the
+/// kernel data plane like any other).
 pub fn select(
     mode: DataPlaneMode,
     target: Option<DeliveryTarget>,
     min_inner_ttl: Option<u8>,
+) -> Result<DataPlaneSelection, KernelError> {
+    select_impl(mode, target, min_inner_ttl, KernelDataPlane::open)
+}
+
+/// [`select`] with an explicit attach preference (instead of
+/// `AMT_DATAPLANE_ATTACH`).
+pub fn select_with_attach(
+    mode: DataPlaneMode,
+    target: Option<DeliveryTarget>,
+    min_inner_ttl: Option<u8>,
+    attach: AttachPreference,
+) -> Result<DataPlaneSelection, KernelError> {
+    select_impl(mode, target, min_inner_ttl, |config| {
+        KernelDataPlane::open_with_attach(config, attach)
+    })
+}
+
+fn select_impl(
+    mode: DataPlaneMode,
+    target: Option<DeliveryTarget>,
+    min_inner_ttl: Option<u8>,
+    open: impl FnOnce(KernelConfig) -> Result<KernelDataPlane, KernelError>,
 ) -> Result<DataPlaneSelection, KernelError> {
     let userspace = |reason| DataPlaneSelection {
         status: DataPlaneStatus {
             requested: mode,
             running: DataPlaneKind::Userspace,
             reason,
+            attach: None,
         },
         kernel: None,
     };
@@ -222,7 +261,7 @@ pub fn select(
             KernelUnavailable::NoTarget(why),
         )));
     };
-    match KernelDataPlane::open(KernelConfig {
+    match open(KernelConfig {
         target,
         min_inner_ttl,
     }) {
@@ -235,6 +274,7 @@ pub fn select(
                 } else {
                     DataPlaneReason::KernelLoaded
                 },
+                attach: Some(plane.attach_info()),
             },
             kernel: Some(Arc::new(plane)),
         }),
@@ -455,10 +495,39 @@ mod tests {
             reason: DataPlaneReason::Fallback(KernelUnavailable::from(&KernelError::NotBuilt(
                 "clang not found",
             ))),
+            attach: None,
         };
         assert_eq!(
             status.to_string(),
             "userspace (requested auto: kernel data plane not built: clang not found)"
+        );
+        let e = KernelError::AttachSetting("tcxx".parse::<AttachPreference>().unwrap_err());
+        assert_eq!(
+            e.to_string(),
+            "AMT_DATAPLANE_ATTACH: unknown attach mode \"tcxx\" (expected auto, tcx or tc)"
+        );
+        assert!(matches!(
+            KernelUnavailable::from(&e),
+            KernelUnavailable::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn kernel_status_names_the_attach_mode_and_kernel() {
+        let status = DataPlaneStatus {
+            requested: DataPlaneMode::Auto,
+            running: DataPlaneKind::Kernel,
+            reason: DataPlaneReason::KernelLoaded,
+            attach: Some(AttachInfo {
+                mode: AttachMode::TcLegacy,
+                requested: AttachPreference::Auto,
+                kernel_release: "6.1.0-28-amd64".into(),
+                reason: "TCX not available".into(),
+            }),
+        };
+        assert_eq!(
+            status.to_string(),
+            "kernel (tc legacy, kernel 6.1.0-28-amd64; requested auto: kernel data plane loaded)"
         );
     }
 }

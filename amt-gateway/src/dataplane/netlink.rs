@@ -1,6 +1,8 @@
 //! The few rtnetlink requests the kernel data plane needs: route lookup
 //! (which interface the relay's packets use), link lookup, veth pair
-//! creation across namespaces, link up, link delete.
+//! creation across namespaces, link up, link delete, and the traffic
+//! control part of the legacy attachment (kernels without TCX, < 6.6): the
+//! `clsact` qdisc and `bpf` filters in direct-action mode on its ingress.
 //!
 //! A netlink socket belongs to the network namespace of the thread that
 //! opened it, so a socket opened by a thread that `setns`ed into FRR's
@@ -15,6 +17,8 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_ECHO: u16 = 0x8;
+const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const RTM_NEWLINK: u16 = 16;
@@ -22,6 +26,32 @@ const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
+const RTM_NEWQDISC: u16 = 36;
+const RTM_DELQDISC: u16 = 37;
+const RTM_GETQDISC: u16 = 38;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
+const RTM_GETTFILTER: u16 = 46;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_FD: u16 = 6;
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_FLAGS: u16 = 8;
+const TCA_BPF_ID: u16 = 11;
+const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
+const TCMSG_LEN: usize = 20;
+/// Parent (and handle major) of the ingress-side qdisc: `clsact` or
+/// `ingress` (`TC_H_CLSACT` = `TC_H_INGRESS`).
+pub const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
+/// Handle of the `clsact`/`ingress` qdisc (`ffff:`).
+const CLSACT_HANDLE: u32 = 0xFFFF_0000;
+/// Parent of filters on the ingress hook of `clsact` (`ffff:fff2`; also
+/// accepted by the old `ingress` qdisc).
+pub const TC_PARENT_INGRESS: u32 = 0xFFFF_FFF2;
+/// Parent of filters on the egress hook of `clsact` (`ffff:fff3`).
+pub const TC_PARENT_EGRESS: u32 = 0xFFFF_FFF3;
+/// ETH_P_ALL: the filter sees every protocol.
+const ETH_P_ALL: u16 = 0x0003;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
@@ -41,6 +71,37 @@ pub struct LinkInfo {
     pub name: String,
     /// ARPHRD_* (1 Ethernet, 772 loopback, 65534 none/TUN, ...).
     pub link_type: u16,
+}
+
+/// A qdisc as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QdiscInfo {
+    pub ifindex: u32,
+    pub handle: u32,
+    pub parent: u32,
+    /// `clsact`, `ingress`, `noqueue`, `fq_codel`, ...
+    pub kind: String,
+}
+
+impl QdiscInfo {
+    /// The qdisc of the ingress side (`clsact` or `ingress`).
+    pub fn is_ingress_side(&self) -> bool {
+        self.parent == TC_H_CLSACT
+    }
+}
+
+/// A tc filter as the kernel lists it (one entry per handle; the entries
+/// without a handle that head each priority are left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterInfo {
+    pub priority: u16,
+    pub handle: u32,
+    /// `bpf`, `u32`, `flower`, `matchall`, ...
+    pub kind: String,
+    /// `bpf` filters: the name given when attaching (`TCA_BPF_NAME`).
+    pub bpf_name: Option<String>,
+    /// `bpf` filters: the id of the attached program.
+    pub bpf_prog_id: Option<u32>,
 }
 
 /// Builds one netlink request: header, fixed body, attributes (nested
@@ -229,7 +290,7 @@ impl Netlink {
                         out.push(body.to_vec());
                         // A single answer (not a dump) ends here unless an
                         // ACK was requested too.
-                        if req.flags & NLM_F_ACK == 0 {
+                        if req.flags & (NLM_F_ACK | NLM_F_DUMP) == 0 {
                             return Ok(out);
                         }
                     }
@@ -335,6 +396,187 @@ impl Netlink {
         );
         self.call(&mut req, None).map(|_| ())
     }
+
+    /// Every qdisc of every interface of this namespace (the kernel does
+    /// not filter a qdisc dump by interface).
+    pub fn qdiscs(&mut self) -> io::Result<Vec<QdiscInfo>> {
+        let mut req = Request::new(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, &tcmsg(0, 0, 0, 0));
+        let answers = self.call(&mut req, Some(RTM_NEWQDISC))?;
+        Ok(answers.iter().filter_map(|b| parse_qdisc(b)).collect())
+    }
+
+    /// The `clsact` or `ingress` qdisc of `ifindex`, if it has one.
+    pub fn ingress_qdisc(&mut self, ifindex: u32) -> io::Result<Option<QdiscInfo>> {
+        Ok(self
+            .qdiscs()?
+            .into_iter()
+            .find(|q| q.ifindex == ifindex && q.is_ingress_side()))
+    }
+
+    /// Adds a `clsact` qdisc to `ifindex`; fails with EEXIST when the
+    /// interface already has a `clsact` or `ingress` qdisc.
+    pub fn add_clsact(&mut self, ifindex: u32) -> io::Result<()> {
+        let mut req = Request::new(
+            RTM_NEWQDISC,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0),
+        );
+        req.attr(TCA_KIND, b"clsact\0");
+        self.call(&mut req, None).map(|_| ())
+    }
+
+    /// Deletes the `clsact`/`ingress` qdisc of `ifindex` (and with it every
+    /// filter it holds).
+    pub fn delete_clsact(&mut self, ifindex: u32) -> io::Result<()> {
+        let mut req = Request::new(
+            RTM_DELQDISC,
+            NLM_F_REQUEST | NLM_F_ACK,
+            &tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0),
+        );
+        self.call(&mut req, None).map(|_| ())
+    }
+
+    /// The filters of `ifindex` under `parent` ([`TC_PARENT_INGRESS`] or
+    /// [`TC_PARENT_EGRESS`]); none when there is no such qdisc.
+    pub fn filters(&mut self, ifindex: u32, parent: u32) -> io::Result<Vec<FilterInfo>> {
+        let mut req = Request::new(
+            RTM_GETTFILTER,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            &tcmsg(ifindex, 0, parent, 0),
+        );
+        let answers = self.call(&mut req, Some(RTM_NEWTFILTER))?;
+        Ok(answers
+            .iter()
+            .filter_map(|b| parse_filter(b))
+            .filter(|f| f.handle != 0)
+            .collect())
+    }
+
+    /// Attaches the BPF program `prog_fd` as a direct-action `bpf` filter
+    /// for every protocol under `parent` of `ifindex`, at `priority`, with a
+    /// handle the kernel chooses (returned). `name` is what `tc filter show`
+    /// and [`Netlink::filters`] report for it.
+    pub fn add_bpf_filter(
+        &mut self,
+        ifindex: u32,
+        parent: u32,
+        priority: u16,
+        prog_fd: RawFd,
+        name: &str,
+    ) -> io::Result<u32> {
+        let mut req = Request::new(
+            RTM_NEWTFILTER,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | NLM_F_CREATE | NLM_F_EXCL,
+            &tcmsg(ifindex, 0, parent, filter_info(priority)),
+        );
+        req.attr(TCA_KIND, b"bpf\0");
+        let options = req.begin_nested(TCA_OPTIONS);
+        req.attr(TCA_BPF_FD, &(prog_fd as u32).to_ne_bytes());
+        req.attr(TCA_BPF_NAME, &nul_terminated(name));
+        req.attr(TCA_BPF_FLAGS, &TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes());
+        req.end_nested(options);
+        let answers = self.call(&mut req, Some(RTM_NEWTFILTER))?;
+        answers
+            .iter()
+            .filter_map(|b| parse_filter(b))
+            .map(|f| f.handle)
+            .find(|&h| h != 0)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the kernel did not echo the new filter's handle",
+                )
+            })
+    }
+
+    /// Deletes the filter `priority`/`handle` under `parent` of `ifindex`.
+    pub fn delete_filter(
+        &mut self,
+        ifindex: u32,
+        parent: u32,
+        priority: u16,
+        handle: u32,
+    ) -> io::Result<()> {
+        let mut req = Request::new(
+            RTM_DELTFILTER,
+            NLM_F_REQUEST | NLM_F_ACK,
+            &tcmsg(ifindex, handle, parent, filter_info(priority)),
+        );
+        req.attr(TCA_KIND, b"bpf\0");
+        self.call(&mut req, None).map(|_| ())
+    }
+}
+
+fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> [u8; TCMSG_LEN] {
+    let mut m = [0u8; TCMSG_LEN];
+    // family (u8) = AF_UNSPEC, 3 bytes padding
+    m[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    m[8..12].copy_from_slice(&handle.to_ne_bytes());
+    m[12..16].copy_from_slice(&parent.to_ne_bytes());
+    m[16..20].copy_from_slice(&info.to_ne_bytes());
+    m
+}
+
+/// `tcm_info` of a filter: priority in the upper half, the protocol (in
+/// network byte order) in the lower.
+fn filter_info(priority: u16) -> u32 {
+    (u32::from(priority) << 16) | u32::from(ETH_P_ALL.to_be())
+}
+
+fn c_string(v: &[u8]) -> String {
+    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+    String::from_utf8_lossy(&v[..end]).into_owned()
+}
+
+fn u32_attr(v: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+/// An RTM_NEWQDISC body: tcmsg, then attributes.
+pub(crate) fn parse_qdisc(body: &[u8]) -> Option<QdiscInfo> {
+    let head = body.get(..TCMSG_LEN)?;
+    let word = |at: usize| u32::from_ne_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let kind = attributes(&body[TCMSG_LEN..])
+        .find(|(k, _)| *k == TCA_KIND)
+        .map(|(_, v)| c_string(v))?;
+    Some(QdiscInfo {
+        ifindex: word(4),
+        handle: word(8),
+        parent: word(12),
+        kind,
+    })
+}
+
+/// An RTM_NEWTFILTER body: tcmsg, then attributes (`bpf` options nested
+/// in TCA_OPTIONS).
+pub(crate) fn parse_filter(body: &[u8]) -> Option<FilterInfo> {
+    let head = body.get(..TCMSG_LEN)?;
+    let word = |at: usize| u32::from_ne_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let mut filter = FilterInfo {
+        priority: (word(16) >> 16) as u16,
+        handle: word(8),
+        kind: String::new(),
+        bpf_name: None,
+        bpf_prog_id: None,
+    };
+    let mut options: &[u8] = &[];
+    for (kind, value) in attributes(&body[TCMSG_LEN..]) {
+        match kind {
+            TCA_KIND => filter.kind = c_string(value),
+            TCA_OPTIONS => options = value,
+            _ => {}
+        }
+    }
+    if filter.kind == "bpf" {
+        for (kind, value) in attributes(options) {
+            match kind {
+                TCA_BPF_NAME => filter.bpf_name = Some(c_string(value)),
+                TCA_BPF_ID => filter.bpf_prog_id = u32_attr(value),
+                _ => {}
+            }
+        }
+    }
+    Some(filter)
 }
 
 fn nul_terminated(name: &str) -> Vec<u8> {
@@ -414,6 +656,69 @@ mod tests {
             })
         );
         assert_eq!(parse_link(&body[..10]), None);
+    }
+
+    #[test]
+    fn filter_messages() {
+        // The protocol half of tcm_info is ETH_P_ALL in network byte order.
+        let info = filter_info(0xFF00);
+        assert_eq!(info >> 16, 0xFF00);
+        assert_eq!((info as u16).to_ne_bytes(), [0x00, 0x03]);
+        let mut req = Request::new(
+            RTM_NEWTFILTER,
+            NLM_F_REQUEST,
+            &tcmsg(7, 0x2a, TC_PARENT_INGRESS, info),
+        );
+        req.attr(TCA_KIND, b"bpf\0");
+        let at = req.begin_nested(TCA_OPTIONS);
+        req.attr(TCA_BPF_NAME, &nul_terminated("amt_decap:pid=1,start=2"));
+        req.attr(TCA_BPF_ID, &99u32.to_ne_bytes());
+        req.end_nested(at);
+        let msg = req.finish(1).to_vec();
+        let f = parse_filter(&msg[NLMSG_HDR_LEN..]).expect("filter");
+        assert_eq!(
+            f,
+            FilterInfo {
+                priority: 0xFF00,
+                handle: 0x2a,
+                kind: "bpf".into(),
+                bpf_name: Some("amt_decap:pid=1,start=2".into()),
+                bpf_prog_id: Some(99),
+            }
+        );
+        // Too short for a tcmsg: no answer rather than a panic.
+        assert_eq!(parse_filter(&msg[NLMSG_HDR_LEN..NLMSG_HDR_LEN + 10]), None);
+    }
+
+    #[test]
+    fn qdisc_messages() {
+        let mut req = Request::new(
+            RTM_NEWQDISC,
+            NLM_F_REQUEST,
+            &tcmsg(3, CLSACT_HANDLE, TC_H_CLSACT, 0),
+        );
+        req.attr(TCA_KIND, b"clsact\0");
+        let msg = req.finish(1).to_vec();
+        let q = parse_qdisc(&msg[NLMSG_HDR_LEN..]).expect("qdisc");
+        assert_eq!(q.ifindex, 3);
+        assert_eq!(q.kind, "clsact");
+        assert!(q.is_ingress_side());
+        // Without a kind attribute it is not a usable answer.
+        assert_eq!(parse_qdisc(&tcmsg(3, 0, 0, 0)), None);
+    }
+
+    #[test]
+    fn qdisc_and_filter_dumps_on_this_host() {
+        // Multi-part answers must end at NLMSG_DONE rather than after the
+        // first message or never (GET requests need no privilege).
+        let mut nl = Netlink::open().expect("netlink socket");
+        let lo = nl.link_by_name("lo").expect("lo");
+        let qdiscs = nl.qdiscs().expect("qdisc dump");
+        assert!(qdiscs.iter().all(|q| !q.kind.is_empty()));
+        nl.filters(lo.ifindex, TC_PARENT_INGRESS)
+            .expect("filter dump of lo");
+        // The socket is still in step afterwards.
+        assert_eq!(nl.link_by_index(lo.ifindex).expect("lo").name, "lo");
     }
 
     #[test]
