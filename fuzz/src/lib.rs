@@ -32,7 +32,8 @@ impl<'a> Iterator for Frames<'a> {
         let (&control, rest) = self.data.split_first()?;
         let (len, rest) = match rest {
             [lo, hi, rest @ ..] => (usize::from(u16::from_le_bytes([*lo, *hi])), rest),
-            _ => (rest.len(), &[][..]),
+            // One byte left: too short for a length, it is the body.
+            _ => (rest.len(), rest),
         };
         let len = len.min(rest.len());
         let (body, rest) = rest.split_at(len);
