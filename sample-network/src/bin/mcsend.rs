@@ -116,6 +116,8 @@ fn main() -> Result<()> {
         bail!("--rate must be a positive number");
     }
     signal::install_stop_handler().context("installing signal handlers")?;
+    // One socket per channel.
+    sample_network::raise_open_file_limit();
     let iface = match &args.iface {
         Some(spec) => Some(Interface::find(spec)?),
         None => None,
