@@ -165,8 +165,8 @@ pub struct RaceAttempt {
     pub choice: RelayChoice,
     /// When its handshake started (None: not yet).
     pub started: Option<Instant>,
-    /// It failed (lost, refused) during the race.
-    pub failed: bool,
+    /// Why it failed during the race (refused, went down, unreachable).
+    pub failure: Option<String>,
 }
 
 impl Race {
@@ -189,8 +189,10 @@ impl Race {
             .started()
             .map(|a| {
                 let at = a.started.map_or(0, |t| (t - self.began).as_millis());
-                let failed = if a.failed { ", failed" } else { "" };
-                format!("{} (+{at} ms{failed})", a.choice.relay)
+                match &a.failure {
+                    Some(why) => format!("{} (+{at} ms, failed: {why})", a.choice.relay),
+                    None => format!("{} (+{at} ms)", a.choice.relay),
+                }
             })
             .collect();
         format!(
@@ -678,15 +680,9 @@ impl Orchestrator {
             };
             if up == Some(Family::of(sg.group)) {
                 self.win_race(&mut flow, relay, now, &mut out);
-            } else if down_reason.is_some() {
+            } else if let Some(reason) = &down_reason {
                 // This attempt failed: the next candidate starts at once.
-                if let Some(race) = &mut flow.race {
-                    for attempt in &mut race.attempts {
-                        if attempt.choice.relay == relay {
-                            attempt.failed = true;
-                        }
-                    }
-                }
+                mark_attempt_failed(&mut flow, relay, reason);
                 self.advance_race(&mut flow, now, true, &mut out);
             }
             out.push(Action::announce(JoinChange::Changed(flow.clone())));
@@ -708,12 +704,23 @@ impl Orchestrator {
             return out;
         };
         budgeted!(self, now, "cannot open a tunnel", warn!(%relay, "{error}"));
+        let reason = format!("cannot open a tunnel to relay {relay}: {error}");
+        // The policy holds the relay down where a flow has another
+        // candidate (an IPv6 relay from a host without IPv6 routes is
+        // never going to work; the next relay might).
+        let involved: Vec<SourceGroup> = tunnel
+            .channels
+            .iter()
+            .chain(&tunnel.racers)
+            .copied()
+            .collect();
+        self.report_failure(relay, &involved, &reason, &mut out);
         for sg in tunnel.channels {
             let Some(flow) = self.flows.get_mut(&sg) else {
                 continue;
             };
             flow.phase = FlowPhase::Error;
-            flow.reason = format!("cannot open a UDP socket for relay {relay}: {error}");
+            flow.reason.clone_from(&reason);
             out.push(Action::announce(JoinChange::Changed(flow.clone())));
         }
         // A race attempt that cannot even open a socket has failed: the
@@ -722,13 +729,7 @@ impl Orchestrator {
             let Some(mut flow) = self.flows.remove(&sg) else {
                 continue;
             };
-            if let Some(race) = &mut flow.race {
-                for attempt in &mut race.attempts {
-                    if attempt.choice.relay == relay {
-                        attempt.failed = true;
-                    }
-                }
-            }
+            mark_attempt_failed(&mut flow, relay, error);
             self.advance_race(&mut flow, now, true, &mut out);
             out.push(Action::announce(JoinChange::Changed(flow.clone())));
             self.flows.insert(sg, flow);
@@ -1177,7 +1178,7 @@ impl Orchestrator {
                 .map(|choice| RaceAttempt {
                     choice: *choice,
                     started: None,
-                    failed: false,
+                    failure: None,
                 })
                 .collect(),
         });
@@ -1253,10 +1254,15 @@ impl Orchestrator {
             return;
         };
         flow.phase = FlowPhase::Racing;
-        flow.reason = if race.attempts.iter().all(|a| a.failed) {
+        flow.reason = if race.attempts.iter().all(|a| a.failure.is_some()) {
+            let why: Vec<String> = race
+                .attempts
+                .iter()
+                .filter_map(|a| Some(format!("{}: {}", a.choice.relay, a.failure.as_ref()?)))
+                .collect();
             format!(
-                "every relay failed ({} tried); waiting for the policy to move on",
-                race.attempts.len()
+                "every relay failed ({}); waiting for the policy to move on",
+                why.join("; ")
             )
         } else {
             race.text(now)
@@ -1307,7 +1313,7 @@ impl Orchestrator {
             let had_its_chance = attempt
                 .started
                 .is_some_and(|t| t + self.cfg.attempt_delay <= now);
-            if !attempt.failed && !answered && had_its_chance {
+            if attempt.failure.is_none() && !answered && had_its_chance {
                 let after = attempt.started.map_or(0, |t| (now - t).as_millis());
                 self.report_failure(
                     other,
@@ -1445,5 +1451,16 @@ impl Orchestrator {
             reason: reason.into(),
             hold_down: with_fallback.is_some(),
         }));
+    }
+}
+
+/// Record that `flow`'s race attempt at `relay` failed, and why.
+fn mark_attempt_failed(flow: &mut FlowState, relay: SocketAddr, why: &str) {
+    if let Some(race) = &mut flow.race {
+        for attempt in &mut race.attempts {
+            if attempt.choice.relay == relay {
+                attempt.failure = Some(why.to_string());
+            }
+        }
     }
 }
