@@ -47,6 +47,9 @@ fn scale_cycle(lab: &Lab, join_mode: JoinMode) -> CycleReport {
     let daemon = DaemonOptions {
         join_mode,
         linger_s: 2,
+        dataplane: std::env::var("LAB_DATAPLANE")
+            .ok()
+            .filter(|m| !m.is_empty()),
         ..DaemonOptions::default()
     };
     let scale = ScaleLab::new(&lab.prefix, &lab.run_dir, &bin_dir()).expect("scale lab");
@@ -54,11 +57,13 @@ fn scale_cycle(lab: &Lab, join_mode: JoinMode) -> CycleReport {
         bin(name);
     }
     scale.extend(&plan, &daemon).expect("extending the lab");
+    // Waits, not limits: a slow (emulated, LAB_TIME_SCALE) host gets
+    // longer; what the test asserts does not depend on them.
     let opts = CycleOptions {
         steady: Duration::from_secs(5),
-        converge_timeout: Duration::from_secs(60),
-        teardown_timeout: Duration::from_secs(30),
-        settle_timeout: Duration::from_secs(30),
+        converge_timeout: Duration::from_secs(60).mul_f64(time_scale()),
+        teardown_timeout: Duration::from_secs(30).mul_f64(time_scale()),
+        settle_timeout: Duration::from_secs(30).mul_f64(time_scale()),
         ..CycleOptions::default()
     };
     let report = scale.run_cycle(&plan, &daemon, &opts).expect("scale cycle");

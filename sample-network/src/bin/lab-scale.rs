@@ -33,7 +33,8 @@ binary) and prints ONE JSON object on stdout (progress on stderr):
   2. the wanted set is written: seconds until every channel is accepted by
      its relay (the relay's channel_added events; its status JSON is
      checked to list them) and until every flow is 'forwarding' at the
-     daemon (GET /metrics, every 250 ms);
+     daemon (GET /metrics, every second: data decapsulated by the
+     gateway for that (S,G) lately; nothing goes through FRR here);
   3. ingestctl show flows --json and GET /metrics are timed;
   4. the daemon's CPU (sum of /proc/PID/task/*/schedstat) over --steady-s
      with data, then over --steady-s after the sender stopped;
@@ -149,6 +150,10 @@ struct DaemonArgs {
     /// amt.no_data_timeout_s of the daemon (default: the daemon's).
     #[arg(long)]
     no_data_timeout_s: Option<u64>,
+    /// The daemon's data plane: auto, kernel or userspace (default: the
+    /// daemon's, auto).
+    #[arg(long, env = "LAB_DATAPLANE", value_name = "auto|kernel|userspace")]
+    dataplane: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +197,7 @@ fn daemon(a: &DaemonArgs) -> DaemonOptions {
         join_mode: a.join_source,
         linger_s: a.linger_s,
         no_data_timeout_s: a.no_data_timeout_s,
+        dataplane: a.dataplane.clone().filter(|m| !m.is_empty()),
         ..DaemonOptions::default()
     }
 }

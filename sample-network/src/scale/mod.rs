@@ -149,6 +149,9 @@ pub struct DaemonOptions {
     pub no_data_timeout_s: Option<u64>,
     /// `--log-level` (the cycle counts the lines at info and above).
     pub log_level: String,
+    /// `--dataplane` (auto, kernel, userspace; None: the daemon's default,
+    /// auto).
+    pub dataplane: Option<String>,
 }
 
 impl Default for DaemonOptions {
@@ -158,6 +161,7 @@ impl Default for DaemonOptions {
             linger_s: 2,
             no_data_timeout_s: None,
             log_level: "info".into(),
+            dataplane: None,
         }
     }
 }
@@ -199,6 +203,10 @@ pub struct ScaleLab {
     pub bin_dir: PathBuf,
     /// `sample-network/lab`.
     pub lab_script: PathBuf,
+    /// `LAB_TIME_SCALE` (default 1): the lab's own waits (relay status,
+    /// daemon API, status file) are stretched by it on a slow (emulated)
+    /// host; the cycle's timeouts are the caller's.
+    pub time_scale: f64,
     topology: Topology,
 }
 
@@ -212,6 +220,11 @@ impl ScaleLab {
             run_dir: run_dir.to_path_buf(),
             bin_dir: bin_dir.to_path_buf(),
             lab_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("lab"),
+            time_scale: std::env::var("LAB_TIME_SCALE")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v >= 1.0)
+                .unwrap_or(1.0),
             topology,
         })
     }
@@ -222,6 +235,11 @@ impl ScaleLab {
 
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.run_dir.join(node)
+    }
+
+    /// A wait of the lab itself, stretched by [`ScaleLab::time_scale`].
+    fn lab_wait(&self, d: Duration) -> Duration {
+        d.mul_f64(self.time_scale)
     }
 
     pub fn bin(&self, name: &str) -> PathBuf {
@@ -472,6 +490,18 @@ impl ScaleLab {
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
         ] {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            if key == "net.core.optmem_max"
+                && self.exec(RELAY_NODE, &["test", "-e", &path]).is_err()
+            {
+                // Per namespace only since Linux 6.9 (Debian 12's 6.1 has it
+                // in the initial namespace alone): the relay then fills
+                // more raw sockets, each up to the host's optmem_max.
+                progress(&format!(
+                    "{key} is not per namespace on this kernel: the relay spreads its joins over more sockets"
+                ));
+                continue;
+            }
             self.exec(
                 RELAY_NODE,
                 &["sysctl", "-q", "-w", &format!("{key}={value}")],
@@ -574,13 +604,14 @@ impl ScaleLab {
             {
                 return Ok(());
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > self.lab_wait(Duration::from_secs(30)) {
                 return Err(step(
                     "scale relay",
                     format!(
-                        "no status with {} listeners in {} after 30 s (see {})",
+                        "no status with {} listeners in {} after {:?} (see {})",
                         plan.relays.len(),
                         status.display(),
+                        self.lab_wait(Duration::from_secs(30)),
                         dir.join("amt-relay.log").display()
                     ),
                 ));
@@ -630,12 +661,15 @@ impl ScaleLab {
         write_file(&config, &toml)?;
         write_file(&self.joinfile_path(), "")?;
         write_file(&border.join("scale-joins.all"), &plan.joinfile())?;
-        let argv = [
+        let mut argv = vec![
             self.bin("frr-ingestd").display().to_string(),
             format!("--config={}", config.display()),
             format!("--log-level={}", d.log_level),
             "--log-json".into(),
         ];
+        if let Some(mode) = &d.dataplane {
+            argv.push(format!("--dataplane={mode}"));
+        }
         let mut cmd = Vec::new();
         for a in &argv {
             cmd.extend_from_slice(a.as_bytes());
@@ -735,10 +769,14 @@ impl ScaleLab {
         let pid = self.proc_pid("border", DAEMON_PROC)?;
         let start = Instant::now();
         while self.ingestctl(&["show", "status", "--json"]).is_err() {
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > self.lab_wait(Duration::from_secs(30)) {
                 return Err(step(
                     "frr-ingestd",
-                    format!("its API did not answer within 30 s (see {})", log.display()),
+                    format!(
+                        "its API did not answer within {:?} (see {})",
+                        self.lab_wait(Duration::from_secs(30)),
+                        log.display()
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -823,9 +861,12 @@ impl ScaleLab {
 
         // What the relay's status says: every channel at its relay.
         let after = probe::unix_ms() + 1000;
-        if let Some(s) =
-            probe::read_status_after(&status_path, gateway, after, Duration::from_secs(10))
-        {
+        if let Some(s) = probe::read_status_after(
+            &status_path,
+            gateway,
+            after,
+            self.lab_wait(Duration::from_secs(10)),
+        ) {
             report.accepted.status_lists = expected
                 .iter()
                 .filter(|(sg, relay)| s.channels.contains_key(&(*relay, *sg)))
@@ -958,7 +999,7 @@ impl ScaleLab {
             &status_path,
             gateway,
             probe::unix_ms() + 1000,
-            Duration::from_secs(10),
+            self.lab_wait(Duration::from_secs(10)),
         ) {
             td.relay_status_channels_after = Some(s.channels.len());
             td.relay_status_subscriptions_after = Some(s.subscriptions);
@@ -1187,12 +1228,22 @@ pub struct Accepted {
     pub status_lists: usize,
 }
 
+/// What "data flowing" means in the report (also in its JSON).
+pub const FORWARDING_MEASURED_AT: &str = "at the daemon: a flow counts once its state is \
+    'forwarding' in GET /metrics, i.e. the gateway decapsulated data of that (S,G) from its relay \
+    within the last few seconds; relay_sent_all_s is the same at the relay (its status counts \
+    packets forwarded to the gateway). In joinfile mode nothing passes through FRR's multicast \
+    forwarding (a kernel without multicast routing can run it); in pimd mode the receivers' \
+    joins make the wanted set, but this figure is still the daemon's";
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Forwarding {
+    /// Where "data flowing" is measured ([`FORWARDING_MEASURED_AT`]).
+    pub measured_at: &'static str,
     /// Every flow `forwarding` at the daemon (its relay's data arrives).
     pub all: bool,
     /// From writing the wanted set until /metrics counted every flow
-    /// forwarding (polled every 250 ms).
+    /// forwarding (polled every second).
     pub seconds: Option<f64>,
     /// `frr_ingest_flows` by state when the wait ended, and the most
     /// flows seen forwarding at once.
@@ -1308,6 +1359,8 @@ pub struct CycleReport {
     pub relay_groups_per_socket: usize,
     pub linger_s: u64,
     pub no_data_timeout_s: Option<u64>,
+    /// `--dataplane` given to the daemon (null: its default, auto).
+    pub dataplane: Option<String>,
     pub accepted: Accepted,
     pub forwarding: Forwarding,
     pub relay: RelayFigures,
@@ -1341,8 +1394,12 @@ impl CycleReport {
             relay_groups_per_socket: p.relay_groups_per_socket,
             linger_s: d.linger_s,
             no_data_timeout_s: d.no_data_timeout_s,
+            dataplane: d.dataplane.clone(),
             accepted: Accepted::default(),
-            forwarding: Forwarding::default(),
+            forwarding: Forwarding {
+                measured_at: FORWARDING_MEASURED_AT,
+                ..Forwarding::default()
+            },
             relay: RelayFigures::default(),
             gateway_udp_drops: None,
             rss_mb: RssFigures::default(),
