@@ -635,13 +635,22 @@ impl ScaleLab {
         let config = border.join("scale.toml");
         let mut toml = format!(
             "# frr-ingestd for the scale lab (written by lab-scale).\n\
-             [frr]\nvty_dir = \"{vty}\"\nnetns = \"/var/run/netns/{ns}\"\n\n\
+             [frr]\nvty_dir = \"{vty}\"\nnetns = \"/var/run/netns/{ns}\"\n\
+             command_timeout_ms = {vty_timeout_ms}\n\n\
              [api]\nsocket = \"{socket}\"\nmetrics = \"{METRICS_ADDR}\"\n\n\
              [ingest]\njoin_source = \"{join}\"\n\n\
              [policy]\ndns_servers = [\"{dns}\"]\ndriad = {driad}\n\n\
              [amt]\nlinger_s = {linger}\n",
             vty = self.node_dir("ingest").display(),
             ns = self.ns("ingest"),
+            // pimd answers `show ip pim join json` for thousands of joins
+            // slowly on an emulated host; a vty timeout there looks like a
+            // pimd restart to the daemon (it keeps the join set for the
+            // restart grace, 75 s), so the default 2 s is stretched.
+            vty_timeout_ms = self
+                .lab_wait(Duration::from_secs(2))
+                .as_millis()
+                .min(60_000),
             socket = self.api_socket().display(),
             join = match d.join_mode {
                 JoinMode::Joinfile => format!("file:{}", self.joinfile_path().display()),
