@@ -43,7 +43,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::dataplane::{FEED_INTERVAL, KernelDataPlane, KernelOffload, KernelPathStats};
 use crate::gateway::{
@@ -553,7 +553,9 @@ const BATCHES_PER_WAKEUP: usize = 16;
 
 impl TunnelTask {
     async fn run(mut self) {
-        info!("tunnel started");
+        // Per-tunnel lines are at debug: with a thousand relays they would
+        // be thousands; the daemon summarises tunnel changes per cause.
+        debug!("tunnel started");
         let mut feed = tokio::time::interval(FEED_INTERVAL);
         feed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -590,7 +592,7 @@ impl TunnelTask {
         for waiter in self.close_waiters.drain(..) {
             let _ = waiter.send(());
         }
-        info!(stats = ?self.tunnel.stats(), "tunnel ended");
+        debug!(stats = ?self.tunnel.stats(), "tunnel ended");
     }
 
     fn feed_kernel_counters(&mut self) {
@@ -616,9 +618,9 @@ impl TunnelTask {
             }
         }
         while let Some(event) = self.tunnel.poll_event() {
-            // Per-(S,G) events are the daemon's to summarise (one line per
-            // relay and cause, not one per channel); per-tunnel ones are
-            // few and worth a line.
+            // Per-(S,G) and per-tunnel events are the daemon's to summarise
+            // (a few lines per cause and interval, with counts); only a
+            // relay lost or refusing is worth a line of its own here.
             match &event {
                 TunnelEvent::RelayLost { .. } | TunnelEvent::RelayRefused { .. } => {
                     warn!(?event, "tunnel event")
@@ -626,7 +628,7 @@ impl TunnelTask {
                 TunnelEvent::NoData { .. }
                 | TunnelEvent::DataFlowing { .. }
                 | TunnelEvent::DataStopped { .. } => debug!(?event, "tunnel event"),
-                _ => info!(?event, "tunnel event"),
+                _ => debug!(?event, "tunnel event"),
             }
             let _ = self.events.send(RelayEvent {
                 relay: self.cfg.tunnel.relay,

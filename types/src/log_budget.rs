@@ -29,6 +29,19 @@ impl LogBudget {
         }
     }
 
+    /// The budget of the daemon's per-item lines: two per cause every 10 s
+    /// and one summary line. At 10,000 channels over 1,000 relays a whole
+    /// set-up or teardown stays within a few dozen lines (issue 10: at most
+    /// 100 at info for a whole cycle); per-item detail is at debug.
+    pub fn daemon_default() -> Self {
+        Self::new(Duration::from_secs(10), 2)
+    }
+
+    /// How long a window lasts (summary lines say so).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Whether a line for `cause` may go out at `now`; when not, it is
     /// counted for the summary.
     pub fn allow(&mut self, cause: &str, now: Instant) -> bool {

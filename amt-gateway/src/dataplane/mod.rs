@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 pub use attach::{ATTACH_ENV, AttachInfo, AttachMode, AttachPreference, ParseAttachError};
 pub use kernel::{
@@ -357,7 +357,8 @@ impl KernelOffload {
             None => self.tunnel.clear_relay(),
             Some(r) => match self.tunnel.set_relay(r) {
                 Ok(()) => {
-                    info!(relay = %r, uplink = ?self.tunnel.uplink(), "kernel data plane follows the relay")
+                    // Once per tunnel: with a thousand relays, debug.
+                    debug!(relay = %r, uplink = ?self.tunnel.uplink(), "kernel data plane follows the relay")
                 }
                 Err(e) => {
                     self.failed_relay = Some(r);

@@ -456,7 +456,7 @@ impl Orchestrator {
             routes: BTreeMap::new(),
             decisions: Arc::new(PolicySet::new()),
             counters: OrchestratorCounters::default(),
-            log: LogBudget::new(Duration::from_secs(1), 5),
+            log: LogBudget::daemon_default(),
         }
     }
 
@@ -881,7 +881,10 @@ impl Orchestrator {
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         for (cause, n) in self.log.take_summary(now) {
-            info!("{n} more \"{cause}\" lines in the last second (each at debug level)");
+            info!(
+                "{n} more \"{cause}\" lines in the last {} s (each at debug level)",
+                self.log.window().as_secs()
+            );
         }
         let expired: Vec<SocketAddr> = self
             .tunnels

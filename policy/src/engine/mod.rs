@@ -200,7 +200,7 @@ impl Engine {
             decision_deadline: None,
             lookups_due_at: None,
             lookups_changed: true,
-            log: LogBudget::new(Duration::from_secs(1), 5),
+            log: LogBudget::daemon_default(),
         }
     }
 
@@ -458,7 +458,10 @@ impl Engine {
     pub fn evaluate(&mut self, now: Instant) -> PolicySet {
         self.dirty = false;
         for (cause, n) in self.log.take_summary(now) {
-            info!("{n} more \"{cause}\" lines in the last second (each at debug level)");
+            info!(
+                "{n} more \"{cause}\" lines in the last {} s (each at debug level)",
+                self.log.window().as_secs()
+            );
         }
         self.holddowns.prune(now);
         let wanted = self.wanted.clone();

@@ -49,10 +49,11 @@ memory net.core.optmem_max); raising these sysctls means fewer sockets.
 Status: a JSON line on stdout every --status-interval seconds (and on
 SIGUSR1), with per-gateway channels (and the listen address they use) and
 forwarded packet counts; the same object is written atomically to
---status-file if given. Receive-buffer drops, as the kernel counts them
-per socket: stats.listen_rx_drops (all AMT sockets; 0 means no gateway
-datagram was lost at the relay), stats.native_rx_drops (native raw
-sockets), and per socket in listen[] and native_sockets[]. Events (channel
+--status-file if given (with --status-file-only: there alone).
+Receive-buffer drops, as the kernel counts them per socket:
+stats.listen_rx_drops (all AMT sockets; 0 means no gateway datagram was
+lost at the relay), stats.native_rx_drops (native raw sockets), and per
+socket in listen[] and native_sockets[]. Events (channel
 added/removed/expired, native joins) are JSON lines too.
 
 Synthetic source (benchmarks): --synthetic S,G makes the relay generate
@@ -122,6 +123,11 @@ struct Args {
     /// Also write each status object to this file (atomic replace).
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
+    /// Write the status only to --status-file, not to stdout (a relay
+    /// holding thousands of channels has a status of megabytes); events
+    /// still go to stdout.
+    #[arg(long, requires = "status_file")]
+    status_file_only: bool,
     /// Receive buffer for native multicast sockets (bytes).
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     recv_buffer: usize,
@@ -215,6 +221,7 @@ fn options(args: &Args) -> anyhow::Result<Options> {
         status_interval: (args.status_interval > 0.0)
             .then(|| Duration::from_secs_f64(args.status_interval)),
         status_file: args.status_file.clone(),
+        status_file_only: args.status_file_only,
         recv_buffer: args.recv_buffer,
         synthetic,
     })

@@ -103,6 +103,8 @@ fn main() -> Result<()> {
         bail!("--rate must be a positive number");
     }
     signal::install_stop_handler().context("installing signal handlers")?;
+    // One socket per channel.
+    sample_network::raise_open_file_limit();
     let iface = args.channels.interface()?;
     let mut senders = Vec::new();
     for channel in args.channels.expanded()? {

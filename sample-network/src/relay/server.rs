@@ -48,6 +48,10 @@ pub struct Options {
     pub status_interval: Option<Duration>,
     /// Also written here, atomically.
     pub status_file: Option<PathBuf>,
+    /// Write the status only to `status_file`, not to stdout (the status
+    /// of a relay holding thousands of channels is megabytes; events still
+    /// go to stdout).
+    pub status_file_only: bool,
     /// Receive buffer of the native raw sockets (bytes).
     pub recv_buffer: usize,
     pub synthetic: Option<SyntheticOptions>,
@@ -135,7 +139,8 @@ struct Server {
 
 impl Server {
     fn open(options: Options) -> Result<Self, ServeError> {
-        raise_fd_limit();
+        // One socket per listen address: thousands in a scale lab.
+        crate::raise_open_file_limit();
         let started = Instant::now();
         let seed = random_seed();
         let mut listeners = Vec::with_capacity(options.listen.len());
@@ -407,7 +412,9 @@ impl Server {
             self.started,
             now,
         );
-        print_line(&status);
+        if !(self.options.status_file_only && self.options.status_file.is_some()) {
+            print_line(&status);
+        }
         if let Some(path) = &self.options.status_file
             && let Err(e) = write_status_file(path, &status)
         {
@@ -439,19 +446,4 @@ fn random_seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id())
-}
-
-/// Raises the open-file limit to its hard limit: a relay on thousands of
-/// addresses holds a socket per address (best effort; binding reports the
-/// shortfall by address).
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a valid rlimit struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

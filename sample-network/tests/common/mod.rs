@@ -1,10 +1,11 @@
 //! Harness of the lab tests: a lab per test (own namespace prefix and run
 //! directory, torn down on drop), the daemon, the receiver and vtysh.
 //!
-//! Lab tests need root (network namespaces, TUN, FRR) and a kernel with
-//! multicast routing. They do not skip: without root, FRR or multicast
-//! routing they fail with the reason, so CI cannot report success for a test
-//! that did not run.
+//! Lab tests need root (network namespaces, TUN, FRR) and, unless they say
+//! otherwise ([`Lab::up_without_multicast_routing`]: joinfile mode, where
+//! no FRR join is involved), a kernel with multicast routing. They do not
+//! skip: without root, FRR or multicast routing they fail with the reason,
+//! so CI cannot report success for a test that did not run.
 //!
 //! The FRR version is `LAB_FRR` (8, the default: the host's FRR; 10: the root
 //! of scripts/install-frr10 at `FRR10_ROOT`); `lab up` records it and the
@@ -138,7 +139,26 @@ pub fn frr10_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/frr-ingest/trixie"))
 }
 
+/// Whether a lab test needs the kernel's multicast routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MulticastRouting {
+    /// pimd joins or forwards (most lab tests): a kernel without
+    /// CONFIG_IP_MROUTE fails the test at once.
+    Needed,
+    /// Nothing goes through FRR's multicast routing (joinfile mode: the
+    /// wanted set comes from a file and the test watches the relays and the
+    /// daemon, not FRR's forwarding).
+    NotNeeded,
+}
+
+/// Root, FRR, `ip netns` and kernel multicast routing (see
+/// [`require_lab_prerequisites_for`]).
 pub fn require_lab_prerequisites() {
+    require_lab_prerequisites_for(MulticastRouting::Needed);
+}
+
+/// Root, FRR and `ip netns`, and multicast routing when `mroute` says so.
+pub fn require_lab_prerequisites_for(mroute: MulticastRouting) {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
@@ -168,6 +188,9 @@ pub fn require_lab_prerequisites() {
     // fail later with a misleading symptom. LAB_ALLOW_NO_MROUTE=1 lets the
     // tests run anyway to diagnose the rest of the lab on such a kernel (the
     // ones that need a join then fail at it; nothing is skipped).
+    if mroute == MulticastRouting::NotNeeded {
+        return;
+    }
     assert!(
         Path::new("/proc/net/ip_mr_vif").exists()
             || std::env::var_os("LAB_ALLOW_NO_MROUTE").is_some_and(|v| v == "1"),
@@ -281,7 +304,19 @@ impl Lab {
     /// (if set) is put in front of `prefix`, so that two checkouts can run
     /// the same lab test at once without sharing namespaces.
     pub fn up(prefix: &str) -> Lab {
-        require_lab_prerequisites();
+        Self::up_with(prefix, MulticastRouting::Needed)
+    }
+
+    /// [`Lab::up`] for a test that needs no multicast routing (joinfile
+    /// mode): it runs on a kernel without CONFIG_IP_MROUTE, where FRR forms
+    /// neighbours but cannot join or forward. Everything else is checked
+    /// as for [`Lab::up`].
+    pub fn up_without_multicast_routing(prefix: &str) -> Lab {
+        Self::up_with(prefix, MulticastRouting::NotNeeded)
+    }
+
+    fn up_with(prefix: &str, mroute: MulticastRouting) -> Lab {
+        require_lab_prerequisites_for(mroute);
         if time_scale() > 1.0 {
             println!(
                 "LAB_TIME_SCALE={}: a slow (emulated) lab host; latency limits and waits are \
