@@ -8,27 +8,16 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use amt_gateway::wire::amt::{self, MembershipQuery, Message, ResponseMac};
-use amt_gateway::wire::encap;
-use amt_gateway::wire::igmp;
-use amt_gateway::wire::ipv4::{self, Ipv4Repr, PROTO_UDP};
+use amt_gateway::wire::amt::{Message, ResponseMac};
+use amt_gateway::wire::ipv4;
 use amt_gateway::{Received, Tunnel, TunnelConfig};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+/// Multicast Data of an IPv4 UDP packet with TTL 1.
 fn data(src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> Vec<u8> {
-    let r = Ipv4Repr {
-        src,
-        dst,
-        protocol: PROTO_UDP,
-        ttl: 1,
-        tos: 0,
-        router_alert: false,
-        payload_len: 8 + payload,
-    };
-    let mut out = amt::MULTICAST_DATA_HEADER.to_vec();
-    let mut p = vec![0u8; r.total_len()];
-    let _ = r.emit(&mut p);
-    out.extend(p);
-    out
+    common::multicast_data(src.into(), dst.into(), 1, payload)
 }
 
 fn main() {
@@ -50,28 +39,8 @@ fn main() {
     }
     while let Some(tx) = t.poll_transmit() {
         if let Ok(Message::Request(r)) = Message::decode(&tx.payload) {
-            let q = encap::igmpv3_query_datagram(
-                Ipv4Addr::LOCALHOST,
-                &igmp::QueryRepr {
-                    max_resp_code: 10,
-                    group: Ipv4Addr::UNSPECIFIED,
-                    suppress_router_processing: false,
-                    qrv: 2,
-                    qqic: 125,
-                    sources: vec![],
-                },
-                true,
-            )
-            .unwrap_or_default();
-            let m = Message::MembershipQuery(MembershipQuery {
-                limit: false,
-                gateway_flag: false,
-                mac: ResponseMac([1; 6]),
-                nonce: r.nonce,
-                query: &q,
-                gateway: None,
-            });
-            t.handle_datagram(now, relay, &m.to_vec());
+            let m = common::general_query_message(r.nonce, ResponseMac([1; 6]), None);
+            t.handle_datagram(now, relay, &m);
         }
     }
     let hit = data(

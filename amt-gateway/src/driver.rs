@@ -20,6 +20,11 @@
 //! * IPv6 tunnel sockets accept zero UDP checksums (UDP_NO_CHECK6_RX), which
 //!   RFC 7450 allows relays to use on Multicast Data; IPv4 zero checksums
 //!   are always accepted by the kernel.
+//! * With a kernel data plane ([`DriverConfig::kernel`]) the tunnel
+//!   registers itself there, mirrors its relay address and subscriptions
+//!   into the BPF maps and feeds the kernel's per-(S,G) counters into the
+//!   sans-IO tunnel (every 500 ms, and before every timer and snapshot);
+//!   the socket path keeps handling whatever the kernel passes on.
 //! * Control from other tasks through a cloneable [`TunnelHandle`]
 //!   (commands over an mpsc channel). Events of every tunnel can share one
 //!   channel of [`RelayEvent`]s. Dropping every handle closes the tunnel
@@ -40,12 +45,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::dataplane::{FEED_INTERVAL, KernelDataPlane, KernelOffload, KernelPathStats};
 use crate::gateway::{
     Family, Received, SubscribeError, SubscriptionStats, Tunnel, TunnelConfig, TunnelEvent,
     TunnelState, TunnelStats,
 };
 use crate::tun::PacketSink;
 use crate::wire::{ipv4, ipv6};
+
+/// The inner TTL/hop limit delivered packets are raised to by default:
+/// a packet arriving with TTL 1 would otherwise die in the router it is
+/// handed to. Give the kernel data plane the same value.
+pub const DEFAULT_MIN_INNER_TTL: u8 = 2;
 
 /// Driver parameters around a [`TunnelConfig`].
 #[derive(Debug, Clone)]
@@ -62,11 +73,20 @@ pub struct DriverConfig {
     /// Largest datagram accepted; longer ones are dropped (counted).
     pub max_datagram: usize,
     /// Raise the TTL/hop limit of delivered packets to at least this.
+    /// (Packets the kernel data plane delivers follow its own
+    /// [`KernelConfig::min_inner_ttl`](crate::dataplane::KernelConfig),
+    /// given when it is opened: pass the same value.)
     pub min_inner_ttl: Option<u8>,
     /// RNG seed for nonces and backoff; default: from the OS RNG.
     pub rng_seed: Option<u64>,
     /// Upper bound on a graceful close (leaves are repeated QRV times).
     pub close_timeout: Duration,
+    /// Kernel data plane to register the tunnel with (see
+    /// [`crate::dataplane`]); `None`: userspace only. If the tunnel cannot
+    /// be registered, it runs on the userspace path (logged), unless
+    /// `kernel_required`, in which case [`spawn_tunnel`] fails.
+    pub kernel: Option<Arc<KernelDataPlane>>,
+    pub kernel_required: bool,
 }
 
 impl DriverConfig {
@@ -77,9 +97,11 @@ impl DriverConfig {
             recv_buffer_bytes: 8 << 20,
             batch_size: 32,
             max_datagram: 9216,
-            min_inner_ttl: Some(2),
+            min_inner_ttl: Some(DEFAULT_MIN_INNER_TTL),
             rng_seed: None,
             close_timeout: Duration::from_secs(10),
+            kernel: None,
+            kernel_required: false,
         }
     }
 }
@@ -106,6 +128,8 @@ pub struct DriverStats {
     pub ttl_raised: u64,
     /// Receive buffer the kernel granted (as reported by SO_RCVBUF).
     pub recv_buffer_bytes: usize,
+    /// The kernel data plane's part (None: userspace only).
+    pub kernel: Option<KernelPathStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +280,17 @@ pub fn spawn_tunnel(
     let seed = cfg.rng_seed.unwrap_or_else(rand::random);
     let now = Instant::now();
     let tunnel = Tunnel::new(cfg.tunnel.clone(), local, now, seed);
+    let offload = match &cfg.kernel {
+        None => None,
+        Some(plane) => match plane.add_tunnel(local, tunnel.relay()) {
+            Ok(t) => Some(KernelOffload::new(t)),
+            Err(e) if cfg.kernel_required => return Err(io::Error::other(e)),
+            Err(e) => {
+                warn!(relay = %relay, error = %e, "this tunnel runs on the userspace data plane");
+                None
+            }
+        },
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     // A root span: the tunnel outlives the flow that opened it and serves
     // others, so it must not log under that flow's (S,G).
@@ -276,6 +311,7 @@ pub fn spawn_tunnel(
             ..DriverStats::default()
         },
         last_sink_warning: None,
+        offload,
     };
     let join = tokio::spawn(task.run().instrument(span));
     Ok((
@@ -509,6 +545,7 @@ struct TunnelTask {
     stats: DriverStats,
     batch: RecvBatch,
     last_sink_warning: Option<Instant>,
+    offload: Option<KernelOffload>,
 }
 
 /// Batches handled per wakeup before timers and commands get a turn.
@@ -517,6 +554,8 @@ const BATCHES_PER_WAKEUP: usize = 16;
 impl TunnelTask {
     async fn run(mut self) {
         info!("tunnel started");
+        let mut feed = tokio::time::interval(FEED_INTERVAL);
+        feed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush().await;
             if self.tunnel.state() == TunnelState::Closed {
@@ -530,7 +569,11 @@ impl TunnelTask {
             tokio::select! {
                 biased;
                 cmd = self.commands.recv(), if self.commands_open => self.on_command(cmd),
-                _ = sleep_until_opt(timer), if timer.is_some() => self.tunnel.handle_timeout(Instant::now()),
+                _ = sleep_until_opt(timer), if timer.is_some() => {
+                    self.feed_kernel_counters();
+                    self.tunnel.handle_timeout(Instant::now())
+                }
+                _ = feed.tick(), if self.offload.is_some() => self.feed_kernel_counters(),
                 _ = sleep_until_opt(close_deadline), if close_deadline.is_some() => {
                     warn!("graceful close timed out");
                     break;
@@ -550,7 +593,16 @@ impl TunnelTask {
         info!(stats = ?self.tunnel.stats(), "tunnel ended");
     }
 
+    fn feed_kernel_counters(&mut self) {
+        if let Some(offload) = &mut self.offload {
+            offload.feed(&mut self.tunnel);
+        }
+    }
+
     async fn flush(&mut self) {
+        if let Some(offload) = &mut self.offload {
+            offload.sync_relay(self.tunnel.relay());
+        }
         while let Some(tx) = self.tunnel.poll_transmit() {
             let dest = match (self.socket.local_addr(), tx.destination) {
                 (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
@@ -585,6 +637,9 @@ impl TunnelTask {
 
     fn start_close(&mut self) {
         let now = Instant::now();
+        if let Some(offload) = &mut self.offload {
+            offload.unsubscribe_all(&mut self.tunnel);
+        }
         self.tunnel.close(now);
         if self.close_deadline.is_none() {
             self.close_deadline =
@@ -606,9 +661,17 @@ impl TunnelTask {
                     Ok(_) => debug!(%sg, "subscribe"),
                     Err(error) => warn!(%sg, %error, "subscribe refused"),
                 }
+                if let (Ok(true), Some(offload)) = (&r, &mut self.offload) {
+                    offload.subscribe(sg);
+                }
                 let _ = reply.send(r);
             }
             Some(Command::Unsubscribe { sg, reply }) => {
+                if let Some(offload) = &mut self.offload
+                    && self.tunnel.is_subscribed(sg)
+                {
+                    offload.unsubscribe(&mut self.tunnel, sg);
+                }
                 let r = self.tunnel.unsubscribe(sg, now);
                 if r {
                     debug!(%sg, "unsubscribe");
@@ -621,6 +684,7 @@ impl TunnelTask {
                 }
             }
             Some(Command::Snapshot(reply)) => {
+                self.feed_kernel_counters();
                 let _ = reply.send(self.snapshot(now));
             }
             Some(Command::Close(reply)) => {
@@ -631,13 +695,15 @@ impl TunnelTask {
     }
 
     fn snapshot(&self, now: Instant) -> TunnelSnapshot {
+        let mut driver = self.stats.clone();
+        driver.kernel = self.offload.as_ref().map(KernelOffload::stats);
         TunnelSnapshot {
             configured_relay: self.cfg.tunnel.relay,
             relay: self.tunnel.relay(),
             local: self.tunnel.local(),
             state: self.tunnel.state(),
             stats: self.tunnel.stats().clone(),
-            driver: self.stats.clone(),
+            driver,
             subscriptions: self
                 .tunnel
                 .subscriptions()

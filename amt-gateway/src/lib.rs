@@ -6,9 +6,12 @@
 //! * [`driver`]: tokio driver: socket per tunnel, batched receive, packets
 //!   into a shared [`PacketSink`], control through a [`TunnelHandle`].
 //! * [`tun`]: the sink trait and a TUN device/writer.
+//! * [`dataplane`]: the data plane choice (`auto|kernel|userspace`) and the
+//!   kernel data plane (BPF decapsulation at TC ingress).
 //! * [`relay`]: a sans-IO lab relay core (used by the lab `amt-relay` and
 //!   by interoperability tests).
 
+pub mod dataplane;
 pub mod driver;
 pub mod gateway;
 pub mod relay;

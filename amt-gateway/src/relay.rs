@@ -374,14 +374,7 @@ impl Relay {
                 );
                 encap::igmpv3_query_datagram(
                     Ipv4Addr::UNSPECIFIED,
-                    &igmp::QueryRepr {
-                        max_resp_code: mrc,
-                        group: Ipv4Addr::UNSPECIFIED,
-                        suppress_router_processing: false,
-                        qrv,
-                        qqic,
-                        sources: vec![],
-                    },
+                    &igmp::QueryRepr::general(mrc, qrv, qqic),
                     true,
                 )
             }
@@ -391,14 +384,7 @@ impl Relay {
                 );
                 encap::mldv2_query_datagram(
                     Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x2268),
-                    &mld::QueryRepr {
-                        max_resp_code: mrc,
-                        group: Ipv6Addr::UNSPECIFIED,
-                        suppress_router_processing: false,
-                        qrv,
-                        qqic,
-                        sources: vec![],
-                    },
+                    &mld::QueryRepr::general(mrc, qrv, qqic),
                 )
             }
         }
@@ -689,20 +675,35 @@ mod tests {
     }
 
     fn data(s: &str, g: &str) -> Vec<u8> {
-        let r = crate::wire::ipv4::Ipv4Repr {
-            src: s.parse().unwrap(),
-            dst: g.parse().unwrap(),
-            protocol: 17,
-            ttl: 3,
-            tos: 0,
-            router_alert: false,
-            payload_len: 8,
-        };
+        let ip = crate::wire::ip::IpRepr::new(ip(s), ip(g), 17, 3, 8).unwrap();
         let mut b = amt::MULTICAST_DATA_HEADER.to_vec();
-        let mut p = vec![0u8; r.total_len()];
-        r.emit(&mut p).unwrap();
-        b.extend(p);
+        b.extend(ip.packet().unwrap().0);
         b
+    }
+
+    /// What `r`'s Query answering an IGMPv3 Request with `nonce` says:
+    /// the L flag, the MAC and the G trailer.
+    struct QueryAnswer {
+        limit: bool,
+        mac: ResponseMac,
+        gateway: Option<SocketAddr>,
+    }
+
+    fn query_for_request(r: &mut Relay, now: Instant, nonce: u32) -> QueryAnswer {
+        let request = Message::Request(amt::Request {
+            nonce,
+            kind: QueryKind::Igmpv3,
+        });
+        r.handle_datagram(now, gw_addr(), relay_ip(), &request.to_vec());
+        let q = r.poll_transmit().unwrap();
+        let Ok(Message::MembershipQuery(mq)) = Message::decode(&q.payload) else {
+            panic!("no Query for Request {nonce}: {:?}", q.payload)
+        };
+        QueryAnswer {
+            limit: mq.limit,
+            mac: mq.mac,
+            gateway: mq.gateway,
+        }
     }
 
     #[test]
@@ -862,20 +863,7 @@ mod tests {
             r.handle_datagram(t0, gw_addr(), relay_ip(), &update(ResponseMac([0; 6]), 77)),
             RelayInput::Rejected(RejectReason::UnknownNonce)
         );
-        r.handle_datagram(
-            t0,
-            gw_addr(),
-            relay_ip(),
-            &Message::Request(amt::Request {
-                nonce: 77,
-                kind: QueryKind::Igmpv3,
-            })
-            .to_vec(),
-        );
-        let q = r.poll_transmit().unwrap();
-        let Ok(Message::MembershipQuery(mq)) = Message::decode(&q.payload) else {
-            panic!()
-        };
+        let mq = query_for_request(&mut r, t0, 77);
         assert!(!mq.limit);
         assert_eq!(mq.gateway, None);
         assert_eq!(
@@ -910,20 +898,7 @@ mod tests {
             t0,
             5,
         );
-        refusing.handle_datagram(
-            t0,
-            gw_addr(),
-            relay_ip(),
-            &Message::Request(amt::Request {
-                nonce: 1,
-                kind: QueryKind::Igmpv3,
-            })
-            .to_vec(),
-        );
-        let q = refusing.poll_transmit().unwrap();
-        let Ok(Message::MembershipQuery(mq)) = Message::decode(&q.payload) else {
-            panic!()
-        };
+        let mq = query_for_request(&mut refusing, t0, 1);
         assert!(mq.limit);
         assert_eq!(
             refusing.handle_datagram(t0, gw_addr(), relay_ip(), &update(mq.mac, 1)),

@@ -101,6 +101,7 @@ impl PacketSink for TunWriter {
 pub struct TunDevice {
     writer: TunWriter,
     name: String,
+    ifindex: u32,
 }
 
 #[repr(C)]
@@ -113,16 +114,49 @@ struct IfReqFlags {
 impl TunDevice {
     /// Opens TUN `name` (see [`open_tun`]).
     pub fn create(name: &str) -> io::Result<Self> {
+        let fd = open_tun(name)?;
+        let cname = std::ffi::CString::new(name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: a NUL-terminated interface name.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self {
-            writer: TunWriter {
-                fd: open_tun(name)?,
-            },
+            writer: TunWriter { fd },
             name: name.to_owned(),
+            ifindex,
         })
+    }
+
+    /// Creates the TUN (see [`TunDevice::create`]) inside the network
+    /// namespace at `netns` (e.g. `/run/netns/frr`) and sets it up there;
+    /// the rest of the process stays where it is. Needs CAP_SYS_ADMIN
+    /// (setns) besides CAP_NET_ADMIN. [`TunDevice::ifindex`] is the index
+    /// in that namespace.
+    pub fn create_in_netns(name: &str, netns: &std::path::Path) -> io::Result<Self> {
+        let ns = std::fs::File::open(netns)?;
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            // SAFETY: setns on a namespace fd; affects only this thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let dev = Self::create(&name)?;
+            dev.set_up()?;
+            Ok(dev)
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Interface index (in the namespace the device was created in).
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// Sets IFF_UP on the device (writes to a down TUN fail with EIO).
@@ -143,27 +177,18 @@ impl TunDevice {
         for (dst, src) in req.name.iter_mut().zip(self.name.bytes()) {
             *dst = src as libc::c_char;
         }
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the name and flags of
-        // a struct ifreq, which IfReqFlags mirrors (same size, see test).
-        unsafe {
-            if libc::ioctl(
-                ctl.as_raw_fd(),
-                libc::SIOCGIFFLAGS,
-                &mut req as *mut IfReqFlags,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
+        let flags_ioctl = |request: libc::Ioctl, req: &mut IfReqFlags| {
+            // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the name and flags
+            // of a struct ifreq, which IfReqFlags mirrors (same size, see test).
+            if unsafe { libc::ioctl(ctl.as_raw_fd(), request, req as *mut IfReqFlags) } < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
             }
-            req.flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(
-                ctl.as_raw_fd(),
-                libc::SIOCSIFFLAGS,
-                &mut req as *mut IfReqFlags,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        };
+        flags_ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+        req.flags |= libc::IFF_UP as libc::c_short;
+        flags_ioctl(libc::SIOCSIFFLAGS, &mut req)?;
         Ok(())
     }
 

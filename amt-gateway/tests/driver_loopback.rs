@@ -1,13 +1,15 @@
 //! The tokio driver against a scripted relay on 127.0.0.1 (loopback only).
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amt_gateway::wire::amt::{self, MembershipQuery, Message, ResponseMac};
-use amt_gateway::wire::encap::{self, EncapReport};
-use amt_gateway::wire::ipv4::{Ipv4Header, Ipv4Repr, PROTO_UDP};
-use amt_gateway::wire::{RecordType, igmp};
+use amt_gateway::wire::RecordType;
+use amt_gateway::wire::amt::{self, Message, ResponseMac};
+use amt_gateway::wire::encap::EncapReport;
+use amt_gateway::wire::ipv4::Ipv4Header;
 use amt_gateway::{
     DriverConfig, PacketSink, RelayEvent, TunnelConfig, TunnelEvent, TunnelState, spawn_tunnel,
 };
@@ -45,20 +47,7 @@ async fn recv_msg(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 }
 
 fn data_packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
-    let r = Ipv4Repr {
-        src,
-        dst,
-        protocol: PROTO_UDP,
-        ttl,
-        tos: 0,
-        router_alert: false,
-        payload_len: 8 + 16,
-    };
-    let mut p = vec![0u8; r.total_len()];
-    r.emit(&mut p).unwrap();
-    let mut msg = amt::MULTICAST_DATA_HEADER.to_vec();
-    msg.extend(p);
-    msg
+    common::multicast_data(src.into(), dst.into(), ttl, 16)
 }
 
 /// The next event that is not a data edge (DataFlowing/DataStopped say
@@ -114,29 +103,9 @@ async fn discovery_join_data_and_graceful_close_over_loopback() {
     let Ok(Message::Request(r)) = Message::decode(&bytes) else {
         panic!("{bytes:?}")
     };
-    let q = encap::igmpv3_query_datagram(
-        Ipv4Addr::LOCALHOST,
-        &igmp::QueryRepr {
-            max_resp_code: 10,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        },
-        true,
-    )
-    .unwrap();
     let mac = ResponseMac([1, 2, 3, 4, 5, 6]);
-    let query = Message::MembershipQuery(MembershipQuery {
-        limit: false,
-        gateway_flag: true,
-        mac,
-        nonce: r.nonce,
-        query: &q,
-        gateway: Some(gw),
-    });
-    relay_sock.send_to(&query.to_vec(), gw).await.unwrap();
+    let query = common::general_query_message(r.nonce, mac, Some(gw));
+    relay_sock.send_to(&query, gw).await.unwrap();
     assert!(matches!(
         next_event(&mut ev_rx).await,
         TunnelEvent::Up { .. }
@@ -288,28 +257,8 @@ async fn zero_checksum_ipv6_data_is_accepted() {
     let Ok(Message::Request(r)) = Message::decode(&bytes) else {
         panic!("{bytes:?}")
     };
-    let q = encap::igmpv3_query_datagram(
-        Ipv4Addr::LOCALHOST,
-        &igmp::QueryRepr {
-            max_resp_code: 10,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        },
-        true,
-    )
-    .unwrap();
-    let query = Message::MembershipQuery(MembershipQuery {
-        limit: false,
-        gateway_flag: false,
-        mac: ResponseMac([9; 6]),
-        nonce: r.nonce,
-        query: &q,
-        gateway: None,
-    });
-    relay_sock.send_to(&query.to_vec(), gw).await.unwrap();
+    let query = common::general_query_message(r.nonce, ResponseMac([9; 6]), None);
+    relay_sock.send_to(&query, gw).await.unwrap();
     for _ in 0..5 {
         relay_sock
             .send_to(

@@ -71,26 +71,12 @@ fn query_bytes(nonce: u32, v6: bool, limit: bool, qrv: u8, qqic: u8) -> Vec<u8> 
     let datagram = if v6 {
         encap::mldv2_query_datagram(
             "fe80::2".parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST),
-            &mld::QueryRepr {
-                max_resp_code: 1000,
-                group: std::net::Ipv6Addr::UNSPECIFIED,
-                suppress_router_processing: false,
-                qrv,
-                qqic,
-                sources: vec![],
-            },
+            &mld::QueryRepr::general(1000, qrv, qqic),
         )
     } else {
         encap::igmpv3_query_datagram(
             Ipv4Addr::new(10, 0, 0, 1),
-            &igmp::QueryRepr {
-                max_resp_code: 10,
-                group: Ipv4Addr::UNSPECIFIED,
-                suppress_router_processing: false,
-                qrv,
-                qqic,
-                sources: vec![],
-            },
+            &igmp::QueryRepr::general(10, qrv, qqic),
             true,
         )
     }

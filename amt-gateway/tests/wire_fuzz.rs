@@ -59,27 +59,13 @@ fn decode_everything(bytes: &[u8]) {
 fn valid_messages() -> Vec<Vec<u8>> {
     let q4 = encap::igmpv3_query_datagram(
         Ipv4Addr::new(10, 0, 0, 1),
-        &igmp::QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        },
+        &igmp::QueryRepr::general(100, 2, 125),
         true,
     )
     .unwrap_or_default();
     let q6 = encap::mldv2_query_datagram(
         "fe80::1".parse().unwrap_or(Ipv6Addr::LOCALHOST),
-        &mld::QueryRepr {
-            max_resp_code: 10_000,
-            group: Ipv6Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        },
+        &mld::QueryRepr::general(10_000, 2, 125),
     )
     .unwrap_or_default();
     let r4 = encap::igmpv3_report_datagram(
@@ -154,6 +140,29 @@ fn valid_messages() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Records of a known type (1..=6) with random group and sources: `A` is
+/// Ipv4Addr (IGMPv3, N = 4) or Ipv6Addr (MLDv2, N = 16).
+fn group_records<A, const N: usize>(
+    sources: std::ops::Range<usize>,
+    records: std::ops::Range<usize>,
+) -> impl Strategy<Value = Vec<GroupRecord<A>>>
+where
+    A: From<[u8; N]> + std::fmt::Debug,
+    [u8; N]: Arbitrary,
+{
+    let record = (
+        1u8..=6,
+        any::<[u8; N]>(),
+        proptest::collection::vec(any::<[u8; N]>(), sources),
+    )
+        .prop_map(|(t, g, s)| GroupRecord {
+            record_type: RecordType::from_u8(t),
+            group: A::from(g),
+            sources: s.into_iter().map(A::from).collect(),
+        });
+    proptest::collection::vec(record, records)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 
@@ -190,15 +199,8 @@ proptest! {
     }
 
     #[test]
-    fn igmp_reports_round_trip(records in proptest::collection::vec(
-        (1u8..=6, any::<[u8; 4]>(), proptest::collection::vec(any::<[u8; 4]>(), 0..5)), 0..6)) {
-        let report = igmp::ReportRepr {
-            records: records.into_iter().map(|(t, g, s)| GroupRecord {
-                record_type: RecordType::from_u8(t),
-                group: Ipv4Addr::from(g),
-                sources: s.into_iter().map(Ipv4Addr::from).collect(),
-            }).collect(),
-        };
+    fn igmp_reports_round_trip(records in group_records::<Ipv4Addr, 4>(0..5, 0..6)) {
+        let report = igmp::ReportRepr { records };
         let d = encap::igmpv3_report_datagram(Ipv4Addr::new(10, 0, 0, 2), &report).unwrap();
         match EncapReport::parse(&d).unwrap() {
             EncapReport::Igmp { report: r, .. } => prop_assert_eq!(r, report),
@@ -207,15 +209,8 @@ proptest! {
     }
 
     #[test]
-    fn mld_reports_round_trip(records in proptest::collection::vec(
-        (1u8..=6, any::<[u8; 16]>(), proptest::collection::vec(any::<[u8; 16]>(), 0..4)), 0..5)) {
-        let report = mld::ReportRepr {
-            records: records.into_iter().map(|(t, g, s)| GroupRecord {
-                record_type: RecordType::from_u8(t),
-                group: Ipv6Addr::from(g),
-                sources: s.into_iter().map(Ipv6Addr::from).collect(),
-            }).collect(),
-        };
+    fn mld_reports_round_trip(records in group_records::<Ipv6Addr, 16>(0..4, 0..5)) {
+        let report = mld::ReportRepr { records };
         let src: Ipv6Addr = "fe80::9".parse().unwrap();
         let d = encap::mldv2_report_datagram(src, &report).unwrap();
         match EncapReport::parse(&d).unwrap() {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use amt_gateway::dataplane::{
+    AttachedInterface, AttachmentRole, DataPlaneStatus, KernelDataPlane, PassReason,
+};
 use futures::Stream;
 use ingest_proto::v1::ingest_server::{Ingest, IngestServer};
 use ingest_proto::v1::*;
@@ -39,11 +42,27 @@ pub struct ApiInfo {
     pub tun_neighbor6: String,
     pub ipv4_rpf: String,
     pub join_source: String,
+    /// Which data plane runs and why (None: not chosen, e.g. in tests).
+    pub dataplane: Option<DataPlaneStatus>,
+    /// The kernel data plane, when it runs (its attachments are live).
+    pub kernel: Option<Arc<KernelDataPlane>>,
 }
 
 impl ApiService {
     pub fn new(shared: Shared, tun: Arc<IngestTun>, info: ApiInfo) -> Self {
         Self { shared, tun, info }
+    }
+}
+
+/// One attachment of the kernel data plane, for people: "eth0 (uplink,
+/// 2 tunnels)".
+fn attachment_text(a: &AttachedInterface) -> String {
+    match &a.role {
+        AttachmentRole::Uplink { tunnels } => format!("{} (uplink, {tunnels} tunnels)", a.name),
+        AttachmentRole::VethLocal => format!("{} (veth, this side)", a.name),
+        AttachmentRole::VethRemote { netns } => {
+            format!("{} (veth into {})", a.name, netns.display())
+        }
     }
 }
 
@@ -84,26 +103,15 @@ impl Ingest for ApiService {
         let core = st.counters();
         let c = &self.shared.counters;
         let mut counters = std::collections::HashMap::new();
-        counters.insert(
-            "pim_malformed".into(),
-            c.pim_malformed.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "mroute_events".into(),
-            c.mroute_events.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "tun_read_other".into(),
-            c.tun_read_other.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "injected_packets".into(),
-            c.injected.load(Ordering::Relaxed),
-        );
-        counters.insert(
-            "tunnels_opened".into(),
-            c.tunnels_opened.load(Ordering::Relaxed),
-        );
+        for (name, counter) in [
+            ("pim_malformed", &c.pim_malformed),
+            ("mroute_events", &c.mroute_events),
+            ("tun_read_other", &c.tun_read_other),
+            ("injected_packets", &c.injected),
+            ("tunnels_opened", &c.tunnels_opened),
+        ] {
+            counters.insert(name.into(), counter.load(Ordering::Relaxed));
+        }
         for (name, value) in [
             ("relay_races", core.races),
             ("tunnels_closed", core.tunnels_closed),
@@ -147,6 +155,35 @@ impl Ingest for ApiService {
             tun_neighbor6: self.info.tun_neighbor6.clone(),
             ipv4_rpf: self.info.ipv4_rpf.clone(),
             race_winners: core.race_winners.to_vec(),
+            dataplane: self
+                .info
+                .dataplane
+                .as_ref()
+                .map(|d| d.running.as_str().to_string())
+                .unwrap_or_default(),
+            dataplane_requested: self
+                .info
+                .dataplane
+                .as_ref()
+                .map(|d| d.requested.to_string())
+                .unwrap_or_default(),
+            dataplane_reason: self
+                .info
+                .dataplane
+                .as_ref()
+                .map(DataPlaneStatus::reason_text)
+                .unwrap_or_default(),
+            dataplane_interfaces: self
+                .info
+                .kernel
+                .as_ref()
+                .map(|k| {
+                    k.attached_interfaces()
+                        .iter()
+                        .map(attachment_text)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }))
     }
 
@@ -275,6 +312,24 @@ impl Ingest for ApiService {
                 msg.relay_losses = s.stats.relay_losses;
                 msg.stall_requests = s.stats.stall_requests;
                 msg.protocol_state = format!("{:?}", s.state).to_lowercase();
+                match &s.driver.kernel {
+                    Some(k) => {
+                        msg.dataplane = match &k.uplink {
+                            Some(uplink) => format!("kernel via {uplink}"),
+                            None => {
+                                "userspace (the kernel data plane does not reach this relay)".into()
+                            }
+                        };
+                        msg.kernel_packets = k.counters.packets;
+                        msg.kernel_bytes = k.counters.bytes;
+                        msg.kernel_passed = PassReason::ALL
+                            .iter()
+                            .map(|r| (r.as_str().to_string(), k.counters.passed(*r)))
+                            .filter(|(_, n)| *n > 0)
+                            .collect();
+                    }
+                    None => msg.dataplane = "userspace".into(),
+                }
                 if let Some(r) = s.stats.relay_address {
                     msg.relay_address = r.to_string();
                 }

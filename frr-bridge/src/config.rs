@@ -208,6 +208,13 @@ pub struct AmtConfig {
     /// relays, the next one is tried too after this many milliseconds
     /// without an answer; the first to answer carries the flow.
     pub connection_attempt_delay_ms: u64,
+    /// Where AMT data is decapsulated: "kernel" (a BPF program at TC
+    /// ingress of the uplink hands it to amt0 without a copy to userspace;
+    /// needs CAP_BPF and CAP_NET_ADMIN, Linux >= 6.1), "userspace" (each
+    /// tunnel's socket, one TUN write per packet), or "auto" (kernel when
+    /// it loads, else userspace; the reason is logged and shown by
+    /// `ingestctl show status`). Control messages always go to userspace.
+    pub dataplane: String,
     /// Static relay map: sources in `prefix` are ingested through `relay`.
     /// It overrides DNS discovery (DRIAD), and is the fallback for
     /// operators who want fixed relays.
@@ -221,6 +228,7 @@ impl Default for AmtConfig {
             bind: None,
             no_data_timeout_s: 10,
             connection_attempt_delay_ms: 250,
+            dataplane: "auto".into(),
             static_relays: Vec::new(),
         }
     }
@@ -493,6 +501,7 @@ impl Config {
                 "must be 10..60000 milliseconds",
             ));
         }
+        self.dataplane_mode()?;
         if self.amt.linger_s > 86_400 {
             return Err(invalid("amt.linger_s", "must be at most 86400 seconds"));
         }
@@ -505,6 +514,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `amt.dataplane` parsed.
+    pub fn dataplane_mode(&self) -> Result<amt_gateway::dataplane::DataPlaneMode, ConfigError> {
+        self.amt
+            .dataplane
+            .parse()
+            .map_err(|e: amt_gateway::dataplane::ParseModeError| {
+                invalid("amt.dataplane", e.to_string())
+            })
     }
 
     /// `tun.ipv4_rpf` parsed.

@@ -43,17 +43,21 @@ mod tests {
     use super::*;
     use amt_gateway::wire::checksum::internet_checksum;
 
-    #[test]
-    fn ipv4_packet_checksums() {
-        let spec = InjectSpec {
-            source: "198.51.100.4".parse().unwrap(),
-            group: "232.1.1.1".parse().unwrap(),
+    /// Ports 5000 to 5001, TTL 16.
+    fn spec(source: &str, group: &str, payload_size: usize) -> InjectSpec {
+        InjectSpec {
+            source: source.parse().unwrap(),
+            group: group.parse().unwrap(),
             src_port: 5000,
             dst_port: 5001,
             ttl: 16,
-            payload_size: 100,
-        };
-        let p = build_packet(&spec, 42, 7).unwrap();
+            payload_size,
+        }
+    }
+
+    #[test]
+    fn ipv4_packet_checksums() {
+        let p = build_packet(&spec("198.51.100.4", "232.1.1.1", 100), 42, 7).unwrap();
         assert_eq!(p.len(), 20 + 8 + 100);
         assert_eq!(internet_checksum(&p[..20]), 0);
         assert_eq!(&p[28..36], &42u64.to_be_bytes());
@@ -66,14 +70,7 @@ mod tests {
 
     #[test]
     fn ipv6_and_mixed() {
-        let mut spec = InjectSpec {
-            source: "2001:db8::4".parse().unwrap(),
-            group: "ff3e::1:1".parse().unwrap(),
-            src_port: 1,
-            dst_port: 2,
-            ttl: 3,
-            payload_size: 0,
-        };
+        let mut spec = spec("2001:db8::4", "ff3e::1:1", 0);
         let p = build_packet(&spec, 1, 1).unwrap();
         assert_eq!(p.len(), 40 + 8 + MIN_PAYLOAD);
         assert_eq!(p[0] >> 4, 6);

@@ -323,15 +323,13 @@ fn admitted_count(set: &PolicySet) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::wait_published;
     use ingest_policy::engine::{FlowPolicy, RelayVerdict};
+    use ingest_policy::fixtures::sg;
     use ingest_policy::joinfile::read_joinfile;
 
-    fn sg(s: &str, g: &str) -> SourceGroup {
-        SourceGroup {
-            source: s.parse().unwrap(),
-            group: g.parse().unwrap(),
-        }
-    }
+    /// How long a test waits for the source to publish.
+    const WAIT: Duration = Duration::from_secs(20);
 
     struct Dir(PathBuf);
     impl Dir {
@@ -348,22 +346,24 @@ mod tests {
         }
     }
 
-    async fn wait_for(
-        rx: &mut watch::Receiver<Arc<WantedSet>>,
-        what: &str,
-        check: impl Fn(&WantedSet) -> bool,
-    ) -> Arc<WantedSet> {
-        let waited = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let current = rx.borrow_and_update().clone();
-                if check(&current) {
-                    return current;
-                }
-                rx.changed().await.expect("source stopped");
-            }
-        })
-        .await;
-        waited.unwrap_or_else(|_| panic!("never published: {what}; last: {:?}", rx.borrow()))
+    /// The joinfile source on `path`, polling every 10 ms: what it
+    /// publishes, its status, and its task.
+    fn start_source(
+        path: &Path,
+    ) -> (
+        watch::Receiver<Arc<WantedSet>>,
+        Arc<Mutex<WatchStatus>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = watch::channel(Arc::new(WantedSet::default()));
+        let status = Arc::new(Mutex::new(WatchStatus::default()));
+        let task = tokio::spawn(run_joinfile_source(
+            path.to_path_buf(),
+            Duration::from_millis(10),
+            tx,
+            status.clone(),
+        ));
+        (rx, status, task)
     }
 
     async fn wait_status(
@@ -393,15 +393,8 @@ mod tests {
             "# from pimwatch\n198.51.100.1,232.1.1.1\n198.51.100.2, 232.1.1.2, 3\n",
         )
         .unwrap();
-        let (tx, mut rx) = watch::channel(Arc::new(WantedSet::default()));
-        let status = Arc::new(Mutex::new(WatchStatus::default()));
-        let task = tokio::spawn(run_joinfile_source(
-            path.clone(),
-            Duration::from_millis(10),
-            tx,
-            status.clone(),
-        ));
-        let set = wait_for(&mut rx, "two flows", |s| s.len() == 2).await;
+        let (mut rx, status, task) = start_source(&path);
+        let set = wait_published(&mut rx, WAIT, "two flows", |s| s.len() == 2).await;
         assert_eq!(
             set[&sg("198.51.100.1", "232.1.1.1")].interfaces,
             vec!["joinfile#1"]
@@ -420,7 +413,7 @@ mod tests {
             "198.51.100.2,232.1.1.2,5\n198.51.100.3 232.1.1.3\n198.51.100.4,10.0.0.1\n2001:db8::1,ff3e::1,2\n",
         )
         .unwrap();
-        let set = wait_for(&mut rx, "new content", |s| {
+        let set = wait_published(&mut rx, WAIT, "new content", |s| {
             s.contains_key(&sg("2001:db8::1", "ff3e::1"))
         })
         .await;
@@ -444,7 +437,7 @@ mod tests {
         let tmp = dir.0.join(".pimwatch.sgs.tmp");
         std::fs::write(&tmp, "198.51.100.9,232.1.1.9,4000\n").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        let set = wait_for(&mut rx, "recreated", |s| s.len() == 1).await;
+        let set = wait_published(&mut rx, WAIT, "recreated", |s| s.len() == 1).await;
         assert_eq!(
             set[&sg("198.51.100.9", "232.1.1.9")].interfaces.len(),
             MAX_JOINFILE_POPULATION as usize,
@@ -470,18 +463,11 @@ mod tests {
     async fn missing_at_start_then_created() {
         let dir = Dir::new("late");
         let path = dir.0.join("cbacc.sgs");
-        let (tx, mut rx) = watch::channel(Arc::new(WantedSet::default()));
-        let status = Arc::new(Mutex::new(WatchStatus::default()));
-        let task = tokio::spawn(run_joinfile_source(
-            path.clone(),
-            Duration::from_millis(10),
-            tx,
-            status.clone(),
-        ));
+        let (mut rx, status, task) = start_source(&path);
         wait_status(&status, |s| s.poll_errors >= 2).await;
         assert!(rx.borrow().is_empty());
         std::fs::write(&path, "198.51.100.1,232.1.1.1\n").unwrap();
-        wait_for(&mut rx, "created", |s| s.len() == 1).await;
+        wait_published(&mut rx, WAIT, "created", |s| s.len() == 1).await;
         task.abort();
     }
 
@@ -524,14 +510,8 @@ mod tests {
         assert_eq!(parsed.joinfile, admitted_joinfile(&set));
 
         // What the reader makes of it is the admitted set with populations.
-        let (tx, mut rx) = watch::channel(Arc::new(WantedSet::default()));
-        let task = tokio::spawn(run_joinfile_source(
-            path.clone(),
-            Duration::from_millis(10),
-            tx,
-            Arc::new(Mutex::new(WatchStatus::default())),
-        ));
-        let read = wait_for(&mut rx, "read back", |s| !s.is_empty()).await;
+        let (mut rx, _, task) = start_source(&path);
+        let read = wait_published(&mut rx, WAIT, "read back", |s| !s.is_empty()).await;
         let expected: WantedSet = set
             .values()
             .filter(|f| f.admitted)

@@ -28,6 +28,8 @@ pub mod pipeline;
 pub mod policy_cli;
 pub mod southbound;
 pub mod tasks;
+#[cfg(test)]
+mod test_support;
 pub mod wanted;
 pub mod watcher;
 

@@ -55,6 +55,15 @@ pub fn render(status: &Status, tunnels: &TunnelList, flows: &FlowList) -> String
         1,
     );
     out.gauge(
+        "frr_ingest_dataplane_info",
+        "The data plane that decapsulates AMT data (kernel: BPF at TC ingress; userspace) and the one asked for (always 1).",
+        &[
+            ("running", status.dataplane.as_str()),
+            ("requested", status.dataplane_requested.as_str()),
+        ],
+        1,
+    );
+    out.gauge(
         "frr_ingest_uptime_seconds",
         "Seconds since the daemon started.",
         &[],
@@ -136,7 +145,7 @@ pub fn render(status: &Status, tunnels: &TunnelList, flows: &FlowList) -> String
         tunnels.tunnels.len() as u64,
     );
     type TunnelValue = fn(&ingest_proto::v1::Tunnel) -> u64;
-    let per_tunnel: [(&str, &str, bool, TunnelValue); 11] = [
+    let per_tunnel: [(&str, &str, bool, TunnelValue); 12] = [
         (
             "frr_ingest_tunnel_up",
             "1 when the tunnel's gateway state machine is up.",
@@ -160,6 +169,12 @@ pub fn render(status: &Status, tunnels: &TunnelList, flows: &FlowList) -> String
             "Bytes of inner packets written into the TUN.",
             true,
             |t| t.bytes,
+        ),
+        (
+            "frr_ingest_tunnel_kernel_packets_total",
+            "Packets the kernel data plane delivered (part of frr_ingest_tunnel_packets_total).",
+            true,
+            |t| t.kernel_packets,
         ),
         (
             "frr_ingest_tunnel_discoveries_sent_total",
@@ -219,6 +234,21 @@ pub fn render(status: &Status, tunnels: &TunnelList, flows: &FlowList) -> String
         for (reason, n) in &t.drop_reasons {
             out.sample(
                 "frr_ingest_tunnel_drops_total",
+                &[("relay", t.relay.as_str()), ("reason", reason.as_str())],
+                *n,
+            );
+        }
+    }
+
+    out.header(
+        "frr_ingest_tunnel_kernel_passed_total",
+        "The tunnel's packets the kernel data plane left to the socket, by reason.",
+        true,
+    );
+    for t in &tunnels.tunnels {
+        for (reason, n) in &t.kernel_passed {
+            out.sample(
+                "frr_ingest_tunnel_kernel_passed_total",
                 &[("relay", t.relay.as_str()), ("reason", reason.as_str())],
                 *n,
             );
@@ -469,6 +499,8 @@ mod tests {
             polls: 240,
             join_source: "pimd:/run/frr/pimd.vty".into(),
             tun_name: "amt0".into(),
+            dataplane: "kernel".into(),
+            dataplane_requested: "auto".into(),
             counters: [
                 ("tunnels_opened".to_string(), 2),
                 ("odd-name".to_string(), 1),
@@ -485,6 +517,9 @@ mod tests {
                 packets: 30_000,
                 bytes: 39_480_000,
                 drop_reasons: [("not-subscribed".to_string(), 7)].into_iter().collect(),
+                dataplane: "kernel via eth0".into(),
+                kernel_packets: 29_000,
+                kernel_passed: [("control".to_string(), 12)].into_iter().collect(),
                 ..Tunnel::default()
             }],
         };
@@ -529,6 +564,9 @@ mod tests {
             "frr_ingest_tunnel_packets_total{relay=\"192.0.2.10:2268\"} 30000",
             "frr_ingest_tunnel_bytes_total{relay=\"192.0.2.10:2268\"} 39480000",
             "frr_ingest_tunnel_drops_total{relay=\"192.0.2.10:2268\",reason=\"not-subscribed\"} 7",
+            "frr_ingest_dataplane_info{running=\"kernel\",requested=\"auto\"} 1",
+            "frr_ingest_tunnel_kernel_packets_total{relay=\"192.0.2.10:2268\"} 29000",
+            "frr_ingest_tunnel_kernel_passed_total{relay=\"192.0.2.10:2268\",reason=\"control\"} 12",
             "frr_ingest_flows{state=\"forwarding\"} 2",
             "frr_ingest_flows{state=\"not-served\"} 1",
             "frr_ingest_flows_admitted 2",

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use amt_gateway::dataplane::KernelDataPlane;
 use amt_gateway::driver::{DriverConfig, RelayEvent, TunnelHandle, TunnelSnapshot, spawn_tunnel};
 use amt_gateway::gateway::TunnelConfig;
 use amt_gateway::tun::PacketSink;
@@ -192,6 +193,10 @@ pub trait Southbound: Send + Sync + 'static {
 pub struct AmtSettings {
     pub bind: Option<IpAddr>,
     pub no_data_timeout: Option<Duration>,
+    /// The kernel data plane every tunnel registers with (None: userspace).
+    /// A tunnel it cannot take (relay behind an unsupported link) runs in
+    /// userspace; `show tunnels` says which.
+    pub kernel: Option<Arc<KernelDataPlane>>,
 }
 
 impl Default for AmtSettings {
@@ -199,6 +204,7 @@ impl Default for AmtSettings {
         Self {
             bind: None,
             no_data_timeout: Some(Duration::from_secs(10)),
+            kernel: None,
         }
     }
 }
@@ -222,6 +228,7 @@ impl Southbound for DaemonSouthbound {
         tc.no_data_timeout = self.amt.no_data_timeout;
         let mut dc = DriverConfig::new(tc);
         dc.bind = self.amt.bind.map(|ip| SocketAddr::new(ip, 0));
+        dc.kernel.clone_from(&self.amt.kernel);
         let sink: Arc<dyn PacketSink> = self.tun.clone();
         let (handle, _task) =
             spawn_tunnel(dc, sink, events).map_err(|error| OpenTunnelError { relay, error })?;

@@ -800,24 +800,14 @@ mod tests {
             &Ok((metadata, Duration::from_secs(30))),
             &steps,
         );
-        assert!(
-            text.contains("   1. dorms.lab.test port 8443 (priority 0, weight 1)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("-> RESTCONF root https://dorms.lab.test:8443/restconf/"),
-            "{text}"
-        );
-        assert!(
-            text.contains("-> failed: https://x/old: HTTP status 404"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "result:    bitrate 2.5 Mbit/s (2500000 bit/s; declared as max-speed = 2500 kbit/s)"
-            ),
-            "{text}"
-        );
+        for line in [
+            "   1. dorms.lab.test port 8443 (priority 0, weight 1)",
+            "-> RESTCONF root https://dorms.lab.test:8443/restconf/",
+            "-> failed: https://x/old: HTTP status 404",
+            "result:    bitrate 2.5 Mbit/s (2500000 bit/s; declared as max-speed = 2500 kbit/s)",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
         assert_eq!(value["ok"], true);
         assert_eq!(value["bitrate_bps"], 2_500_000);
         assert_eq!(value["units"], "kbit/s");

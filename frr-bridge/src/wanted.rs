@@ -161,10 +161,7 @@ impl WantedTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sg(s: &str, g: &str) -> SourceGroup {
-        SourceGroup::new(s.parse().unwrap(), g.parse().unwrap()).unwrap()
-    }
+    use ingest_policy::fixtures::sg;
 
     fn set(entries: &[(SourceGroup, &str)]) -> JoinSet {
         entries

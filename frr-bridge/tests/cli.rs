@@ -7,6 +7,16 @@ fn ingestd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_frr-ingestd"))
 }
 
+/// `frr-ingestd --config PATH --check-config`.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    ingestd()
+        .arg("--config")
+        .arg(path)
+        .arg("--check-config")
+        .output()
+        .unwrap()
+}
+
 fn tmp(name: &str, text: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("frr-ingest-cli-{}-{name}", std::process::id()));
     std::fs::write(&p, text).unwrap();
@@ -28,12 +38,7 @@ fn bad_config_key_exits_2_with_one_line() {
     ];
     for (file, text, needle) in cases {
         let p = tmp(file, text);
-        let out = ingestd()
-            .arg("--config")
-            .arg(&p)
-            .arg("--check-config")
-            .output()
-            .unwrap();
+        let out = check_config(&p);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{file}: {err}");
         assert!(
@@ -61,12 +66,7 @@ fn valid_config_checks_and_prints() {
         "ok.toml",
         "[frr]\nvty_dir = \"/run/x\"\n[ingest]\nserve_all_sources = true\n",
     );
-    let out = ingestd()
-        .arg("--config")
-        .arg(&p)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = check_config(&p);
     assert!(
         out.status.success(),
         "{}",

@@ -150,29 +150,19 @@ async fn dorms_report_against_nginx_and_bind() {
         Some(nginx.ca_path()),
     )
     .await;
-    assert!(
-        text.contains(&format!(
+    for line in [
+        format!(
             "1. dorms.lab.test port {} (priority 0, weight 1)",
             nginx.port
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "host-meta: {base}/.well-known/host-meta\n           -> RESTCONF root {base}/restconf/"
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains("(draft -01/-02 layout ietf-dorms:metadata) -> failed:"),
-        "{text}"
-    );
-    assert!(
-        text.contains(
-            "result:    bitrate 6.0 Mbit/s (6000000 bit/s; declared as max-speed = 6000 kbit/s)"
         ),
-        "{text}"
-    );
+        format!(
+            "host-meta: {base}/.well-known/host-meta\n           -> RESTCONF root {base}/restconf/"
+        ),
+        "(draft -01/-02 layout ietf-dorms:metadata) -> failed:".into(),
+        "result:    bitrate 6.0 Mbit/s (6000000 bit/s; declared as max-speed = 6000 kbit/s)".into(),
+    ] {
+        assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+    }
     assert_eq!(json["ok"], true);
     assert_eq!(json["bitrate_bps"], 6_000_000);
     assert_eq!(json["layout"], "dorms");

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Bounds applied to TTLs taken from the network, so a zero TTL does not
@@ -79,6 +80,35 @@ impl<K: Eq + Hash, V> TtlCache<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// A [`TtlCache`] shared by the tasks of one client. A poisoned lock
+/// reads as empty and drops writes: it is a cache, not the truth.
+#[derive(Debug)]
+pub struct SharedTtlCache<K, V>(Mutex<TtlCache<K, V>>);
+
+impl<K, V> Default for SharedTtlCache<K, V> {
+    fn default() -> Self {
+        Self(Mutex::new(TtlCache::default()))
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> SharedTtlCache<K, V> {
+    /// A copy of the value for `key` if it has not expired at `now`.
+    pub fn get(&self, key: &K, now: Instant) -> Option<V> {
+        self.lock().and_then(|cache| cache.get(key, now).cloned())
+    }
+
+    pub fn remove(&self, key: &K) {
+        if let Some(mut cache) = self.lock() {
+            cache.remove(key);
+        }
+    }
+
+    /// The cache itself, for several steps under one lock.
+    pub fn lock(&self) -> Option<MutexGuard<'_, TtlCache<K, V>>> {
+        self.0.lock().ok()
     }
 }
 

@@ -16,6 +16,8 @@ pub mod dns;
 pub mod dorms;
 pub mod driad;
 pub mod engine;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 pub mod joinfile;
 pub mod text;
 

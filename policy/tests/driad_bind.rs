@@ -69,6 +69,18 @@ fn answer(outcome: DriadOutcome) -> ingest_policy::driad::DriadAnswer {
     }
 }
 
+/// The failure of a failed outcome and when to retry.
+fn failed(outcome: DriadOutcome) -> (DnsFailure, Duration) {
+    match outcome {
+        DriadOutcome::Failed {
+            failure,
+            retry_after,
+            ..
+        } => (failure, retry_after),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn driad_against_bind() {
     let named = lab();
@@ -138,22 +150,13 @@ async fn driad_against_bind() {
     assert_eq!(sel.outcome, SelectionOutcome::NoRelay { precedence: 10 });
 
     // NODATA (name exists with TXT only) and NXDOMAIN.
-    match driad.lookup_relays(ip("23.212.185.7")).await {
-        DriadOutcome::Failed {
-            failure,
-            retry_after,
-            ..
-        } => {
-            assert_eq!(failure, DnsFailure::NoData);
-            // SOA minimum 60 s is the negative TTL (within 30..600 bounds).
-            assert_eq!(retry_after, Duration::from_secs(60));
-        }
-        other => panic!("{other:?}"),
-    }
-    match driad.lookup_relays(ip("23.212.185.8")).await {
-        DriadOutcome::Failed { failure, .. } => assert_eq!(failure, DnsFailure::NxDomain),
-        other => panic!("{other:?}"),
-    }
+    // SOA minimum 60 s is the negative TTL (within 30..600 bounds).
+    assert_eq!(
+        failed(driad.lookup_relays(ip("23.212.185.7")).await),
+        (DnsFailure::NoData, Duration::from_secs(60))
+    );
+    let (failure, _) = failed(driad.lookup_relays(ip("23.212.185.8")).await);
+    assert_eq!(failure, DnsFailure::NxDomain);
 
     // Name that does not resolve: listed as unresolved, no candidates.
     let a = answer(driad.lookup_relays(ip("23.212.185.9")).await);
@@ -177,17 +180,10 @@ async fn driad_against_bind() {
     assert_eq!(a.candidates[0].relay, RelayAddress::Ip(ip("2001:db8::15")));
 
     // SERVFAIL from a zone that failed to load.
-    match driad.lookup_relays(ip("23.212.186.1")).await {
-        DriadOutcome::Failed {
-            failure,
-            retry_after,
-            ..
-        } => {
-            assert_eq!(failure, DnsFailure::ServFail);
-            assert_eq!(retry_after, Duration::from_secs(30));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        failed(driad.lookup_relays(ip("23.212.186.1")).await),
+        (DnsFailure::ServFail, Duration::from_secs(30))
+    );
 
     // Cached: the outcome is served from cache, then invalidation re-queries.
     assert!(driad.cached(ip("23.212.185.4"), Instant::now()).is_some());
@@ -231,8 +227,6 @@ async fn timeout_is_typed() {
     dns.timeout = Duration::from_millis(300);
     dns.attempts = 1;
     let driad = DriadResolver::new(DriadConfig::new(dns)).unwrap();
-    match driad.lookup_relays(ip("23.212.185.4")).await {
-        DriadOutcome::Failed { failure, .. } => assert_eq!(failure, DnsFailure::Timeout),
-        other => panic!("{other:?}"),
-    }
+    let (failure, _) = failed(driad.lookup_relays(ip("23.212.185.4")).await);
+    assert_eq!(failure, DnsFailure::Timeout);
 }

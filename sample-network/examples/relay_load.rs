@@ -68,10 +68,7 @@ struct Delivery {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("relay_load: {e:#}");
-        std::process::exit(1);
-    }
+    sample_network::cli::run_tool("relay_load", run);
 }
 
 fn run() -> anyhow::Result<()> {

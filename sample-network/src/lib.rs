@@ -4,6 +4,7 @@
 //! and the lab's topology (`topology`, read from `clab/frr-ingest.clab.yml`).
 
 pub mod channel;
+pub mod cli;
 pub mod iface;
 pub mod latency;
 pub mod mcast;

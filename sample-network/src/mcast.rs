@@ -13,6 +13,16 @@ use ingest_types::SourceGroup;
 /// SO_RCVBUFFORCE (asm-generic value, used by x86 and arm): lets root exceed rmem_max.
 const SO_RCVBUFFORCE: libc::c_int = 33;
 
+/// A UDP socket of the channel's address family.
+fn udp_socket(channel: &SourceGroup) -> io::Result<Socket> {
+    let domain = if channel.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+}
+
 /// A non-blocking UDP socket bound to (G, port) that joined (S,G) on `iface`
 /// (the kernel's choice by route when `None`) and receives only that channel.
 pub fn open_receiver(
@@ -21,12 +31,7 @@ pub fn open_receiver(
     port: u16,
     recv_buffer: usize,
 ) -> io::Result<Socket> {
-    let domain = if channel.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = udp_socket(channel)?;
     socket.set_reuse_address(true)?;
     if recv_buffer > 0 {
         force_recv_buffer(&socket, recv_buffer)?;
@@ -177,12 +182,7 @@ pub fn open_sender(
     port: u16,
     ttl: u32,
 ) -> io::Result<Socket> {
-    let domain = if channel.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = udp_socket(channel)?;
     socket
         .bind(&SocketAddr::new(channel.source, 0).into())
         .map_err(|e| {

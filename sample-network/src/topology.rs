@@ -8,7 +8,9 @@
 //! of building a different network:
 //! - `name`, `topology.defaults`, `topology.nodes`, `topology.links`;
 //! - nodes of kind `linux` with `image`, `binds`, `exec`, `sysctls`, `labels`,
-//!   `network-mode`, `cmd`, `startup-delay`;
+//!   `network-mode`, `cmd`, `startup-delay`, and the container settings
+//!   `privileged`, `cap-add`, `devices`, `env` (passed on in [`Container`]
+//!   for a container deployment; the netns lab does not use them);
 //! - links in the brief format `endpoints: ["a:if", "b:if"]`.
 //!
 //! Addresses are the exec lines `ip [-4|-6] addr add ADDR/LEN dev IF [nodad]`.
@@ -157,6 +159,32 @@ pub struct Node {
     /// Containerlab only: the container's command and start delay.
     pub cmd: Option<String>,
     pub startup_delay: Option<u32>,
+    /// Containerlab only: how the node's container is run.
+    pub container: Container,
+}
+
+/// The settings of a node's container that containerlab (or
+/// `deploy/clab-docker`) applies and the netns lab ignores.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Container {
+    /// Binds as written in the file (`HOST:CONTAINER[:ro]`; a relative HOST
+    /// is relative to the topology file, `__clabDir__` is the lab directory).
+    pub binds: Vec<String>,
+    /// `network-mode` as written (e.g. `container:ingest`).
+    pub network_mode: Option<String>,
+    /// `cmd` split into words as containerlab splits it (no shell).
+    pub command: Option<Vec<String>>,
+    /// `privileged`; containerlab runs a node privileged unless it says
+    /// `privileged: false`.
+    pub privileged: Option<bool>,
+    /// Capabilities added to the runtime's default set (`NET_ADMIN`).
+    pub cap_add: Vec<String>,
+    /// Host devices passed into the container (`/dev/net/tun`).
+    pub devices: Vec<String>,
+    /// Environment variables, in file order.
+    pub env: IndexMap<String, String>,
+    /// Container labels (the `frr-ingest.*` ones included).
+    pub labels: IndexMap<String, String>,
 }
 
 /// One end of a link, by netns-lab node name.
@@ -278,6 +306,10 @@ struct RawNode {
     labels: Option<IndexMap<String, Scalar>>,
     cmd: Option<String>,
     startup_delay: Option<u32>,
+    privileged: Option<bool>,
+    cap_add: Option<Vec<String>>,
+    devices: Option<Vec<String>>,
+    env: Option<IndexMap<String, Scalar>>,
 }
 
 /// A YAML scalar as containerlab accepts it for sysctls and labels.
@@ -721,8 +753,77 @@ impl Resolver<'_> {
             frr_config_dir,
             cmd: raw.cmd.clone(),
             startup_delay: raw.startup_delay,
+            container: container_settings(raw).map_err(err)?,
         })
     }
+}
+
+/// A node's container settings, checked: capability names, device paths,
+/// bind shapes, the command's quoting.
+fn container_settings(raw: &RawNode) -> Result<Container, String> {
+    let cap_add: Vec<String> = raw.cap_add.clone().unwrap_or_default();
+    for cap in &cap_add {
+        let name = cap.strip_prefix("CAP_").unwrap_or(cap);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+            return Err(format!(
+                "cap-add {cap:?}: not a capability name (e.g. NET_ADMIN)"
+            ));
+        }
+    }
+    let devices: Vec<String> = raw.devices.clone().unwrap_or_default();
+    for dev in &devices {
+        if !dev.starts_with("/dev/") {
+            return Err(format!("devices {dev:?}: not a device path (/dev/...)"));
+        }
+    }
+    let binds: Vec<String> = raw.binds.clone().unwrap_or_default();
+    for bind in &binds {
+        let parts: Vec<&str> = bind.split(':').collect();
+        let shape_ok = match parts.as_slice() {
+            [host, target] => !host.is_empty() && target.starts_with('/'),
+            [host, target, mode] => {
+                !host.is_empty()
+                    && target.starts_with('/')
+                    && mode
+                        .split(',')
+                        .all(|m| matches!(m, "ro" | "rw" | "z" | "Z"))
+            }
+            _ => false,
+        };
+        if !shape_ok {
+            return Err(format!("bind {bind:?}: write HOST:/CONTAINER/PATH[:ro]"));
+        }
+    }
+    let command = match &raw.cmd {
+        None => None,
+        Some(cmd) => {
+            let argv = split_words(cmd).map_err(|m| format!("cmd {cmd:?}: {m}"))?;
+            if argv.is_empty() {
+                return Err("cmd is empty".into());
+            }
+            Some(argv)
+        }
+    };
+    Ok(Container {
+        binds,
+        network_mode: raw.network_mode.clone(),
+        command,
+        privileged: raw.privileged,
+        cap_add,
+        devices,
+        env: raw
+            .env
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        labels: raw
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+    })
 }
 
 fn label(raw: &RawNode, key: &str) -> Option<String> {
@@ -1058,6 +1159,100 @@ topology:
         assert_eq!(t.ipv4("side", "a0"), Some(Ipv4Addr::new(10, 0, 0, 9)));
         let e = error_of(&shared.replace("\"a:a0\"", "\"s:a0\""));
         assert!(e.contains("cannot have links"), "{e}");
+    }
+
+    #[test]
+    fn the_sidecar_container_has_capabilities_not_privileges() {
+        let t = lab();
+        let sidecar = t.node("border").unwrap();
+        let c = &sidecar.container;
+        assert_eq!(c.privileged, Some(false));
+        assert_eq!(c.cap_add, ["NET_ADMIN", "BPF"]);
+        assert_eq!(c.devices, ["/dev/net/tun"]);
+        assert_eq!(c.network_mode.as_deref(), Some("container:ingest"));
+        assert!(
+            c.binds
+                .iter()
+                .any(|b| b == "__clabDir__/ingest-run-frr:/run/frr"),
+            "the sidecar reaches pimd's vty through /run/frr: {:?}",
+            c.binds
+        );
+        let ingest = t.node("ingest").unwrap();
+        assert!(
+            ingest
+                .container
+                .binds
+                .iter()
+                .any(|b| b == "__clabDir__/ingest-run-frr:/run/frr")
+        );
+        assert_eq!(
+            t.node("dns").unwrap().container.command.as_deref(),
+            Some(&["/usr/local/bin/lab-named".to_string(), "dns0".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn every_bind_of_the_lab_file_exists_and_every_node_has_a_known_image() {
+        let t = lab();
+        let base = t.path.parent().unwrap();
+        for n in &t.nodes {
+            for bind in &n.container.binds {
+                let host = bind.split(':').next().unwrap();
+                if host.starts_with("__clabDir__") {
+                    continue;
+                }
+                assert!(
+                    base.join(host).exists(),
+                    "node {}: bind {bind}: {} does not exist",
+                    n.clab_name,
+                    base.join(host).display()
+                );
+            }
+            let image = n.image.as_deref().unwrap_or_default();
+            assert!(
+                [
+                    "frr-ingest/frr:10",
+                    "frr-ingest/frr-ingestd:dev",
+                    "frr-ingest/lab:dev"
+                ]
+                .contains(&image),
+                "node {}: image {image:?} is not one deploy/build-images makes",
+                n.clab_name
+            );
+        }
+    }
+
+    #[test]
+    fn container_settings_are_checked() {
+        let with = |extra: &str| MINI.replace("    b:\n", &format!("    b:\n{extra}"));
+        let t = parse(&with(
+            "      privileged: false\n      cap-add: [NET_ADMIN, CAP_NET_RAW]\n      devices: [/dev/net/tun]\n      env: {A: x, B: 2}\n      cmd: run --flag 'a b'\n",
+        ))
+        .unwrap();
+        let c = &t.node("b").unwrap().container;
+        assert_eq!(c.privileged, Some(false));
+        assert_eq!(c.cap_add, ["NET_ADMIN", "CAP_NET_RAW"]);
+        assert_eq!(c.env.get("B").map(String::as_str), Some("2"));
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["run".to_string(), "--flag".to_string(), "a b".to_string()][..])
+        );
+        assert_eq!(t.node("a").unwrap().container.privileged, None);
+        let e = error_of(&with("      cap-add: [net_admin]\n"));
+        assert!(
+            e.contains("node b") && e.contains("not a capability name"),
+            "{e}"
+        );
+        let e = error_of(&with("      devices: [tun]\n"));
+        assert!(e.contains("not a device path"), "{e}");
+        let e = error_of(&with("      binds: [\"x\"]\n"));
+        assert!(e.contains("bind \"x\""), "{e}");
+        let e = error_of(&with("      binds: [\"a:/b:rx\"]\n"));
+        assert!(e.contains("HOST:/CONTAINER/PATH"), "{e}");
+        let e = error_of(&with("      cmd: \"run 'x\"\n"));
+        assert!(e.contains("cmd") && e.contains("unterminated"), "{e}");
+        let e = error_of(&with("      cap-drop: [ALL]\n"));
+        assert!(e.contains("cap-drop"), "{e}");
     }
 
     #[test]

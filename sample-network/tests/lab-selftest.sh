@@ -37,6 +37,11 @@
 # fst) so it does not touch a lab you have up. MCRX, MCSEND and AMTGW=path
 # override the binaries; the lab finds amt-relay itself (LAB_BIN_DIR).
 set -euo pipefail
+# LAB_TIME_SCALE (an integer, default 1) stretches the latency limits and
+# waits on a slow (emulated) lab host, as the lab tests do; said loudly.
+SCALE=${LAB_TIME_SCALE:-1}
+[[ $SCALE =~ ^[1-9][0-9]*$ ]] || { echo "lab-selftest: LAB_TIME_SCALE='$SCALE' is not a whole number >= 1" >&2; exit 2; }
+((SCALE == 1)) || echo "lab-selftest: LAB_TIME_SCALE=$SCALE: latency limits and waits are stretched ${SCALE}x (a slow, emulated lab host)"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -503,13 +508,13 @@ round() {
 
 	t0=$(now_ms)
 	while ! all_neighbours; do
-		(($(now_ms) - t0 > 40000)) && break
+		(($(now_ms) - t0 > 40000 * SCALE)) && break
 		sleep 0.2
 	done
 	if all_neighbours; then
 		pass "PIM neighbours ingest<->rtr, rtr2, rtr3 after $(($(now_ms) - t0)) ms"
 	else
-		fail "PIM neighbours ingest<->rtr, rtr2, rtr3 missing after 40 s"
+		fail "PIM neighbours ingest<->rtr, rtr2, rtr3 missing after $((40 * SCALE)) s"
 	fi
 
 	if [[ $mode == full ]]; then
@@ -518,16 +523,16 @@ round() {
 		mcrx_pid=$!
 		t0=$(now_ms)
 		state=none
-		while (($(now_ms) - t0 < 3000)); do
+		while (($(now_ms) - t0 < 3000 * SCALE)); do
 			state=$(join_state)
 			[[ $state == JOIN ]] && break
 			sleep 0.02
 		done
 		t=$(($(now_ms) - t0))
-		if [[ $state == JOIN ]] && ((t <= 1000)); then
+		if [[ $state == JOIN ]] && ((t <= 1000 * SCALE)); then
 			pass "join seen at ingest after $t ms"
 		else
-			fail "join at ingest: state $state after $t ms (want JOIN within 1000 ms)"
+			fail "join at ingest: state $state after $t ms (want JOIN within $((1000 * SCALE)) ms)"
 		fi
 
 		kill -TERM "$mcrx_pid"
@@ -538,16 +543,16 @@ round() {
 			fail "mcrx summary after SIGTERM missing: $(cat "$LAB_RUN/rcv/selftest-mcrx.json" "$LAB_RUN/rcv/selftest-mcrx.err")"
 		fi
 		t0=$(now_ms)
-		while (($(now_ms) - t0 < 8000)); do
+		while (($(now_ms) - t0 < 8000 * SCALE)); do
 			state=$(join_state)
 			[[ $state != JOIN ]] && break
 			sleep 0.05
 		done
 		t=$(($(now_ms) - t0))
-		if [[ $state != JOIN ]] && ((t <= 5000)); then
+		if [[ $state != JOIN ]] && ((t <= 5000 * SCALE)); then
 			pass "leave seen at ingest after $t ms (state $state)"
 		else
-			fail "leave at ingest: state $state after $t ms (want not JOIN within 5000 ms)"
+			fail "leave at ingest: state $state after $t ms (want not JOIN within $((5000 * SCALE)) ms)"
 		fi
 	fi
 

@@ -12,7 +12,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const S6: &str = "2001:db8:5100::4";
 const G6: &str = "ff3e::8000:1";
@@ -35,33 +34,14 @@ fn static_config(lab: &Lab, v6_over_v4: bool) -> String {
     } else {
         format!("[{}]:2268", ipv6("relay2", "rly0"))
     };
-    let text = format!(
-        r#"
-[amt]
-linger_s = 3
-
-[[amt.static_relays]]
-prefix = "198.51.100.0/24"
-relay = "192.0.2.10"
-
-[[amt.static_relays]]
-prefix = "2001:db8:5100::/64"
-relay = "{v6_relay}"
-
-[policy]
-driad = false
-"#
+    let toml = static_relays_config(
+        Some(3),
+        &[
+            ("198.51.100.0/24", "192.0.2.10"),
+            ("2001:db8:5100::/64", &v6_relay),
+        ],
     );
-    let path = lab.node_dir("border").join("ipv6-test.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.display().to_string()
-}
-
-fn channel<'a>(summary: &'a Value, s: &str, g: &str) -> &'a Value {
-    summary["channels"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["source"] == s && c["group"] == g))
-        .unwrap_or_else(|| panic!("no channel {s},{g} in {summary}"))
+    lab.write_config("ipv6-test.toml", &toml)
 }
 
 /// Join seen, first packet, 30 s at 1000 pkt/s and the relay's state after
@@ -82,32 +62,21 @@ fn end_to_end(lab: &Lab, relay_node: &str, s: &str, g: &str, family: &str) {
         )
     });
     let summary = rx.wait();
-    let ch = channel(&summary, s, g);
-    let first_ms = ch["first_packet_ms"].as_f64().unwrap_or(f64::MAX);
-    let seq = &ch["sequence"];
-    let unique = seq["unique"].as_u64().unwrap_or(0);
-    let span = seq["highest"].as_u64().unwrap_or(0) + 1 - seq["lowest"].as_u64().unwrap_or(0);
-    let ratio = unique as f64 / span.max(1) as f64;
+    let d = Delivery::of(&summary, s, g);
     println!(
         "{family}: join seen by the sidecar {:.0} ms after the receiver joined; first packet \
-         {first_ms:.0} ms after the join; {unique} of {span} packets delivered ({:.3} %)",
+         {:.0} ms after the join; {} of {} packets delivered ({:.3} %)",
         seen.as_secs_f64() * 1000.0,
-        ratio * 100.0
+        d.first_ms,
+        d.unique,
+        d.span,
+        d.ratio * 100.0
     );
     assert!(
-        seen < Duration::from_secs(1),
+        seen < limit(Duration::from_secs(1)),
         "{family}: join seen after {seen:?}"
     );
-    assert!(
-        first_ms < 1000.0,
-        "{family}: first packet {first_ms} ms after the join; log:\n{}",
-        lab.daemon_log()
-    );
-    assert!(
-        unique >= 29_000,
-        "{family}: only {unique} packets: {summary}"
-    );
-    assert!(ratio >= 0.999, "{family}: delivered {:.3} %", ratio * 100.0);
+    d.assert_end_to_end(family, &summary, lab);
     let left = Instant::now();
     let gone = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
         lab.relay_channels(relay_node)
@@ -161,7 +130,7 @@ fn ipv6_data_over_an_ipv4_tunnel() {
     let sender = lab.mcsend(&[(S6, G6)], 200, &["--duration", "20"]);
     let rx = lab.mcrx(&[(S6, G6)], &["--duration", "8"]);
     let summary = rx.wait();
-    let ch = channel(&summary, S6, G6);
+    let ch = channel_summary(&summary, S6, G6);
     let packets = ch["packets"].as_u64().unwrap_or(0);
     println!("IPv6 data over the IPv4 tunnel to 192.0.2.10: {packets} packets in 8 s at 200 pkt/s");
     assert!(packets >= 1000, "{summary}\nlog:\n{}", lab.daemon_log());
@@ -284,7 +253,7 @@ fn pimd_and_pim6d_restarts_keep_both_families() {
     std::thread::sleep(Duration::from_secs(3));
     let summary = rx.stop();
     for (s, g) in [(S4, G4), (S6, G6)] {
-        let ch = channel(&summary, s, g);
+        let ch = channel_summary(&summary, s, g);
         println!("({s},{g}): {} packets through both restarts", ch["packets"]);
         assert!(ch["packets"].as_u64().unwrap_or(0) > 0, "{summary}");
         let last_ms = ch["last_packet_ms"].as_f64().unwrap_or(0.0);
@@ -346,8 +315,11 @@ fn ipv6_sources_through_driad_and_dorms() {
         "{f6}"
     );
     let summary = rx.wait();
-    assert!(channel(&summary, "2001:db8:5100::4", G6)["packets"].as_u64() > Some(0));
-    assert_eq!(channel(&summary, "2001:db8:5100::6", G6)["packets"], 0);
+    assert!(channel_summary(&summary, "2001:db8:5100::4", G6)["packets"].as_u64() > Some(0));
+    assert_eq!(
+        channel_summary(&summary, "2001:db8:5100::6", G6)["packets"],
+        0
+    );
     drop(sender);
 }
 
@@ -370,20 +342,20 @@ fn static_mroute_replaces_per_source_routes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let config = static_config(&lab, false);
-    let mroute_config = lab.node_dir("border").join("mroute-test.toml");
-    std::fs::write(
-        &mroute_config,
-        format!(
+    let mroute_config = lab.write_config(
+        "mroute-test.toml",
+        &format!(
             "[tun]\nipv4_rpf = \"mroute\"\n{}",
             std::fs::read_to_string(&config).expect("config")
         ),
-    )
-    .expect("write config");
-    lab.start_daemon(&["--config", &mroute_config.display().to_string()]);
+    );
+    lab.start_daemon(&["--config", &mroute_config]);
     let sender = lab.mcsend(&[(S4, G4)], 200, &["--duration", "30"]);
     let rx = lab.mcrx(&[(S4, G4)], &["--duration", "10"]);
     let summary = rx.wait();
-    let packets = channel(&summary, S4, G4)["packets"].as_u64().unwrap_or(0);
+    let packets = channel_summary(&summary, S4, G4)["packets"]
+        .as_u64()
+        .unwrap_or(0);
     let routes = lab.own_routes();
     let rpf = lab.vtysh("ingest", &format!("show ip rpf {S4}"));
     println!(
@@ -408,24 +380,17 @@ fn ipv6_join_whose_relay_is_unreachable_says_why() {
     require_frr10();
     let _g = serial();
     let mut lab = Lab::up("t6g");
-    let path = lab.node_dir("border").join("unreachable-v6.toml");
-    std::fs::write(
-        &path,
-        r#"
-[[amt.static_relays]]
-prefix = "198.51.100.0/24"
-relay = "192.0.2.10"
-
-[[amt.static_relays]]
-prefix = "2001:db8:5100::/64"
-relay = "[2001:db8:ffff::1]:2268"
-
-[policy]
-driad = false
-"#,
-    )
-    .expect("write config");
-    lab.start_daemon(&["--config", &path.display().to_string()]);
+    let config = lab.write_config(
+        "unreachable-v6.toml",
+        &static_relays_config(
+            None,
+            &[
+                ("198.51.100.0/24", "192.0.2.10"),
+                ("2001:db8:5100::/64", "[2001:db8:ffff::1]:2268"),
+            ],
+        ),
+    );
+    lab.start_daemon(&["--config", &config]);
     let sender = lab.mcsend(&[(S4, G4), (S6, G6)], 100, &["--duration", "30"]);
     let rx = lab.mcrx(&[(S4, G4), (S6, G6)], &["--duration", "10"]);
     let key6 = format!("{S6},{G6}");
@@ -443,9 +408,9 @@ driad = false
     );
     let summary = rx.wait();
     assert!(
-        channel(&summary, S4, G4)["packets"].as_u64() > Some(500),
+        channel_summary(&summary, S4, G4)["packets"].as_u64() > Some(500),
         "{summary}"
     );
-    assert_eq!(channel(&summary, S6, G6)["packets"], 0);
+    assert_eq!(channel_summary(&summary, S6, G6)["packets"], 0);
     drop(sender);
 }

@@ -25,11 +25,15 @@ const PPS: u32 = 100;
 /// their last channel.
 const BASE_CONFIG: &str = "[policy]\nrecheck_interval_s = 1\nseed = 4\n[amt]\nlinger_s = 2\n";
 
-/// Write a daemon config file into the border's run directory.
-fn write_config(lab: &Lab, name: &str, toml: &str) -> String {
-    let path = lab.node_dir("border").join(name);
-    std::fs::write(&path, toml).expect("write daemon config");
-    path.display().to_string()
+/// A lab whose daemon runs [`BASE_CONFIG`] with the lab's DNS and DORMS,
+/// plus `extra` flags.
+fn policy_lab(prefix: &str, extra: &[&str]) -> Lab {
+    let mut lab = Lab::up(prefix);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
+    let mut args = vec!["--config", cfg.as_str()];
+    args.extend_from_slice(extra);
+    lab.start_daemon_with_policy(&args);
+    lab
 }
 
 fn key(s: &str, g: &str) -> String {
@@ -91,6 +95,31 @@ fn window(lab: &Lab, channels: &[(&str, &str)], secs: u32) -> Value {
         .wait()
 }
 
+/// Prints what a receiver window got of each (label, S, G, admitted) and
+/// asserts at least `min` packets of every admitted flow and none of a
+/// blocked one.
+fn check_window(what: &str, w: &Value, min: u64, expect: &[(&str, &str, &str, bool)]) {
+    let counts: Vec<String> = expect
+        .iter()
+        .map(|(label, s, g, _)| format!("{label} {} packets", packets(w, s, g)))
+        .collect();
+    println!("{what}: {}", counts.join(", "));
+    for (label, s, g, admitted) in expect {
+        let got = packets(w, s, g);
+        if *admitted {
+            assert!(
+                got >= min,
+                "{what}: {label} ({s},{g}) got {got} packets: {w}"
+            );
+        } else {
+            assert_eq!(
+                got, 0,
+                "{what}: blocked flow {label} ({s},{g}) delivered: {w}"
+            );
+        }
+    }
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -106,9 +135,7 @@ fn text(out: &Output) -> String {
 #[test]
 fn relays_come_from_dns() {
     let _g = serial();
-    let mut lab = Lab::up("t4a");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
-    lab.start_daemon_with_policy(&["--config", &cfg]);
+    let lab = policy_lab("t4a", &[]);
     let s4 = "198.51.100.4";
     let s5 = "198.51.100.5";
     let s6 = "198.51.100.6";
@@ -198,9 +225,7 @@ fn relays_come_from_dns() {
 #[test]
 fn dead_preferred_relay_fails_over_within_30s() {
     let _g = serial();
-    let mut lab = Lab::up("t4b");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
-    lab.start_daemon_with_policy(&["--config", &cfg]);
+    let lab = policy_lab("t4b", &[]);
     let s7 = "198.51.100.7";
     let _tx = lab.mcsend(&[(s7, G)], PPS, &["--duration", "60"]);
     let rx = lab.mcrx(&[(s7, G)], &[]);
@@ -231,7 +256,10 @@ fn dead_preferred_relay_fails_over_within_30s() {
         moved.as_secs_f64(),
         f["candidates"]
     );
-    assert!(moved < Duration::from_secs(30), "failover took {moved:?}");
+    assert!(
+        moved < limit(Duration::from_secs(30)),
+        "failover took {moved:?}"
+    );
     let dead = f["candidates"]
         .as_array()
         .into_iter()
@@ -272,9 +300,7 @@ fn dead_preferred_relay_fails_over_within_30s() {
 #[test]
 fn relay_moved_in_dns_is_found_before_the_ttl() {
     let _g = serial();
-    let mut lab = Lab::up("t4h");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
-    lab.start_daemon_with_policy(&["--config", &cfg]);
+    let lab = policy_lab("t4h", &[]);
     let s6 = "203.0.113.6";
     let _tx = lab.mcsend(&[(s6, G)], PPS, &["--duration", "90"]);
     let rx = lab.mcrx(&[(s6, G)], &[]);
@@ -328,9 +354,7 @@ fn relay_moved_in_dns_is_found_before_the_ttl() {
 #[test]
 fn admission_follows_offload() {
     let _g = serial();
-    let mut lab = Lab::up("t4c");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
-    lab.start_daemon_with_policy(&["--config", &cfg, "--bandwidth-limit", "10M"]);
+    let lab = policy_lab("t4c", &["--bandwidth-limit", "10M"]);
     let s8 = "198.51.100.8";
     let (g6, g3, g2) = ("232.10.1.6", "232.10.1.3", "232.10.1.2");
     let channels = [(s8, g6), (s8, g3), (s8, g2)];
@@ -364,16 +388,16 @@ fn admission_follows_offload() {
         why.starts_with("blocked: needs 6.0 Mbit/s, 5.0 Mbit/s left of 10 Mbit/s"),
         "{f6}"
     );
-    let w1 = window(&lab, &channels, 3);
-    println!(
-        "state 1, 3 s window: 6M {} packets, 3M {}, 2M {}",
-        packets(&w1, s8, g6),
-        packets(&w1, s8, g3),
-        packets(&w1, s8, g2)
+    check_window(
+        "state 1, 3 s window",
+        &window(&lab, &channels, 3),
+        250,
+        &[
+            ("6M", s8, g6, false),
+            ("3M", s8, g3, true),
+            ("2M", s8, g2, true),
+        ],
     );
-    assert_eq!(packets(&w1, s8, g6), 0, "blocked flow delivered: {w1}");
-    assert!(packets(&w1, s8, g3) >= 250, "{w1}");
-    assert!(packets(&w1, s8, g2) >= 250, "{w1}");
 
     // State 2: the 6M flow gains rcv2 and rcv3 (population 3, offload 12M).
     let rx2 = lab.mcrx_on("rcv2", "rcv0", &[(s8, g6)], &[]);
@@ -404,16 +428,16 @@ fn admission_follows_offload() {
     );
     assert_eq!(flows[&key(s8, g2)]["admitted"], true);
     assert_eq!(flows[&key(s8, g2)]["state"], "forwarding");
-    let w2 = window(&lab, &channels, 3);
-    println!(
-        "state 2, 3 s window: 6M {} packets, 3M {}, 2M {}",
-        packets(&w2, s8, g6),
-        packets(&w2, s8, g3),
-        packets(&w2, s8, g2)
+    check_window(
+        "state 2, 3 s window",
+        &window(&lab, &channels, 3),
+        250,
+        &[
+            ("6M", s8, g6, true),
+            ("3M", s8, g3, false),
+            ("2M", s8, g2, true),
+        ],
     );
-    assert!(packets(&w2, s8, g6) >= 250, "{w2}");
-    assert_eq!(packets(&w2, s8, g3), 0, "blocked flow delivered: {w2}");
-    assert!(packets(&w2, s8, g2) >= 250, "{w2}");
     for (name, r) in [("rcv2", rx2), ("rcv3", rx3)] {
         let sum = r.stop();
         println!("{name}: {} packets of the 6M flow", packets(&sum, s8, g6));
@@ -429,9 +453,7 @@ fn admission_follows_offload() {
 #[test]
 fn sender_priority_from_dorms() {
     let _g = serial();
-    let mut lab = Lab::up("t4g");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
-    lab.start_daemon_with_policy(&["--config", &cfg, "--bandwidth-limit", "10M"]);
+    let lab = policy_lab("t4g", &["--bandwidth-limit", "10M"]);
     let (s8, s4) = ("198.51.100.8", "198.51.100.4");
     let (preferred, lower) = ("232.10.2.9", "232.10.2.3");
     let channels = [(s8, preferred), (s8, lower), (s4, G)];
@@ -470,16 +492,16 @@ fn sender_priority_from_dorms() {
     );
     assert_eq!(f3["state"], "not-served", "{f3}");
 
-    let w = window(&lab, &channels, 3);
-    println!(
-        "3 s window: 9M (priority 300) {} packets, 3M (priority 100) {}, other source 1M {}",
-        packets(&w, s8, preferred),
-        packets(&w, s8, lower),
-        packets(&w, s4, G)
+    check_window(
+        "3 s window",
+        &window(&lab, &channels, 3),
+        250,
+        &[
+            ("9M (priority 300)", s8, preferred, true),
+            ("3M (priority 100)", s8, lower, false),
+            ("other source 1M", s4, G, true),
+        ],
     );
-    assert!(packets(&w, s8, preferred) >= 250, "{w}");
-    assert_eq!(packets(&w, s8, lower), 0, "blocked flow delivered: {w}");
-    assert!(packets(&w, s4, G) >= 250, "{w}");
     drop(rx);
 }
 
@@ -493,12 +515,11 @@ fn dorms_outage_default_rate_and_recovery() {
     let s4 = "198.51.100.4";
     let out = lab.lab_cmd(&["proc", "stop", "dorms", "nginx"]);
     assert!(out.status.success(), "stop nginx: {}", text(&out));
-    let with_default = write_config(
-        &lab,
+    let with_default = lab.write_config(
         "default.toml",
         "[policy]\nrecheck_interval_s = 1\nseed = 4\ndefault_bitrate = \"2M\"\n[amt]\nlinger_s = 2\n",
     );
-    let without_default = write_config(&lab, "no-default.toml", BASE_CONFIG);
+    let without_default = lab.write_config("no-default.toml", BASE_CONFIG);
     let _tx = lab.mcsend(&[(s4, G)], PPS, &["--duration", "120"]);
     let d0 = lab.start_daemon_with_policy(&["--config", &with_default, "--bandwidth-limit", "10M"]);
     let rx = lab.mcrx(&[(s4, G)], &[]);
@@ -762,7 +783,7 @@ fn joinfile_drives_ingest_and_is_written_back() {
     let s203 = "203.0.113.4";
     let given = format!("{s4},{G},2\n{s203},{G},1\n");
     std::fs::write(&joins, &given).expect("joinfile");
-    let cfg = write_config(&lab, "policy.toml", BASE_CONFIG);
+    let cfg = lab.write_config("policy.toml", BASE_CONFIG);
     let join_source = format!("file:{}", joins.display());
     let write = written.display().to_string();
     lab.start_daemon_with_policy(&[

@@ -30,7 +30,7 @@ fn join_is_seen_forwarded_and_left() {
         seen.as_secs_f64() * 1000.0
     );
     assert!(
-        seen < Duration::from_secs(1),
+        seen < limit(Duration::from_secs(1)),
         "join took {seen:?} to appear (limit 1 s)"
     );
     let resolved = wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
@@ -74,7 +74,7 @@ fn join_is_seen_forwarded_and_left() {
         gone.as_secs_f64()
     );
     assert!(
-        gone < Duration::from_secs(5),
+        gone < limit(Duration::from_secs(5)),
         "leave took {gone:?} (limit 5 s)"
     );
     assert!(
@@ -113,7 +113,7 @@ fn hundred_channels_from_twenty_sources() {
         all.as_secs_f64() * 1000.0
     );
     assert!(
-        all < Duration::from_secs(2),
+        all < limit(Duration::from_secs(2)),
         "100 joins took {all:?} (limit 2 s)"
     );
     let status =
@@ -282,11 +282,13 @@ fn lab_up_down_twice_leaves_nothing() {
 }
 
 /// The sidecar does not need root: as `nobody` in group frrvty with
-/// CAP_NET_ADMIN (TUN, routes) and CAP_SYS_ADMIN (entering FRR's namespace)
-/// it learns joins, owns amt0 and carries AMT traffic end to end. These are
-/// the capabilities `frr-config/frr-ingestd.service` grants.
+/// CAP_NET_ADMIN (TUN, routes, TC attach), CAP_SYS_ADMIN (entering FRR's
+/// namespace) and CAP_BPF (the kernel data plane's program and maps) it
+/// learns joins, owns amt0 and carries AMT traffic end to end. These are
+/// the capabilities `frr-config/frr-ingestd.service` grants; with them the
+/// data plane is never refused for lack of permission.
 #[test]
-fn runs_unprivileged_with_two_capabilities() {
+fn runs_unprivileged_with_the_units_capabilities() {
     use std::os::unix::fs::PermissionsExt;
     let _g = serial();
     let mut lab = Lab::up("t2u");
@@ -297,7 +299,7 @@ fn runs_unprivileged_with_two_capabilities() {
         .status()
         .expect("chown");
     assert!(owner.success());
-    let mut caps = "+net_admin,+sys_admin".to_string();
+    let mut caps = "+net_admin,+sys_admin,+bpf".to_string();
     // Debian creates /dev/net/tun 0666; some images have 0600, where only
     // DAC override lets a non-root user open it.
     let tun_mode = std::fs::metadata("/dev/net/tun")
@@ -322,13 +324,11 @@ fn runs_unprivileged_with_two_capabilities() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let config = border.join("static.toml");
-    std::fs::write(
-        &config,
-        "[amt]\nlinger_s = 5\n[[amt.static_relays]]\nprefix = \"198.51.100.0/24\"\nrelay = \"192.0.2.10\"\n[policy]\ndriad = false\n",
-    )
-    .expect("config");
-    let idx = lab.start_daemon(&["--config", &config.display().to_string()]);
+    let config = lab.write_config(
+        "static.toml",
+        &static_relays_config(Some(5), &[("198.51.100.0/24", "192.0.2.10")]),
+    );
+    let idx = lab.start_daemon(&["--config", &config]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", lab.daemon_pid(idx)))
         .expect("daemon status");
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
@@ -341,18 +341,26 @@ fn runs_unprivileged_with_two_capabilities() {
         uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
         "daemon is not running as nobody: {uid_line}"
     );
+    let st = lab.ingestctl_json(&["show", "status", "--json"]);
+    println!(
+        "unprivileged daemon's data plane: {} ({})",
+        st["dataplane"], st["dataplane_reason"]
+    );
+    assert!(
+        !st["dataplane_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not permitted"),
+        "the unit's capabilities do not suffice for the kernel data plane: {st}"
+    );
 
     let _tx = lab.mcsend(&[(S, G)], 200, &["--duration", "20"]);
     let rx = lab.mcrx(&[(S, G)], &["--duration", "6"]);
     let summary = rx.wait();
-    let packets = summary["packets"].as_u64().unwrap_or(0);
-    println!(
-        "unprivileged daemon: {packets} packets through AMT in 6 s at 200 pkt/s, first after {} ms",
-        summary["first_packet_ms"]
-    );
-    assert!(
-        packets >= 1000,
-        "unprivileged daemon delivered {packets} packets; log:\n{}",
-        lab.daemon_log()
+    assert_received(
+        &lab,
+        "unprivileged daemon, through AMT in 6 s at 200 pkt/s",
+        &summary,
+        1000,
     );
 }

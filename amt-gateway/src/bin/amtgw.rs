@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use amt_gateway::dataplane::{
+    self, AttachPreference, DataPlaneKind, DataPlaneMode, DeliveryTarget,
+};
 use amt_gateway::wire::ipv4::{Ipv4Header, PROTO_UDP};
 use amt_gateway::wire::ipv6::{Ipv6Header, NEXT_UDP};
 use amt_gateway::{
@@ -36,6 +39,26 @@ Unix epoch), lost/late packets and one-way latency. On exit (Ctrl-C or
 --duration) it leaves the channel (BLOCK report, then Teardown) and prints a
 summary.
 
+Data plane (--dataplane): with --tun, `kernel` decapsulates Multicast Data
+in the kernel (a BPF program at TC ingress of the interface towards the relay
+redirects it into the TUN's ingress; with --tun-netns through a veth pair
+into that namespace); control messages and anything the program does not
+recognise still reach amtgw's socket. `userspace` receives everything on the
+socket and writes packets into the TUN. `auto` (default) uses the kernel when
+it can and says why not otherwise (first output line, kind \"dataplane\").
+In kernel mode the per-second packet and byte counts come from the kernel's
+counters; sequence/latency analysis only sees packets that took the
+userspace path.
+
+How the kernel data plane hooks in (--dataplane-attach): `tcx` links (Linux
+6.6 and later; they vanish with the process), `tc` legacy filters (a
+direct-action bpf filter at priority 65280 on a clsact qdisc, added if the
+interface has none; for older kernels such as Debian 12's 6.1), or `auto`
+(default): TCX when the kernel has it, else tc. Legacy filters outlive the
+process: amtgw removes them (and a clsact qdisc it added) when it exits, and
+after a kill -9 the next start in the same namespace removes the stale ones
+before attaching. The dataplane line says which mode runs and why.
+
 Exit status: 0 on a normal run; 2 when the relay never completed the
 handshake within --give-up seconds; 3 when the relay refused us (L flag);
 1 on other errors.
@@ -43,7 +66,8 @@ handshake within --give-up seconds; 3 when the relay refused us (L flag);
 Examples:
   amtgw --relay 10.0.0.1 --source 192.0.2.1 --group 232.1.1.1
   amtgw --relay [2001:db8::1]:2268 --source 2001:db8:5::1 --group ff3e::8000:1 --json
-  amtgw --relay 10.0.0.1 --discovery --source 192.0.2.1 --group 232.1.1.1 --duration 30 --tun amt0";
+  amtgw --relay 10.0.0.1 --discovery --source 192.0.2.1 --group 232.1.1.1 --duration 30 --tun amt0
+  amtgw --relay 10.0.0.1 --source 192.0.2.1 --group 232.1.1.1 --tun amt0 --tun-netns /run/netns/frr --dataplane kernel";
 
 #[derive(Debug, Parser)]
 #[command(name = "amtgw", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -78,6 +102,25 @@ struct Args {
     /// if needed and set up; needs CAP_NET_ADMIN).
     #[arg(long, value_name = "NAME")]
     tun: Option<String>,
+    /// Create the --tun device in this network namespace (e.g.
+    /// /run/netns/frr) instead of amtgw's own, as frr-ingestd does for FRR;
+    /// the kernel data plane then crosses over through a veth pair
+    /// NAME-dp (here) / NAME-df (there). Needs CAP_SYS_ADMIN.
+    #[arg(long, value_name = "PATH", requires = "tun")]
+    tun_netns: Option<std::path::PathBuf>,
+    /// Where Multicast Data is decapsulated: auto, kernel or userspace
+    /// (see above). The kernel data plane needs --tun.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    dataplane: DataPlaneMode,
+    /// How the kernel data plane attaches its programs: auto, tcx or tc
+    /// (see above).
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "auto",
+        env = "AMT_DATAPLANE_ATTACH"
+    )]
+    dataplane_attach: AttachPreference,
     /// Local address to bind the tunnel socket to (default: any, ephemeral port).
     #[arg(long, value_name = "ADDR:PORT")]
     bind: Option<SocketAddr>,
@@ -220,6 +263,25 @@ struct Line<'a> {
     total_bytes: u64,
     total_lost: u64,
     dropped: u64,
+    /// Packets the kernel data plane delivered (kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_packets: Option<u64>,
+    /// Packets of this tunnel the kernel passed to the socket (kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_passed: Option<u64>,
+    /// Inner packets whose TTL/hop limit the kernel raised (kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_ttl_raised: Option<u64>,
+    /// Interface whose ingress hook handles the tunnel (kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_uplink: Option<String>,
+    /// How the kernel data plane was attached in the end, `tcx` or `tc`
+    /// (summary only, kernel mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_attach: Option<&'static str>,
+    /// Packets the tunnel dropped, by reason (summary only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_by_reason: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 fn line<'a>(
@@ -252,7 +314,33 @@ fn line<'a>(
         total_bytes: now.bytes,
         total_lost: now.lost,
         dropped: snap.map_or(0, |s| s.stats.dropped.total()),
+        kernel_packets: snap
+            .and_then(|s| s.driver.kernel.as_ref())
+            .map(|k| k.counters.packets),
+        kernel_passed: snap
+            .and_then(|s| s.driver.kernel.as_ref())
+            .map(|k| k.counters.passed_total()),
+        kernel_ttl_raised: snap
+            .and_then(|s| s.driver.kernel.as_ref())
+            .map(|k| k.counters.ttl_raised),
+        kernel_uplink: snap
+            .and_then(|s| s.driver.kernel.as_ref())
+            .and_then(|k| k.uplink.clone()),
+        kernel_attach: None,
+        dropped_by_reason: None,
     }
+}
+
+/// In kernel mode the sink sees only the packets of the userspace path:
+/// the tunnel's own totals (fed from the kernel's counters) are the truth.
+fn with_tunnel_totals(mut c: StreamCounters, snap: Option<&TunnelSnapshot>) -> StreamCounters {
+    if let Some(s) = snap
+        && s.driver.kernel.is_some()
+    {
+        c.packets = s.stats.data_packets;
+        c.bytes = s.stats.data_bytes;
+    }
+    c
 }
 
 fn print_line(json: bool, l: &Line<'_>) {
@@ -320,15 +408,72 @@ async fn run() -> anyhow::Result<ExitCode> {
     let relay = parse_relay(&args.relay)?;
     let channel = SourceGroup::new(args.source, args.group)
         .with_context(|| format!("--source {} --group {}", args.source, args.group))?;
-    let tun = match &args.tun {
-        Some(name) => {
+    let (tun, target) = match (&args.tun, &args.tun_netns) {
+        (Some(name), None) => {
             let dev =
                 TunDevice::create(name).with_context(|| format!("creating TUN device {name}"))?;
             dev.set_up().with_context(|| format!("setting {name} up"))?;
-            Some(dev.into_writer())
+            let target = DeliveryTarget::SameNamespace {
+                tun_ifindex: dev.ifindex(),
+            };
+            (Some(dev.into_writer()), Some(target))
         }
-        None => None,
+        (Some(name), Some(netns)) => {
+            let dev = TunDevice::create_in_netns(name, netns)
+                .with_context(|| format!("creating TUN device {name} in {}", netns.display()))?;
+            let stem: String = name.chars().take(12).collect();
+            let target = DeliveryTarget::OtherNamespace {
+                netns: netns.clone(),
+                tun_ifindex: dev.ifindex(),
+                veth_local: format!("{stem}-dp"),
+                veth_remote: format!("{stem}-df"),
+            };
+            (Some(dev.into_writer()), Some(target))
+        }
+        (None, _) => (None, None),
     };
+    let min_inner_ttl = DriverConfig::new(TunnelConfig::new(relay)).min_inner_ttl;
+    let selection =
+        dataplane::select_with_attach(args.dataplane, target, min_inner_ttl, args.dataplane_attach)
+            .context("--dataplane kernel")?;
+    let interfaces: Vec<String> = selection
+        .kernel
+        .as_ref()
+        .map(|k| {
+            k.attached_interfaces()
+                .iter()
+                .map(|i| match i.attach {
+                    Some(mode) => format!("{} ({:?}, {})", i.name, i.role, mode.as_str()),
+                    None => format!("{} ({:?})", i.name, i.role),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if args.json {
+        let attach = selection.status.attach.as_ref();
+        let v = serde_json::json!({
+            "kind": "dataplane",
+            "requested": selection.status.requested.as_str(),
+            "running": selection.status.running.as_str(),
+            "reason": selection.status.reason_text(),
+            "attach": attach.map(|a| a.mode.as_str()),
+            "attach_reason": attach.map(|a| a.reason.clone()),
+            "kernel_release": attach.map(|a| a.kernel_release.clone()),
+            "interfaces": interfaces,
+        });
+        println!("{v}");
+    } else {
+        println!("data plane: {}", selection.status);
+    }
+    if let (Some(attach), false) = (&selection.status.attach, args.json) {
+        println!(
+            "kernel data plane attach mode: {} ({})",
+            attach.mode, attach.reason
+        );
+    }
+    if selection.status.running == DataPlaneKind::Kernel && !args.json {
+        println!("kernel data plane attached to: {}", interfaces.join(", "));
+    }
     let sink = Arc::new(AnalyzingSink {
         port: args.port,
         counters: Mutex::new(StreamCounters::default()),
@@ -338,6 +483,8 @@ async fn run() -> anyhow::Result<ExitCode> {
     tc.skip_discovery = !args.discovery;
     let mut dc = DriverConfig::new(tc);
     dc.bind = args.bind;
+    dc.kernel = selection.kernel.clone();
+    dc.kernel_required = args.dataplane == DataPlaneMode::Kernel;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (handle, join) =
         spawn_tunnel(dc, sink.clone(), events_tx).context("opening the tunnel socket")?;
@@ -376,6 +523,7 @@ async fn run() -> anyhow::Result<ExitCode> {
                 let now = Instant::now();
                 let snap = handle.snapshot().await.ok();
                 let current = sink.counters.lock().map(|c| c.clone()).unwrap_or_default();
+                let current = with_tunnel_totals(current, snap.as_ref());
                 let l = line("interval", now - start, now - previous_at, &current, &previous, snap.as_ref());
                 print_line(args.json, &l);
                 previous = current;
@@ -415,8 +563,9 @@ async fn run() -> anyhow::Result<ExitCode> {
     let _ = tokio::time::timeout(Duration::from_secs(12), handle.close()).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), join).await;
     let total = sink.counters.lock().map(|c| c.clone()).unwrap_or_default();
+    let total = with_tunnel_totals(total, snap.as_ref());
     let elapsed = start.elapsed();
-    let l = line(
+    let mut l = line(
         "summary",
         elapsed,
         elapsed,
@@ -424,6 +573,17 @@ async fn run() -> anyhow::Result<ExitCode> {
         &StreamCounters::default(),
         snap.as_ref(),
     );
+    l.kernel_attach = selection
+        .kernel
+        .as_ref()
+        .map(|k| k.attach_info().mode.as_str());
+    l.dropped_by_reason = snap.as_ref().map(|s| {
+        s.stats
+            .dropped
+            .iter()
+            .map(|(reason, n)| (reason.as_str(), n))
+            .collect()
+    });
     if args.json {
         print_line(true, &l);
     } else {
@@ -442,6 +602,15 @@ async fn run() -> anyhow::Result<ExitCode> {
         if let Some(s) = &snap {
             for (reason, n) in s.stats.dropped.iter().filter(|(_, n)| *n > 0) {
                 println!("  dropped {}: {n}", reason.as_str());
+            }
+            if let Some(k) = &s.driver.kernel {
+                println!(
+                    "  kernel data plane: {} packets delivered, {} passed to the socket, uplink {} ({})",
+                    k.counters.packets,
+                    k.counters.passed_total(),
+                    k.uplink.as_deref().unwrap_or("none"),
+                    l.kernel_attach.unwrap_or("-")
+                );
             }
         }
     }

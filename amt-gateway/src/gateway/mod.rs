@@ -721,6 +721,31 @@ impl Tunnel {
         received
     }
 
+    /// Records Multicast Data that a kernel data plane delivered on this
+    /// tunnel's behalf (it never reached [`Tunnel::handle_datagram`]):
+    /// `packets` and `bytes` (inner IP packets) since the last call, the
+    /// newest at `last_seen`. Counts like delivered data, so the stall
+    /// probe, NoData and the DataFlowing/DataStopped edges keep working.
+    /// Data for an (S,G) no longer subscribed only counts in the tunnel's
+    /// totals.
+    pub fn record_offloaded_data(
+        &mut self,
+        sg: SourceGroup,
+        packets: u64,
+        bytes: u64,
+        last_seen: Instant,
+    ) {
+        if packets == 0 {
+            return;
+        }
+        self.stats.data_packets += packets;
+        self.stats.data_bytes += bytes;
+        if self.subs.contains_key(&sg) {
+            self.count_data(sg, packets, bytes, last_seen);
+            self.refresh_timer();
+        }
+    }
+
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
@@ -865,29 +890,43 @@ impl Tunnel {
             source: inner.src,
             group: inner.dst,
         };
-        let Some(sub) = self.subs.get_mut(&sg) else {
+        if !self.subs.contains_key(&sg) {
             return self.drop_with(DropReason::NotSubscribed);
-        };
-        sub.packets += 1;
-        sub.bytes += inner.len as u64;
-        sub.last_data_at = Some(now);
-        let started = !sub.flowing;
-        sub.flowing = true;
+        }
         self.stats.data_packets += 1;
         self.stats.data_bytes += inner.len as u64;
-        self.families[Family::of(sg.group).index()].last_data_at = Some(now);
-        if started {
-            // An edge, not a per-packet cost: once per silence.
-            self.events.push_back(TunnelEvent::DataFlowing { sg });
-            self.arm_activity_check(now + self.cfg.data_quiet_after);
-            self.refresh_timer();
-        } else if !self.stall_timer_armed && self.cfg.stall_request_after.is_some() {
+        let started = self.count_data(sg, 1, inner.len as u64, now);
+        if started || (!self.stall_timer_armed && self.cfg.stall_request_after.is_some()) {
             self.refresh_timer();
         }
         Received::Data {
             inner: amt::DATA_HEADER_LEN..amt::DATA_HEADER_LEN + inner.len,
             sg,
         }
+    }
+
+    /// Counts data of the subscribed `sg` (from the socket or the kernel
+    /// data plane), the newest packet at `at`. Returns true on the edge
+    /// where its data starts flowing (DataFlowing queued; once per
+    /// silence, not a per-packet cost).
+    fn count_data(&mut self, sg: SourceGroup, packets: u64, bytes: u64, at: Instant) -> bool {
+        let Some(sub) = self.subs.get_mut(&sg) else {
+            return false;
+        };
+        sub.packets += packets;
+        sub.bytes += bytes;
+        // Kernel counters are read late: never move last-seen backwards.
+        let last = sub.last_data_at.map_or(at, |t| t.max(at));
+        sub.last_data_at = Some(last);
+        let started = !sub.flowing;
+        sub.flowing = true;
+        let family = &mut self.families[Family::of(sg.group).index()];
+        family.last_data_at = Some(family.last_data_at.map_or(last, |t| t.max(last)));
+        if started {
+            self.events.push_back(TunnelEvent::DataFlowing { sg });
+            self.arm_activity_check(last + self.cfg.data_quiet_after);
+        }
+        started
     }
 
     fn drop_with(&mut self, reason: DropReason) -> Received {

@@ -87,46 +87,39 @@ impl ReportBuilder {
         max_reports: usize,
     ) -> Result<Built, EncodeError> {
         match family {
-            Family::V4 => {
-                let mut chunks = split(
-                    typed(records, v4),
-                    igmp::RECORD_HEADER_LEN,
-                    4,
-                    self.max_records_len,
-                );
-                chunks.truncate(max_reports);
-                Ok(Built {
-                    sent: pairs(&chunks),
-                    datagrams: chunks
-                        .into_iter()
-                        .map(|records| {
-                            encap::igmpv3_report_datagram(
-                                self.src_v4,
-                                &igmp::ReportRepr { records },
-                            )
-                        })
-                        .collect::<Result<_, _>>()?,
-                })
-            }
-            Family::V6 => {
-                let mut chunks = split(
-                    typed(records, v6),
-                    mld::RECORD_HEADER_LEN,
-                    16,
-                    self.max_records_len,
-                );
-                chunks.truncate(max_reports);
-                Ok(Built {
-                    sent: pairs(&chunks),
-                    datagrams: chunks
-                        .into_iter()
-                        .map(|records| {
-                            encap::mldv2_report_datagram(self.src_v6, &mld::ReportRepr { records })
-                        })
-                        .collect::<Result<_, _>>()?,
-                })
-            }
+            Family::V4 => self.encode_chunks(
+                typed(records, v4),
+                igmp::RECORD_HEADER_LEN,
+                4,
+                max_reports,
+                |records| encap::igmpv3_report_datagram(self.src_v4, &igmp::ReportRepr { records }),
+            ),
+            Family::V6 => self.encode_chunks(
+                typed(records, v6),
+                mld::RECORD_HEADER_LEN,
+                16,
+                max_reports,
+                |records| encap::mldv2_report_datagram(self.src_v6, &mld::ReportRepr { records }),
+            ),
         }
+    }
+
+    /// One family's records split to the size limit, at most `max_reports`
+    /// chunks of them, each encoded by `encode`.
+    fn encode_chunks<A: Copy + Into<IpAddr>>(
+        &self,
+        records: Vec<GroupRecord<A>>,
+        header_len: usize,
+        addr_len: usize,
+        max_reports: usize,
+        encode: impl Fn(Vec<GroupRecord<A>>) -> Result<Vec<u8>, EncodeError>,
+    ) -> Result<Built, EncodeError> {
+        let mut chunks = split(records, header_len, addr_len, self.max_records_len);
+        chunks.truncate(max_reports);
+        Ok(Built {
+            sent: pairs(&chunks),
+            datagrams: chunks.into_iter().map(encode).collect::<Result<_, _>>()?,
+        })
     }
 }
 

@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::wire::amt::{MembershipQuery, Message, QueryKind, ResponseMac};
+use crate::wire::amt::{MULTICAST_DATA_HEADER, MembershipQuery, Message, QueryKind, ResponseMac};
 use crate::wire::encap::{self, EncapReport};
-use crate::wire::ipv4::{Ipv4Repr, PROTO_UDP};
-use crate::wire::ipv6::{Ipv6Repr, NEXT_UDP};
+use crate::wire::ip::IpRepr;
+use crate::wire::ipv4::PROTO_UDP;
 use crate::wire::{GroupRecord, RecordType, igmp, mld};
 
 const S1: &str = "192.0.2.1";
@@ -129,27 +129,13 @@ impl QueryOpts {
         let datagram = if self.v6 {
             encap::mldv2_query_datagram(
                 "fe80::99".parse().unwrap(),
-                &mld::QueryRepr {
-                    max_resp_code: 10_000,
-                    group: Ipv6Addr::UNSPECIFIED,
-                    suppress_router_processing: false,
-                    qrv: self.qrv,
-                    qqic: self.qqic,
-                    sources: vec![],
-                },
+                &mld::QueryRepr::general(10_000, self.qrv, self.qqic),
             )
             .unwrap()
         } else {
             encap::igmpv3_query_datagram(
                 Ipv4Addr::new(10, 0, 0, 1),
-                &igmp::QueryRepr {
-                    max_resp_code: 100,
-                    group: Ipv4Addr::UNSPECIFIED,
-                    suppress_router_processing: false,
-                    qrv: self.qrv,
-                    qqic: self.qqic,
-                    sources: vec![],
-                },
+                &igmp::QueryRepr::general(100, self.qrv, self.qqic),
                 false,
             )
             .unwrap()
@@ -168,37 +154,10 @@ impl QueryOpts {
 
 /// AMT Multicast Data carrying a UDP packet from `src` to `dst`.
 fn data(src: IpAddr, dst: IpAddr, payload_len: usize) -> Vec<u8> {
-    let mut out = vec![0x06, 0x00];
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let r = Ipv4Repr {
-                src: s,
-                dst: d,
-                protocol: PROTO_UDP,
-                ttl: 1,
-                tos: 0,
-                router_alert: false,
-                payload_len: 8 + payload_len,
-            };
-            let mut b = vec![0u8; r.total_len()];
-            r.emit(&mut b).unwrap();
-            out.extend(b);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let r = Ipv6Repr {
-                src: s,
-                dst: d,
-                next_header: NEXT_UDP,
-                hop_limit: 1,
-                router_alert: false,
-                payload_len: 8 + payload_len,
-            };
-            let mut b = vec![0u8; r.total_len()];
-            r.emit(&mut b).unwrap();
-            out.extend(b);
-        }
-        _ => panic!("mixed"),
-    }
+    let ip = IpRepr::new(src, dst, PROTO_UDP, 1, 8 + payload_len).expect("one family");
+    let (packet, _) = ip.packet().unwrap();
+    let mut out = MULTICAST_DATA_HEADER.to_vec();
+    out.extend(packet);
     out
 }
 
@@ -256,27 +215,35 @@ fn rec4(t: RecordType, g: &str, s: &[&str]) -> GroupRecord<Ipv4Addr> {
     }
 }
 
-/// Tunnel taken through discovery, one (S1,G1) subscription and a first
-/// Query; transmits and events drained. Returns (tunnel, base, now, query nonce).
-fn up_tunnel(cfg: TunnelConfig) -> (Tunnel, Instant, Instant, u32) {
+/// Tunnel (RNG seed `seed`) taken through discovery and one (S1,G1)
+/// subscription to its first Request; transmits and events drained.
+/// Returns (tunnel, base time, request nonce).
+fn requesting(cfg: TunnelConfig, seed: u64) -> (Tunnel, Instant, u32) {
     let t0 = Instant::now();
-    let mut t = Tunnel::new(cfg, local(), t0, 42);
-    let now = t0;
+    let mut t = Tunnel::new(cfg, local(), t0, seed);
     let dn = discovery_nonce(&sent(&mut t));
     assert_eq!(
-        t.handle_datagram(now, discovery_addr(), &advertisement(dn, relay_addr().ip())),
+        t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip())),
         Received::Control
     );
-    t.subscribe(sg(ip(S1), ip(G1)), now).unwrap();
+    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
+    events(&mut t);
     let (rn, kind) = only_request(&sent(&mut t));
     assert_eq!(kind, QueryKind::Igmpv3);
+    (t, t0, rn)
+}
+
+/// [`requesting`] and a first Query: the tunnel is up. Returns (tunnel,
+/// base, now, query nonce).
+fn up_tunnel(cfg: TunnelConfig) -> (Tunnel, Instant, Instant, u32) {
+    let (mut t, t0, rn) = requesting(cfg, 42);
     assert_eq!(
-        t.handle_datagram(now, relay_addr(), &QueryOpts::new(rn).bytes()),
+        t.handle_datagram(t0, relay_addr(), &QueryOpts::new(rn).bytes()),
         Received::Control
     );
     sent(&mut t);
     events(&mut t);
-    (t, t0, now, rn)
+    (t, t0, t0, rn)
 }
 
 // ---- discovery -------------------------------------------------------------
@@ -447,13 +414,7 @@ fn ipv6_advertised_relay_is_used() {
 
 #[test]
 fn request_retransmission_then_relay_lost_and_rediscovery() {
-    let t0 = Instant::now();
-    let mut t = Tunnel::new(cfg(), local(), t0, 11);
-    let dn = discovery_nonce(&sent(&mut t));
-    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
-    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
-    events(&mut t);
-    let (rn, _) = only_request(&sent(&mut t));
+    let (mut t, t0, rn) = requesting(cfg(), 11);
     let mut prev = t0;
     // relay_loss_after = 3 retransmissions with the same nonce.
     for n in 1..=3u32 {
@@ -741,13 +702,7 @@ fn query_from_wrong_address_or_nonce_or_malformed_is_dropped() {
 
 #[test]
 fn limit_flag_before_up_refuses_and_holds_down() {
-    let t0 = Instant::now();
-    let mut t = Tunnel::new(cfg(), local(), t0, 13);
-    let dn = discovery_nonce(&sent(&mut t));
-    t.handle_datagram(t0, discovery_addr(), &advertisement(dn, relay_addr().ip()));
-    t.subscribe(sg(ip(S1), ip(G1)), t0).unwrap();
-    events(&mut t);
-    let (rn, _) = only_request(&sent(&mut t));
+    let (mut t, t0, rn) = requesting(cfg(), 13);
     let mut q = QueryOpts::new(rn);
     q.limit = true;
     assert_eq!(
@@ -1404,5 +1359,79 @@ fn data_edges_say_when_data_starts_and_stops() {
     assert_eq!(
         events(&mut t),
         vec![TunnelEvent::DataFlowing { sg: channel }]
+    );
+}
+
+// ---- data delivered by a kernel data plane ----------------------------------
+
+#[test]
+fn offloaded_data_counts_and_defers_the_stall_probe() {
+    let (mut t, _t0, now, _rn) = up_tunnel(cfg());
+    let first = t.poll_timeout().unwrap();
+    t.handle_timeout(first);
+    sent(&mut t);
+    // The kernel delivers for 5 s; the driver feeds its counts every 500 ms,
+    // always before the tunnel's timers run: no probe meanwhile.
+    let mut at = first;
+    for i in 0..10u64 {
+        at += Duration::from_millis(500);
+        t.record_offloaded_data(
+            sg(ip(S1), ip(G1)),
+            50,
+            50 * 128,
+            at - Duration::from_millis(10),
+        );
+        while let Some(d) = t.poll_timeout().filter(|d| *d <= at) {
+            t.handle_timeout(d);
+        }
+        assert!(
+            sent(&mut t).is_empty(),
+            "no probe while the kernel delivers"
+        );
+        let s = t.subscription_stats(sg(ip(S1), ip(G1))).unwrap();
+        assert_eq!(s.packets, 50 * (i + 1));
+        assert_eq!(s.last_data_at, Some(at - Duration::from_millis(10)));
+    }
+    assert_eq!(t.stats().data_packets, 500);
+    assert_eq!(t.stats().data_bytes, 500 * 128);
+    // An older reading never moves last-seen backwards.
+    t.record_offloaded_data(sg(ip(S1), ip(G1)), 1, 128, first);
+    let last = at - Duration::from_millis(10);
+    assert_eq!(
+        t.subscription_stats(sg(ip(S1), ip(G1)))
+            .unwrap()
+            .last_data_at,
+        Some(last)
+    );
+    // The kernel stops delivering: the probe goes out 3 s after its last packet.
+    let d = t.poll_timeout().unwrap();
+    assert!(d <= last + secs(3));
+    t.handle_timeout(last + secs(3));
+    only_request(&sent(&mut t));
+    assert_eq!(t.stats().stall_requests, 1);
+    let _ = now;
+}
+
+#[test]
+fn offloaded_data_prevents_no_data_and_ignores_unknown_channels() {
+    let (mut t, _t0, now, _rn) = up_tunnel(cfg());
+    // Unknown (S,G): only the totals move.
+    t.record_offloaded_data(sg(ip(S1), ip(G2)), 3, 300, now);
+    assert_eq!(t.stats().data_packets, 3);
+    assert!(t.subscription_stats(sg(ip(S1), ip(G2))).is_none());
+    // Zero packets: nothing at all.
+    t.record_offloaded_data(sg(ip(S1), ip(G1)), 0, 0, now);
+    assert_eq!(t.subscription_stats(sg(ip(S1), ip(G1))).unwrap().packets, 0);
+    // Data fed before the NoData deadline: no NoData event.
+    t.record_offloaded_data(sg(ip(S1), ip(G1)), 1, 100, now + secs(1));
+    let end = now + secs(30);
+    while let Some(d) = t.poll_timeout().filter(|d| *d <= end) {
+        t.handle_timeout(d);
+    }
+    assert!(
+        !events(&mut t)
+            .iter()
+            .any(|e| matches!(e, TunnelEvent::NoData { .. })),
+        "offloaded data counts as data"
     );
 }

@@ -172,10 +172,15 @@ pub enum Message<'a> {
 /// Gateway IP Address field: IPv4 is carried as an IPv4-compatible IPv6
 /// address (`::a.b.c.d`). On receipt `::a.b.c.d` (other than `::` and
 /// `::1`) and IPv4-mapped `::ffff:a.b.c.d` both decode to IPv4.
+/// 0.0.0.0 and 0.0.0.1 are sent IPv4-mapped: their compatible form would
+/// read back as `::` and `::1`.
 pub fn encode_gateway_ip(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => {
             let mut out = [0u8; 16];
+            if u32::from(v4) <= 1 {
+                out[10..12].copy_from_slice(&[0xff, 0xff]);
+            }
             out[12..].copy_from_slice(&v4.octets());
             out
         }
@@ -412,14 +417,7 @@ mod tests {
     }
 
     fn igmp_query_datagram() -> Vec<u8> {
-        let q = igmp::QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        };
+        let q = igmp::QueryRepr::general(100, 2, 125);
         encap::igmpv3_query_datagram(Ipv4Addr::new(10, 0, 0, 1), &q, false).unwrap()
     }
 
@@ -666,6 +664,24 @@ mod tests {
         );
         let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
         assert_eq!(decode_gateway_ip(v6.octets()), IpAddr::V6(v6));
+    }
+
+    /// Found by the amt_message fuzz target: a Teardown whose gateway is
+    /// IPv4-mapped 0.0.0.0 decoded to 0.0.0.0, re-encoded as `::` and then
+    /// decoded as IPv6 `::`, so the gateway changed on the way through.
+    #[test]
+    fn gateway_ip_round_trips_for_mapped_zero_addresses() {
+        let bytes = [
+            0x07, 0x1e, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00,
+            0x00, 0x00,
+        ];
+        let msg = Message::decode(&bytes).unwrap();
+        assert_eq!(Message::decode(&msg.to_vec()).unwrap(), msg);
+        for v4 in [Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(0, 0, 0, 1)] {
+            let ip = IpAddr::V4(v4);
+            assert_eq!(decode_gateway_ip(encode_gateway_ip(ip)), ip);
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! Internet checksum (RFC 1071), the IPv6 pseudo-header sum (RFC 8200 §8.1)
-//! and incremental update (RFC 1624).
+//! Internet checksum (RFC 1071), the IPv4 and IPv6 pseudo-header sums
+//! (RFC 768, RFC 8200 §8.1) and incremental update (RFC 1624).
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Adds `data` to a running one's-complement sum. Slices other than the last
 /// one must have even length (every caller passes whole header fields).
@@ -32,6 +32,15 @@ pub fn finish(mut sum: u32) -> u16 {
 /// correct checksum field yields 0.
 pub fn internet_checksum(data: &[u8]) -> u16 {
     finish(accumulate(0, data))
+}
+
+/// Sum of the IPv4 pseudo-header (source, destination, zero, protocol,
+/// upper-layer length) to start a UDP checksum with.
+pub fn ipv4_pseudo_header_sum(src: &Ipv4Addr, dst: &Ipv4Addr, upper_len: u16, protocol: u8) -> u32 {
+    let mut sum = accumulate(0, &src.octets());
+    sum = accumulate(sum, &dst.octets());
+    sum = accumulate(sum, &[0, protocol]);
+    accumulate(sum, &upper_len.to_be_bytes())
 }
 
 /// Sum of the IPv6 pseudo-header (source, destination, upper-layer length,

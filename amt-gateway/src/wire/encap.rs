@@ -271,14 +271,7 @@ mod tests {
 
     #[test]
     fn igmp_query_datagram_without_router_alert_is_32_bytes() {
-        let q = igmp::QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        };
+        let q = igmp::QueryRepr::general(100, 2, 125);
         let d = igmpv3_query_datagram(Ipv4Addr::new(10, 0, 0, 1), &q, false).unwrap();
         // 12 AMT + 32 = the 44-byte Query of the capture.
         assert_eq!(d.len(), 32);
@@ -294,14 +287,7 @@ mod tests {
 
     #[test]
     fn mld_datagrams_round_trip() {
-        let q = mld::QueryRepr {
-            max_resp_code: 10_000,
-            group: Ipv6Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 3,
-            qqic: 60,
-            sources: vec![],
-        };
+        let q = mld::QueryRepr::general(10_000, 3, 60);
         let src: Ipv6Addr = "fe80::1".parse().unwrap();
         let d = mldv2_query_datagram(src, &q).unwrap();
         assert_eq!(d.len(), 40 + 8 + 28);
@@ -330,14 +316,7 @@ mod tests {
 
     #[test]
     fn corrupted_datagrams_are_rejected() {
-        let q = igmp::QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        };
+        let q = igmp::QueryRepr::general(100, 2, 125);
         let d = igmpv3_query_datagram(Ipv4Addr::new(10, 0, 0, 1), &q, false).unwrap();
         let mut bad_ip = d.clone();
         bad_ip[15] ^= 1;

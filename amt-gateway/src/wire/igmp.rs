@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::{
-    DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8, need, room, v4_at,
+    DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8, expect_type,
+    message_out, need, v4_at,
 };
 
 pub const TYPE_MEMBERSHIP_QUERY: u8 = 0x11;
@@ -33,14 +34,21 @@ pub struct QueryRepr {
 }
 
 impl QueryRepr {
-    pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
-        need(buf, 1)?;
-        if buf[0] != TYPE_MEMBERSHIP_QUERY {
-            return Err(DecodeError::MessageType {
-                what: "IGMP",
-                value: buf[0],
-            });
+    /// A General Query (no group, no sources, S flag clear): what a relay
+    /// sends to learn all of a gateway's state.
+    pub fn general(max_resp_code: u8, qrv: u8, qqic: u8) -> Self {
+        Self {
+            max_resp_code,
+            group: Ipv4Addr::UNSPECIFIED,
+            suppress_router_processing: false,
+            qrv,
+            qqic,
+            sources: vec![],
         }
+    }
+
+    pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
+        expect_type(buf, TYPE_MEMBERSHIP_QUERY, "IGMP")?;
         if buf.len() < QUERY_MIN_LEN {
             // IGMPv1/v2 query: not usable for source-specific state.
             return Err(DecodeError::Length {
@@ -73,10 +81,7 @@ impl QueryRepr {
 
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let n = u16::try_from(self.sources.len())
-            .map_err(|_| EncodeError::Overflow("IGMP source count"))?;
-        let out = &mut buf[..len];
+        let (out, n) = message_out(buf, len, self.sources.len(), "IGMP source count")?;
         out[0] = TYPE_MEMBERSHIP_QUERY;
         out[1] = self.max_resp_code;
         out[2..4].fill(0);
@@ -116,12 +121,7 @@ pub struct ReportRepr {
 impl ReportRepr {
     pub fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
         need(buf, REPORT_HEADER_LEN)?;
-        if buf[0] != TYPE_V3_REPORT {
-            return Err(DecodeError::MessageType {
-                what: "IGMP",
-                value: buf[0],
-            });
-        }
+        expect_type(buf, TYPE_V3_REPORT, "IGMP")?;
         if checksum::internet_checksum(buf) != 0 {
             return Err(DecodeError::Checksum("IGMP"));
         }
@@ -136,10 +136,7 @@ impl ReportRepr {
 
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let count = u16::try_from(self.records.len())
-            .map_err(|_| EncodeError::Overflow("IGMP record count"))?;
-        let out = &mut buf[..len];
+        let (out, count) = message_out(buf, len, self.records.len(), "IGMP record count")?;
         out[0] = TYPE_V3_REPORT;
         out[1..6].fill(0);
         out[6..8].copy_from_slice(&count.to_be_bytes());
@@ -160,20 +157,27 @@ mod tests {
     use super::*;
     use crate::wire::RecordType;
 
-    fn general_query() -> QueryRepr {
-        QueryRepr {
-            max_resp_code: 100,
-            group: Ipv4Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
+    /// The report of the sample capture: ALLOW (232.1.1.1, 192.0.2.1).
+    fn allow_one() -> ReportRepr {
+        ReportRepr {
+            records: vec![GroupRecord {
+                record_type: RecordType::AllowNewSources,
+                group: Ipv4Addr::new(232, 1, 1, 1),
+                sources: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            }],
         }
+    }
+
+    /// Recomputes the IGMP checksum of an edited message.
+    fn set_checksum(message: &mut [u8]) {
+        message[2..4].fill(0);
+        let sum = checksum::internet_checksum(message);
+        message[2..4].copy_from_slice(&sum.to_be_bytes());
     }
 
     #[test]
     fn general_query_hand_bytes() {
-        let q = general_query();
+        let q = QueryRepr::general(100, 2, 125);
         let mut buf = [0u8; 12];
         assert_eq!(q.emit(&mut buf), Ok(12));
         // 11 64 csum 00000000 02 7d 0000 ; sum = 1164 + 027d = 13e1 -> ~ = ec1e
@@ -208,7 +212,7 @@ mod tests {
 
     #[test]
     fn query_rejects() {
-        let q = general_query();
+        let q = QueryRepr::general(100, 2, 125);
         let mut buf = [0u8; 12];
         q.emit(&mut buf).unwrap();
         assert!(matches!(
@@ -227,10 +231,7 @@ mod tests {
         // Source count larger than the buffer (checksum fixed up).
         let mut too_many = buf;
         too_many[11] = 3;
-        too_many[2] = 0;
-        too_many[3] = 0;
-        let s = checksum::internet_checksum(&too_many);
-        too_many[2..4].copy_from_slice(&s.to_be_bytes());
+        set_checksum(&mut too_many);
         assert!(matches!(
             QueryRepr::parse(&too_many),
             Err(DecodeError::Truncated { .. })
@@ -240,13 +241,7 @@ mod tests {
     #[test]
     fn report_hand_bytes_one_allow_record() {
         // The 20-byte report in the sample capture: one record, one source.
-        let r = ReportRepr {
-            records: vec![GroupRecord {
-                record_type: RecordType::AllowNewSources,
-                group: Ipv4Addr::new(232, 1, 1, 1),
-                sources: vec![Ipv4Addr::new(192, 0, 2, 1)],
-            }],
-        };
+        let r = allow_one();
         let mut buf = vec![0u8; r.buffer_len()];
         assert_eq!(r.emit(&mut buf), Ok(20));
         // words: 2200 0000 0000 0001 0500 0001 e801 0101 c000 0201
@@ -285,10 +280,7 @@ mod tests {
         with_aux.extend_from_slice(&[1, 1, 0, 0, 232, 9, 9, 9, 0xde, 0xad, 0xbe, 0xef]);
         with_aux.extend_from_slice(&buf[8..]);
         with_aux[7] = 3;
-        with_aux[2] = 0;
-        with_aux[3] = 0;
-        let s = checksum::internet_checksum(&with_aux);
-        with_aux[2..4].copy_from_slice(&s.to_be_bytes());
+        set_checksum(&mut with_aux);
         let p = ReportRepr::parse(&with_aux).unwrap();
         assert_eq!(p.records.len(), 3);
         assert_eq!(p.records[0].group, Ipv4Addr::new(232, 9, 9, 9));
@@ -298,20 +290,11 @@ mod tests {
 
     #[test]
     fn report_truncated_record() {
-        let r = ReportRepr {
-            records: vec![GroupRecord {
-                record_type: RecordType::AllowNewSources,
-                group: Ipv4Addr::new(232, 1, 1, 1),
-                sources: vec![Ipv4Addr::new(192, 0, 2, 1)],
-            }],
-        };
+        let r = allow_one();
         let mut buf = vec![0u8; r.buffer_len()];
         r.emit(&mut buf).unwrap();
         let mut cut = buf[..16].to_vec();
-        cut[2] = 0;
-        cut[3] = 0;
-        let s = checksum::internet_checksum(&cut);
-        cut[2..4].copy_from_slice(&s.to_be_bytes());
+        set_checksum(&mut cut);
         assert!(matches!(
             ReportRepr::parse(&cut),
             Err(DecodeError::Truncated { .. })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::ipv6::NEXT_ICMPV6;
 use super::{
     DecodeError, EncodeError, GroupRecord, be16, checksum, decode_float_code_u8,
-    decode_float_code_u16, need, room, v6_at,
+    decode_float_code_u16, expect_type, message_out, need, v6_at,
 };
 
 pub const TYPE_QUERY: u8 = 130;
@@ -60,14 +60,21 @@ pub struct QueryRepr {
 }
 
 impl QueryRepr {
-    pub fn parse(buf: &[u8], src: &Ipv6Addr, dst: &Ipv6Addr) -> Result<Self, DecodeError> {
-        need(buf, 1)?;
-        if buf[0] != TYPE_QUERY {
-            return Err(DecodeError::MessageType {
-                what: "ICMPv6",
-                value: buf[0],
-            });
+    /// A General Query (no group, no sources, S flag clear): what a relay
+    /// sends to learn all of a gateway's state.
+    pub fn general(max_resp_code: u16, qrv: u8, qqic: u8) -> Self {
+        Self {
+            max_resp_code,
+            group: Ipv6Addr::UNSPECIFIED,
+            suppress_router_processing: false,
+            qrv,
+            qqic,
+            sources: vec![],
         }
+    }
+
+    pub fn parse(buf: &[u8], src: &Ipv6Addr, dst: &Ipv6Addr) -> Result<Self, DecodeError> {
+        expect_type(buf, TYPE_QUERY, "ICMPv6")?;
         if buf.len() < QUERY_MIN_LEN {
             return Err(DecodeError::Length {
                 what: "MLDv2 query",
@@ -101,10 +108,7 @@ impl QueryRepr {
         dst: &Ipv6Addr,
     ) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let n = u16::try_from(self.sources.len())
-            .map_err(|_| EncodeError::Overflow("MLD source count"))?;
-        let out = &mut buf[..len];
+        let (out, n) = message_out(buf, len, self.sources.len(), "MLD source count")?;
         out[0] = TYPE_QUERY;
         out[1] = 0;
         out[4..6].copy_from_slice(&self.max_resp_code.to_be_bytes());
@@ -142,12 +146,7 @@ pub struct ReportRepr {
 impl ReportRepr {
     pub fn parse(buf: &[u8], src: &Ipv6Addr, dst: &Ipv6Addr) -> Result<Self, DecodeError> {
         need(buf, REPORT_HEADER_LEN)?;
-        if buf[0] != TYPE_V2_REPORT {
-            return Err(DecodeError::MessageType {
-                what: "ICMPv6",
-                value: buf[0],
-            });
-        }
+        expect_type(buf, TYPE_V2_REPORT, "ICMPv6")?;
         verify(buf, src, dst)?;
         let count = usize::from(be16(buf, 6)?);
         let records = GroupRecord::parse_all(buf, REPORT_HEADER_LEN, count)?;
@@ -165,10 +164,7 @@ impl ReportRepr {
         dst: &Ipv6Addr,
     ) -> Result<usize, EncodeError> {
         let len = self.buffer_len();
-        room(buf, len)?;
-        let count = u16::try_from(self.records.len())
-            .map_err(|_| EncodeError::Overflow("MLD record count"))?;
-        let out = &mut buf[..len];
+        let (out, count) = message_out(buf, len, self.records.len(), "MLD record count")?;
         out[0] = TYPE_V2_REPORT;
         out[1] = 0;
         out[4..6].fill(0);
@@ -195,14 +191,7 @@ mod tests {
     #[test]
     fn query_round_trip_and_times() {
         let (src, _) = addrs();
-        let q = QueryRepr {
-            max_resp_code: 10_000,
-            group: Ipv6Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 2,
-            qqic: 125,
-            sources: vec![],
-        };
+        let q = QueryRepr::general(10_000, 2, 125);
         let mut buf = vec![0u8; q.buffer_len()];
         assert_eq!(q.emit(&mut buf, &src, &ALL_NODES), Ok(28));
         assert_eq!(buf[0], 130);
@@ -230,14 +219,7 @@ mod tests {
         // General query, MRC 0, QRV 0, QQIC 0, from :: to ff02::1.
         // Pseudo-header sum: ff02 + 0001 + len 001c + nh 003a = 0xff59
         // ICMPv6 words: 8200 -> total 0x1_8159 -> 0x815a -> ~ 0x7ea5
-        let q = QueryRepr {
-            max_resp_code: 0,
-            group: Ipv6Addr::UNSPECIFIED,
-            suppress_router_processing: false,
-            qrv: 0,
-            qqic: 0,
-            sources: vec![],
-        };
+        let q = QueryRepr::general(0, 0, 0);
         let mut buf = [0u8; 28];
         q.emit(&mut buf, &Ipv6Addr::UNSPECIFIED, &ALL_NODES)
             .unwrap();

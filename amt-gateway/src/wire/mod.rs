@@ -80,6 +80,33 @@ pub(crate) fn room(buf: &[u8], needed: usize) -> Result<(), EncodeError> {
     }
 }
 
+/// Checks that `buf` starts with message type `expected` of protocol
+/// `what` (IGMP, ICMPv6).
+pub(crate) fn expect_type(buf: &[u8], expected: u8, what: &'static str) -> Result<(), DecodeError> {
+    need(buf, 1)?;
+    if buf[0] == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::MessageType {
+            what,
+            value: buf[0],
+        })
+    }
+}
+
+/// The first `len` bytes of `buf`, to encode a message into, and `count`
+/// as the message's 16-bit count field (`what` names it in the error).
+pub(crate) fn message_out<'a>(
+    buf: &'a mut [u8],
+    len: usize,
+    count: usize,
+    what: &'static str,
+) -> Result<(&'a mut [u8], u16), EncodeError> {
+    room(buf, len)?;
+    let count = u16::try_from(count).map_err(|_| EncodeError::Overflow(what))?;
+    Ok((&mut buf[..len], count))
+}
+
 /// Big-endian u16 at `at`; callers have already checked the length.
 pub(crate) fn be16(buf: &[u8], at: usize) -> Result<u16, DecodeError> {
     match buf.get(at..at + 2) {
@@ -266,59 +293,57 @@ impl<A: RecordAddress> GroupRecord<A> {
     }
 }
 
-/// Decodes the 8-bit "floating point" code shared by IGMPv3 Max Resp Code
-/// and QQIC (RFC 3376 §4.1.1, §4.1.7) and MLDv2 QQIC (RFC 3810 §5.1.9):
-/// below 128 the value is literal, otherwise
+/// The "floating point" codes of IGMPv3 and MLDv2 with `mant_bits` of
+/// mantissa and 3 of exponent: below `1 << (mant_bits + 3)` the value is
+/// literal, otherwise `(mant | 1 << mant_bits) << (exp + 3)`.
+fn decode_float_code(code: u32, mant_bits: u32) -> u32 {
+    if code < 1 << (mant_bits + 3) {
+        code
+    } else {
+        let mant = code & ((1 << mant_bits) - 1);
+        let exp = (code >> mant_bits) & 0x07;
+        (mant | 1 << mant_bits) << (exp + 3)
+    }
+}
+
+/// Inverse of [`decode_float_code`], rounding down to the nearest
+/// representable value; saturates at the largest code (all ones).
+fn encode_float_code(value: u32, mant_bits: u32) -> u32 {
+    let literal_below = 1 << (mant_bits + 3);
+    if value < literal_below {
+        return value;
+    }
+    for exp in 0u32..8 {
+        let mant = value >> (exp + 3);
+        if mant < 1 << (mant_bits + 1) {
+            return literal_below | (exp << mant_bits) | (mant & ((1 << mant_bits) - 1));
+        }
+    }
+    (literal_below << 1) - 1
+}
+
+/// The 8-bit code of IGMPv3 Max Resp Code and QQIC (RFC 3376 §4.1.1,
+/// §4.1.7) and MLDv2 QQIC (RFC 3810 §5.1.9): below 128 literal, otherwise
 /// `(mant | 0x10) << (exp + 3)` with `exp = bits 4..6`, `mant = bits 0..3`.
 pub fn decode_float_code_u8(code: u8) -> u32 {
-    if code < 128 {
-        u32::from(code)
-    } else {
-        let mant = u32::from(code & 0x0f);
-        let exp = u32::from((code >> 4) & 0x07);
-        (mant | 0x10) << (exp + 3)
-    }
+    decode_float_code(u32::from(code), 4)
 }
 
 /// Inverse of [`decode_float_code_u8`], rounding down to the nearest
 /// representable value; saturates at the largest one (31744).
 pub fn encode_float_code_u8(value: u32) -> u8 {
-    if value < 128 {
-        return value as u8;
-    }
-    for exp in 0u32..8 {
-        let mant = value >> (exp + 3);
-        if mant < 0x20 {
-            return 0x80 | ((exp as u8) << 4) | ((mant & 0x0f) as u8);
-        }
-    }
-    0xff
+    encode_float_code(value, 4) as u8
 }
 
 /// MLDv2 16-bit Maximum Response Code (RFC 3810 §5.1.3), in milliseconds:
 /// below 32768 literal, otherwise `(mant | 0x1000) << (exp + 3)`.
 pub fn decode_float_code_u16(code: u16) -> u32 {
-    if code < 32768 {
-        u32::from(code)
-    } else {
-        let mant = u32::from(code & 0x0fff);
-        let exp = u32::from((code >> 12) & 0x07);
-        (mant | 0x1000) << (exp + 3)
-    }
+    decode_float_code(u32::from(code), 12)
 }
 
 /// Inverse of [`decode_float_code_u16`], rounding down; saturates.
 pub fn encode_float_code_u16(value: u32) -> u16 {
-    if value < 32768 {
-        return value as u16;
-    }
-    for exp in 0u32..8 {
-        let mant = value >> (exp + 3);
-        if mant < 0x2000 {
-            return 0x8000 | ((exp as u16) << 12) | ((mant & 0x0fff) as u16);
-        }
-    }
-    0xffff
+    encode_float_code(value, 12) as u16
 }
 
 #[cfg(test)]
@@ -369,6 +394,11 @@ mod tests {
             decode_float_code_u16(encode_float_code_u16(0x1fff << 10)),
             0x1fff << 10
         );
+        for code in 0u16..=u16::MAX {
+            let value = decode_float_code_u16(code);
+            assert_eq!(decode_float_code_u16(encode_float_code_u16(value)), value);
+        }
+        assert_eq!(encode_float_code_u16(u32::MAX), 0xffff);
     }
 
     #[test]

@@ -12,9 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ingest_types::SourceGroup;
 
-use super::checksum::{accumulate, finish, internet_checksum, ipv6_pseudo_header_sum};
-use super::ipv4::Ipv4Repr;
-use super::ipv6::Ipv6Repr;
+use super::checksum::{accumulate, finish};
+use super::ip::IpRepr;
 use super::{DecodeError, EncodeError, need, room};
 
 /// IP protocol / next header of PIM.
@@ -228,50 +227,34 @@ impl HelloRepr {
 /// hop limit 1, with the PIM checksum set. `src` is an IPv4 address, or
 /// for PIMv6 a link-local IPv6 address.
 pub fn hello_packet(src: IpAddr, hello: &HelloRepr) -> Result<Vec<u8>, EncodeError> {
-    match src {
-        IpAddr::V4(src) => {
-            let ip = Ipv4Repr {
-                src,
-                dst: ALL_PIM_ROUTERS_V4,
-                protocol: PROTO_PIM,
-                ttl: 1,
-                tos: 0xc0,
-                router_alert: false,
-                payload_len: HelloRepr::LEN,
-            };
-            let mut packet = vec![0u8; ip.total_len()];
-            let hl = ip.emit(&mut packet)?;
-            let pim = &mut packet[hl..];
-            hello.emit(pim)?;
-            let sum = internet_checksum(pim);
-            pim[2..4].copy_from_slice(&sum.to_be_bytes());
-            Ok(packet)
-        }
-        IpAddr::V6(src) => {
-            let ip = Ipv6Repr {
-                src,
-                dst: ALL_PIM_ROUTERS_V6,
-                next_header: PROTO_PIM,
-                hop_limit: 1,
-                router_alert: false,
-                payload_len: HelloRepr::LEN,
-            };
-            let mut packet = vec![0u8; ip.total_len()];
-            let hl = ip.emit(&mut packet)?;
-            let pim = &mut packet[hl..];
-            hello.emit(pim)?;
-            let pseudo =
-                ipv6_pseudo_header_sum(&src, &ALL_PIM_ROUTERS_V6, HelloRepr::LEN as u32, PROTO_PIM);
-            let sum = finish(accumulate(pseudo, pim));
-            pim[2..4].copy_from_slice(&sum.to_be_bytes());
-            Ok(packet)
-        }
+    let dst = match src {
+        IpAddr::V4(_) => IpAddr::V4(ALL_PIM_ROUTERS_V4),
+        IpAddr::V6(_) => IpAddr::V6(ALL_PIM_ROUTERS_V6),
+    };
+    let mut ip = IpRepr::new(src, dst, PROTO_PIM, 1, HelloRepr::LEN)
+        .ok_or(EncodeError::Overflow("mixed address families"))?;
+    if let IpRepr::V4(v4) = &mut ip {
+        // Internetwork control, as pimd sends its own Hellos.
+        v4.tos = 0xc0;
     }
+    let (mut packet, hl) = ip.packet()?;
+    let pim = &mut packet[hl..];
+    hello.emit(pim)?;
+    // The PIM checksum covers the message alone over IPv4, and the
+    // pseudo-header too over IPv6 (RFC 7761 §4.9).
+    let pseudo = match ip {
+        IpRepr::V4(_) => 0,
+        IpRepr::V6(_) => ip.pseudo_header_sum()?,
+    };
+    let sum = finish(accumulate(pseudo, pim));
+    pim[2..4].copy_from_slice(&sum.to_be_bytes());
+    Ok(packet)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::checksum::{internet_checksum, ipv6_pseudo_header_sum};
     use crate::wire::ipv4::Ipv4Header;
     use crate::wire::ipv6::Ipv6Header;
 
@@ -289,6 +272,7 @@ mod tests {
         let p = hello_packet(IpAddr::V4(src), &hello()).unwrap();
         assert_eq!(p.len(), 20 + 4 + 6 + 8 + 8 + 8);
         assert_eq!(internet_checksum(&p[..20]), 0, "IPv4 header checksum");
+        assert_eq!(p[1], 0xc0, "TOS: internetwork control");
         assert_eq!(internet_checksum(&p[20..]), 0, "PIM checksum");
         let ip = Ipv4Header::parse(&p).unwrap();
         assert_eq!((ip.ttl(), ip.protocol()), (1, PROTO_PIM));

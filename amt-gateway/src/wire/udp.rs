@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 
 use super::EncodeError;
-use super::checksum::{accumulate, finish, ipv6_pseudo_header_sum};
-use super::ipv4::{Ipv4Repr, PROTO_UDP};
-use super::ipv6::{Ipv6Repr, NEXT_UDP};
+use super::checksum::{accumulate, finish};
+use super::ip::IpRepr;
+use super::ipv4::PROTO_UDP;
 
 pub const HEADER_LEN: usize = 8;
 
@@ -28,41 +28,10 @@ impl UdpRepr {
     pub fn packet(&self, payload: &[u8]) -> Result<Vec<u8>, EncodeError> {
         let udp_len = HEADER_LEN + payload.len();
         let udp_len16 = u16::try_from(udp_len).map_err(|_| EncodeError::Overflow("UDP length"))?;
-        let (mut packet, hl, pseudo) = match (self.src, self.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                let ip = Ipv4Repr {
-                    src,
-                    dst,
-                    protocol: PROTO_UDP,
-                    ttl: self.ttl,
-                    tos: 0,
-                    router_alert: false,
-                    payload_len: udp_len,
-                };
-                let mut packet = vec![0u8; ip.total_len()];
-                let hl = ip.emit(&mut packet)?;
-                let mut sum = accumulate(0, &src.octets());
-                sum = accumulate(sum, &dst.octets());
-                sum = accumulate(sum, &[0, PROTO_UDP]);
-                sum = accumulate(sum, &udp_len16.to_be_bytes());
-                (packet, hl, sum)
-            }
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                let ip = Ipv6Repr {
-                    src,
-                    dst,
-                    next_header: NEXT_UDP,
-                    hop_limit: self.ttl,
-                    router_alert: false,
-                    payload_len: udp_len,
-                };
-                let mut packet = vec![0u8; ip.total_len()];
-                let hl = ip.emit(&mut packet)?;
-                let sum = ipv6_pseudo_header_sum(&src, &dst, udp_len as u32, NEXT_UDP);
-                (packet, hl, sum)
-            }
-            _ => return Err(EncodeError::Overflow("mixed address families")),
-        };
+        let ip = IpRepr::new(self.src, self.dst, PROTO_UDP, self.ttl, udp_len)
+            .ok_or(EncodeError::Overflow("mixed address families"))?;
+        let (mut packet, hl) = ip.packet()?;
+        let pseudo = ip.pseudo_header_sum()?;
         let udp = &mut packet[hl..];
         udp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         udp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
@@ -81,7 +50,9 @@ impl UdpRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::checksum::ipv6_pseudo_header_sum;
     use crate::wire::ip;
+    use crate::wire::ipv6::NEXT_UDP;
 
     fn repr(src: &str, dst: &str) -> UdpRepr {
         UdpRepr {
@@ -93,7 +64,8 @@ mod tests {
         }
     }
 
-    /// The checksum over pseudo-header and datagram is all ones.
+    /// The checksum over pseudo-header and datagram is all ones (the
+    /// pseudo-header summed here, independently of `IpRepr`).
     fn verifies(packet: &[u8], r: &UdpRepr) -> bool {
         let info = ip::inspect(packet).unwrap();
         let udp = &packet[packet.len() - (HEADER_LEN + 20)..];

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
+use amt_gateway::dataplane::{self, DataPlaneReason, DataPlaneSelection, DeliveryTarget};
+use amt_gateway::driver::DEFAULT_MIN_INNER_TTL;
 use anyhow::Context;
 use clap::Parser;
 use frr_bridge::api::{ApiInfo, ApiService, bind_unix, serve};
@@ -103,6 +105,11 @@ struct Args {
     /// CA certificates (PEM) trusted for DORMS servers. [policy.dorms_ca_bundle]
     #[arg(long, value_name = "PEM")]
     dorms_ca: Option<PathBuf>,
+    /// Where AMT data is decapsulated: "kernel" (BPF at TC ingress; needs
+    /// CAP_BPF), "userspace", or "auto" (kernel when it loads, else
+    /// userspace, saying why). [amt.dataplane]
+    #[arg(long, value_name = "auto|kernel|userspace")]
+    dataplane: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or
     /// "frr_bridge=debug". RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
@@ -170,6 +177,9 @@ fn build_config(a: &Args) -> Result<Config, ConfigError> {
     }
     if let Some(v) = &a.dorms_ca {
         c.policy.dorms_ca_bundle = Some(v.clone());
+    }
+    if let Some(v) = &a.dataplane {
+        c.amt.dataplane = v.clone();
     }
     c.validate()?;
     Ok(c)
@@ -267,6 +277,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             String::new()
         }
     );
+    let dataplane = select_dataplane(&cfg, &tun)?;
     match tun.remove_stale_routes() {
         Ok(0) => {}
         Ok(n) => info!("removed {n} stale source routes left by an earlier instance"),
@@ -351,6 +362,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         bind: cfg.amt.bind,
         no_data_timeout: (cfg.amt.no_data_timeout_s > 0)
             .then(|| std::time::Duration::from_secs(cfg.amt.no_data_timeout_s)),
+        kernel: dataplane.kernel.clone(),
     };
     // The policy engine decides (not in serve_all_sources mode, which
     // routes everything unasked).
@@ -440,6 +452,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             JoinSource::Pimd => format!("pimd:{}", cfg.pimd_socket().display()),
             JoinSource::File(p) => format!("file:{}", p.display()),
         },
+        dataplane: Some(dataplane.status.clone()),
+        kernel: dataplane.kernel.clone(),
     };
     if let Some(listener) = metrics_listener {
         tokio::spawn(frr_bridge::metrics::serve_metrics(
@@ -470,6 +484,32 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(_) => warn!("API server did not stop within 3 s"),
         _ => {}
     }
+    // The tunnels are closed: dropping the last reference detaches the
+    // programs and removes the veth pair and maps.
+    drop(dataplane);
     info!("stopped; routes removed, TUN released");
     Ok(())
+}
+
+/// Opens the data plane `amt.dataplane` asks for, delivering into `tun`
+/// (through a veth pair when FRR runs in another namespace). `kernel` that
+/// cannot load is an error; `auto` falls back to userspace and says why.
+fn select_dataplane(cfg: &Config, tun: &IngestTun) -> anyhow::Result<DataPlaneSelection> {
+    let mode = cfg.dataplane_mode()?;
+    let target = match &cfg.frr.netns {
+        Some(netns) => DeliveryTarget::other_namespace(netns, tun.ifindex()),
+        None => DeliveryTarget::SameNamespace {
+            tun_ifindex: tun.ifindex(),
+        },
+    };
+    let selection = dataplane::select(mode, Some(target), Some(DEFAULT_MIN_INNER_TTL))
+        .with_context(|| format!("amt.dataplane = \"{mode}\": the kernel data plane cannot run"))?;
+    let status = &selection.status;
+    match &status.reason {
+        DataPlaneReason::Fallback(why) => {
+            warn!(requested = %status.requested, "data plane: userspace, because {why}")
+        }
+        _ => info!(requested = %status.requested, "data plane: {}", status.reason_text()),
+    }
+    Ok(selection)
 }

@@ -271,6 +271,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "tunnels": s.tunnels, "join_source": s.join_source,
                     "pim6d_state": s.pim6d_state, "tun_local6": s.tun_local6,
                     "tun_neighbor6": s.tun_neighbor6, "ipv4_rpf": s.ipv4_rpf,
+                    "race_winners": s.race_winners,
+                    "dataplane": s.dataplane, "dataplane_requested": s.dataplane_requested,
+                    "dataplane_reason": s.dataplane_reason,
+                    "dataplane_interfaces": s.dataplane_interfaces,
                     "counters": counters.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -304,6 +308,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.joins, s.served_sources
                 );
                 println!("  Tunnels:    {}", s.tunnels);
+                if !s.dataplane.is_empty() {
+                    println!(
+                        "  Data plane: {} (asked: {}; {})",
+                        s.dataplane, s.dataplane_requested, s.dataplane_reason
+                    );
+                    for iface in &s.dataplane_interfaces {
+                        println!("              attached to {iface}");
+                    }
+                }
                 println!(
                     "  Polls:      {} ({} failed, last good {} ms ago){}",
                     s.polls,
@@ -347,7 +360,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                "discoveries_sent": t.discoveries_sent, "requests_sent": t.requests_sent,
                                "queries_received": t.queries_received, "updates_sent": t.updates_sent,
                                "teardowns_sent": t.teardowns_sent, "relay_losses": t.relay_losses,
-                               "stall_requests": t.stall_requests})
+                               "stall_requests": t.stall_requests, "dataplane": t.dataplane,
+                               "kernel_packets": t.kernel_packets, "kernel_bytes": t.kernel_bytes,
+                               "kernel_passed": t.kernel_passed})
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -375,6 +390,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         t.last_query_age_ms / 1000,
                         t.next_request_in_ms / 1000
                     );
+                    if !t.dataplane.is_empty() {
+                        println!("    data plane: {}{}", t.dataplane, kernel_text(t));
+                    }
                     for ch in &t.channels {
                         println!("    {ch}");
                     }
@@ -537,4 +555,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn uptime_ms_text(ms: u64) -> String {
     let d = Duration::from_millis(ms).as_secs();
     format!("{:02}:{:02}:{:02}", d / 3600, (d / 60) % 60, d % 60)
+}
+
+/// The kernel data plane's share of a tunnel's traffic, for people:
+/// "; kernel delivered 1200 packets, left 8 to the socket (control 8)".
+fn kernel_text(t: &ingest_proto::v1::Tunnel) -> String {
+    if !t.dataplane.starts_with("kernel") {
+        return String::new();
+    }
+    let mut passed: Vec<_> = t.kernel_passed.iter().collect();
+    passed.sort();
+    let total: u64 = passed.iter().map(|(_, n)| **n).sum();
+    let reasons: Vec<String> = passed.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    format!(
+        "; kernel delivered {} packets, left {total} to the socket{}",
+        t.kernel_packets,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        }
+    )
 }

@@ -164,13 +164,7 @@ fn take_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sg(s: &str, g: &str) -> SourceGroup {
-        SourceGroup {
-            source: s.parse().unwrap(),
-            group: g.parse().unwrap(),
-        }
-    }
+    use ingest_policy::fixtures::sg;
 
     /// Captured from FRR 8.4.4 (research frr-feasibility §6), one join.
     const FRR84_ONE: &str = r#"{"ing-dn":{"name":"ing-dn","state":"up","address":"10.77.1.1","index":2,"flagMulticast":true,
@@ -309,26 +303,19 @@ mod tests {
         assert_eq!(p.not_joined, 1);
     }
 
+    /// `inner` wrapped in `depth` objects: {"a":{"a":...inner...}}.
+    fn nested(depth: usize, inner: &str) -> String {
+        format!("{}{inner}{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+    }
+
     #[test]
     fn deeply_nested_garbage_does_not_recurse_forever() {
-        let mut t = String::new();
-        for _ in 0..200 {
-            t.push_str("{\"a\":");
-        }
-        t.push('1');
-        for _ in 0..200 {
-            t.push('}');
-        }
         // serde_json's own recursion limit (128) rejects this first.
-        assert!(parse_join_json(&t).is_err());
-        let mut t = String::new();
-        for _ in 0..100 {
-            t.push_str("{\"a\":");
-        }
-        t.push_str("{\"232.1.1.1\":{\"198.51.100.4\":{\"channelJoinName\":\"JOIN\"}}}");
-        for _ in 0..100 {
-            t.push('}');
-        }
+        assert!(parse_join_json(&nested(200, "1")).is_err());
+        let t = nested(
+            100,
+            "{\"232.1.1.1\":{\"198.51.100.4\":{\"channelJoinName\":\"JOIN\"}}}",
+        );
         assert!(parse_join_json(&t).unwrap().joins.is_empty());
     }
 

@@ -326,13 +326,26 @@ mod tests {
         assert_eq!(VtyStatus::from(12), VtyStatus::Other(12));
     }
 
-    #[tokio::test]
-    async fn client_against_fake_daemon_and_reconnect() {
-        let dir = std::env::temp_dir().join(format!("vtytest-{}", std::process::id()));
+    /// A listening Unix socket `pimd.vty` in a fresh temp directory (the
+    /// test removes the directory).
+    fn fake_daemon_socket(
+        tag: &str,
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        tokio::net::UnixListener,
+    ) {
+        let dir = std::env::temp_dir().join(format!("vtytest-{tag}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("pimd.vty");
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        (dir, path, listener)
+    }
+
+    #[tokio::test]
+    async fn client_against_fake_daemon_and_reconnect() {
+        let (dir, path, listener) = fake_daemon_socket("reconnect");
         let server = tokio::spawn(async move {
             // First connection: answer one command, then die mid-reply.
             let (mut s, _) = listener.accept().await.unwrap();
@@ -380,11 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_daemon_times_out() {
-        let dir = std::env::temp_dir().join(format!("vtytest2-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("pimd.vty");
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = fake_daemon_socket("silent");
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;

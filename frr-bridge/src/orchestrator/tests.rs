@@ -2,37 +2,24 @@
 //! the pure cores together (join tracker → policy engine → orchestrator)
 //! the way the pipeline does, feeding actions' outcomes back by hand.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use amt_gateway::{Family, LossReason, TunnelEvent};
-use ingest_policy::driad::{
-    AmtRelayRecord, DriadAnswer, DriadOutcome, candidates_from_records, reverse_name,
-};
+use ingest_policy::driad::DriadOutcome;
 use ingest_policy::engine::{
-    Engine, EngineConfig, FlowPolicy, Lookup, LookupDone, PolicySet, RelayChoice, RelaySource,
-    RelayVerdict, StaticRelayMap, WantedSet,
+    Engine, FlowPolicy, Lookup, LookupDone, PolicySet, RelayChoice, RelaySource, RelayVerdict,
+    StaticRelayMap, WantedSet,
 };
-use ingest_types::{AMT_PORT, SourceGroup};
+use ingest_policy::fixtures::{answer_with_ttl, engine_config, ip, no_static, relay, sg};
+use ingest_types::SourceGroup;
 
 use super::*;
 use crate::wanted::{JoinSet, WantedTracker};
 
 const LINGER: Duration = Duration::from_secs(60);
 const DELAY: Duration = Duration::from_millis(250);
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
-
-fn sg(s: &str, g: &str) -> SourceGroup {
-    SourceGroup::new(ip(s), ip(g)).unwrap()
-}
-
-fn relay(text: &str) -> SocketAddr {
-    SocketAddr::new(ip(text), AMT_PORT)
-}
 
 fn orchestrator() -> Orchestrator {
     Orchestrator::new(OrchestratorConfig {
@@ -418,30 +405,9 @@ fn a_tunnel_task_that_ends_is_reopened_with_its_channels() {
 
 // ---- the cores together ------------------------------------------------
 
-fn engine_config() -> EngineConfig {
-    EngineConfig {
-        limit: None,
-        default_bitrate: None,
-        dorms: false,
-        driad: true,
-        holddown_min: Duration::from_secs(180),
-        holddown_max: Duration::from_secs(600),
-        recheck: Duration::from_secs(5),
-        seed: 7,
-    }
-}
-
+/// DRIAD's answer for `source`, cached for an hour.
 fn answer(source: &str, records: &[&str]) -> DriadOutcome {
-    let records: Vec<AmtRelayRecord> = records.iter().map(|r| r.parse().unwrap()).collect();
-    DriadOutcome::Answer(DriadAnswer {
-        source: ip(source),
-        query_name: reverse_name(ip(source)),
-        candidates: candidates_from_records(&records),
-        records,
-        rejected: Vec::new(),
-        unresolved: Vec::new(),
-        ttl: Duration::from_secs(3600),
-    })
+    answer_with_ttl(source, records, Duration::from_secs(3600))
 }
 
 /// Feeds the engine's relay failures back, as the pipeline does.
@@ -459,8 +425,7 @@ fn feed_failures(engine: &mut Engine, actions: &[Action], now: Instant) -> usize
 #[test]
 fn last_relay_failing_asks_dns_again() {
     let t0 = Instant::now();
-    let no_static: StaticRelayMap = Box::new(|_| None);
-    let mut engine = Engine::new(engine_config(), no_static, t0, SystemTime::now());
+    let mut engine = Engine::new(engine_config(None), no_static(), t0, SystemTime::now());
     let mut o = orchestrator();
     let a = sg("203.0.113.6", "232.1.1.1");
     let wanted: WantedSet = [(
@@ -532,7 +497,7 @@ fn last_relay_failing_asks_dns_again() {
 fn pimd_restart_grace_keeps_flows_forwarding() {
     let t0 = Instant::now();
     let static_map: StaticRelayMap = Box::new(|_| Some((relay("192.0.2.10"), false)));
-    let mut engine = Engine::new(engine_config(), static_map, t0, SystemTime::now());
+    let mut engine = Engine::new(engine_config(None), static_map, t0, SystemTime::now());
     let mut tracker = WantedTracker::new(Duration::from_secs(75));
     let mut o = orchestrator();
     let (a, b) = (

@@ -6,104 +6,21 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use amt_gateway::{LossReason, TunnelEvent};
-use ingest_policy::admission::BitrateOrigin;
-use ingest_policy::dorms::{DormsError, FlowBitrate};
-use ingest_policy::driad::{
-    AmtRelayRecord, DriadAnswer, DriadOutcome, candidates_from_records, reverse_name,
+use ingest_policy::dorms::FlowBitrate;
+use ingest_policy::driad::DriadOutcome;
+use ingest_policy::engine::{EngineConfig, LookupFuture};
+use ingest_policy::fixtures::{
+    M, answer, desired, dorms_down, dorms_ok, engine_config, no_static, relay, relays_of, sg,
 };
-use ingest_policy::engine::{EngineConfig, LookupFuture, StaticRelayMap, WantedFlow};
-use ingest_types::{AMT_PORT, SourceGroup};
+use ingest_types::SourceGroup;
 
 use super::*;
 use crate::orchestrator::{FlowPhase, OrchestratorConfig};
+use crate::test_support::wait_published;
 
-const M: u64 = 1_000_000;
-const DORMS_URL: &str = "https://dorms.lab.test/restconf/data/x";
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
-
-fn sg(source: &str, group: &str) -> SourceGroup {
-    SourceGroup::new(ip(source), ip(group)).unwrap()
-}
-
-fn relay(text: &str) -> SocketAddr {
-    SocketAddr::new(ip(text), AMT_PORT)
-}
-
-/// A wanted set: each (S,G) with `n` downstream interfaces.
-fn desired(flows: &[(SourceGroup, usize)]) -> Arc<WantedSet> {
-    Arc::new(
-        flows
-            .iter()
-            .map(|(sg, n)| {
-                (
-                    *sg,
-                    WantedFlow {
-                        interfaces: (1..=*n).map(|i| format!("eth{i}")).collect(),
-                        held: false,
-                    },
-                )
-            })
-            .collect(),
-    )
-}
-
-fn answer(source: &str, records: &[&str]) -> DriadOutcome {
-    let records: Vec<AmtRelayRecord> = records.iter().map(|r| r.parse().unwrap()).collect();
-    DriadOutcome::Answer(DriadAnswer {
-        source: ip(source),
-        query_name: reverse_name(ip(source)),
-        candidates: candidates_from_records(&records),
-        records,
-        rejected: Vec::new(),
-        unresolved: Vec::new(),
-        ttl: Duration::from_secs(300),
-    })
-}
-
-fn dorms_ok(bits: u64) -> FlowBitrate {
-    FlowBitrate {
-        bitrate: Some(bits),
-        origin: BitrateOrigin::Dorms,
-        metadata: None,
-        url: Some(DORMS_URL.into()),
-        error: None,
-    }
-}
-
-fn dorms_down() -> FlowBitrate {
-    FlowBitrate {
-        bitrate: None,
-        origin: BitrateOrigin::Unknown,
-        metadata: None,
-        url: None,
-        error: Some(DormsError::Timeout {
-            url: "https://dorms.lab.test/.well-known/host-meta".into(),
-        }),
-    }
-}
-
-fn config(limit: Option<u64>) -> EngineConfig {
-    EngineConfig {
-        limit,
-        default_bitrate: None,
-        dorms: limit.is_some(),
-        driad: true,
-        holddown_min: Duration::from_secs(180),
-        holddown_max: Duration::from_secs(600),
-        recheck: Duration::from_secs(5),
-        seed: 7,
-    }
-}
-
-fn relays_of(set: &PolicySet, flow: SourceGroup) -> Vec<SocketAddr> {
-    match &set[&flow].relays {
-        RelayVerdict::Relays(r) => r.iter().map(|c| c.relay).collect(),
-        other => panic!("{flow}: expected relays, got {other:?}"),
-    }
-}
+/// How long a test waits for a policy set (paused time: the limit only
+/// stops a test that waits for something that never comes).
+const WAIT: Duration = Duration::from_secs(3600);
 
 /// Fake lookups: a source without an entry hangs forever.
 #[derive(Default)]
@@ -156,6 +73,12 @@ struct FakeWorld {
     events: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<RelayEvent>>>,
 }
 
+impl FakeWorld {
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
 struct FakePort {
     relay: SocketAddr,
     world: Arc<FakeWorld>,
@@ -163,32 +86,16 @@ struct FakePort {
 
 impl TunnelPort for FakePort {
     fn subscribe(&self, sg: SourceGroup) {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Subscribe(self.relay, sg));
+        self.world.record(Call::Subscribe(self.relay, sg));
     }
     fn unsubscribe(&self, sg: SourceGroup) {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Unsubscribe(self.relay, sg));
+        self.world.record(Call::Unsubscribe(self.relay, sg));
     }
     fn connect(&self, family: amt_gateway::Family) {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Connect(self.relay, family));
+        self.world.record(Call::Connect(self.relay, family));
     }
     fn close(&self) -> PortFuture<'_, ()> {
-        self.world
-            .calls
-            .lock()
-            .unwrap()
-            .push(Call::Close(self.relay));
+        self.world.record(Call::Close(self.relay));
         Box::pin(async {})
     }
     fn snapshot(&self) -> PortFuture<'_, Option<TunnelSnapshot>> {
@@ -208,7 +115,7 @@ impl Southbound for FakeSouthbound {
         _skip_discovery: bool,
         events: mpsc::UnboundedSender<RelayEvent>,
     ) -> Result<Arc<dyn TunnelPort>, OpenTunnelError> {
-        self.0.calls.lock().unwrap().push(Call::Open(relay));
+        self.0.record(Call::Open(relay));
         self.0.events.lock().unwrap().insert(relay, events);
         Ok(Arc::new(FakePort {
             relay,
@@ -216,11 +123,11 @@ impl Southbound for FakeSouthbound {
         }))
     }
     fn add_route(&self, source: IpAddr) -> io::Result<()> {
-        self.0.calls.lock().unwrap().push(Call::AddRoute(source));
+        self.0.record(Call::AddRoute(source));
         Ok(())
     }
     fn remove_route(&self, source: IpAddr) -> io::Result<()> {
-        self.0.calls.lock().unwrap().push(Call::RemoveRoute(source));
+        self.0.record(Call::RemoveRoute(source));
         Ok(())
     }
 }
@@ -253,8 +160,7 @@ fn shared() -> Shared {
 }
 
 fn start(cfg: EngineConfig, fake: Arc<Fake>, flows: &[(SourceGroup, usize)]) -> Running {
-    let no_static: StaticRelayMap = Box::new(|_| None);
-    let engine = Engine::new(cfg, no_static, clock(), SystemTime::now());
+    let engine = Engine::new(cfg, no_static(), clock(), SystemTime::now());
     let world = Arc::new(FakeWorld::default());
     let shared = shared();
     let mut pipeline = Pipeline::new(
@@ -280,25 +186,6 @@ fn start(cfg: EngineConfig, fake: Arc<Fake>, flows: &[(SourceGroup, usize)]) -> 
     }
 }
 
-/// Waits (in paused time) until the published set satisfies `check`.
-async fn wait_for(
-    out: &mut watch::Receiver<Arc<PolicySet>>,
-    what: &str,
-    check: impl Fn(&PolicySet) -> bool,
-) -> Arc<PolicySet> {
-    let waited = tokio::time::timeout(Duration::from_secs(3600), async {
-        loop {
-            let current = out.borrow_and_update().clone();
-            if check(&current) {
-                return current;
-            }
-            out.changed().await.expect("pipeline stopped");
-        }
-    })
-    .await;
-    waited.unwrap_or_else(|_| panic!("never published: {what}; last: {:#?}", out.borrow()))
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_hanging_lookup_does_not_hold_back_other_sources() {
     let (slow, fast) = (
@@ -310,8 +197,8 @@ async fn a_hanging_lookup_does_not_hold_back_other_sources() {
         .lock()
         .unwrap()
         .insert(fast.source, answer("198.51.100.2", &["10 0 1 192.0.2.2"]));
-    let mut run = start(config(None), fake.clone(), &[(slow, 1), (fast, 1)]);
-    let set = wait_for(&mut run.out, "fast source relayed", |s| {
+    let mut run = start(engine_config(None), fake.clone(), &[(slow, 1), (fast, 1)]);
+    let set = wait_published(&mut run.out, WAIT, "fast source relayed", |s| {
         s.get(&fast).is_some_and(|f| f.relays.first().is_some())
     })
     .await;
@@ -349,8 +236,8 @@ async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
         a.source,
         answer("198.51.100.1", &["10 0 1 192.0.2.1", "20 0 1 192.0.2.2"]),
     );
-    let mut run = start(config(Some(10 * M)), fake.clone(), &[(a, 2)]);
-    let set = wait_for(&mut run.out, "DORMS failure shown", |s| {
+    let mut run = start(engine_config(Some(10 * M)), fake.clone(), &[(a, 2)]);
+    let set = wait_published(&mut run.out, WAIT, "DORMS failure shown", |s| {
         s.get(&a)
             .is_some_and(|f| f.bitrate_origin.starts_with("unknown: "))
     })
@@ -361,7 +248,7 @@ async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
 
     // DORMS comes back: picked up without any input change.
     fake.rates.lock().unwrap().insert(a, dorms_ok(4 * M));
-    let set = wait_for(&mut run.out, "admitted after DORMS recovery", |s| {
+    let set = wait_published(&mut run.out, WAIT, "admitted after DORMS recovery", |s| {
         s.get(&a).is_some_and(|f| f.admitted)
     })
     .await;
@@ -385,7 +272,7 @@ async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
     send(TunnelEvent::RelayLost {
         reason: LossReason::NoQuery,
     });
-    let set = wait_for(&mut run.out, "moved to the next relay", |s| {
+    let set = wait_published(&mut run.out, WAIT, "moved to the next relay", |s| {
         s.get(&a).and_then(|f| f.relays.first()).map(|r| r.relay) == Some(relay("192.0.2.2"))
     })
     .await;
@@ -403,7 +290,7 @@ async fn relay_failure_moves_the_verdict_and_dorms_recovery_is_picked_up() {
 
     // The flow leaves: it disappears from the set.
     run.desired.send(desired(&[])).unwrap();
-    wait_for(&mut run.out, "empty set", |s| s.is_empty()).await;
+    wait_published(&mut run.out, WAIT, "empty set", |s| s.is_empty()).await;
     run.stop.send(true).unwrap();
     run.task.await.unwrap();
     // Stopped: every tunnel closed.

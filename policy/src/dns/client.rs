@@ -2,6 +2,7 @@
 //! `net` feature, so the pure parts of the crate build without it.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts,
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::Semaphore;
 
@@ -69,6 +70,18 @@ impl fmt::Debug for DnsClient {
 /// included) for the caller to filter.
 pub(crate) struct Answers {
     pub records: Vec<hickory_resolver::proto::rr::Record>,
+}
+
+/// The addresses of a host name, from its A and AAAA records.
+pub(crate) struct HostAddresses {
+    /// IPv4 first, then IPv6, each address once.
+    pub addresses: Vec<IpAddr>,
+    /// The smallest TTL of the records they came from.
+    pub min_ttl: Option<u32>,
+    /// Why the A query failed, if it did.
+    pub v4_failure: Option<DnsFailure>,
+    /// Why the AAAA query failed, if it did.
+    pub v6_failure: Option<DnsFailure>,
 }
 
 impl DnsClient {
@@ -131,6 +144,42 @@ impl DnsClient {
             }),
             Err(err) => Err(classify(&err)),
         }
+    }
+
+    /// A and AAAA of `name` (fully qualified text), queried concurrently.
+    pub(crate) async fn query_addresses(&self, name: &str) -> HostAddresses {
+        let (v4, v6) = tokio::join!(
+            self.query(name, RecordType::A),
+            self.query(name, RecordType::AAAA)
+        );
+        let mut host = HostAddresses {
+            addresses: Vec::new(),
+            min_ttl: None,
+            v4_failure: None,
+            v6_failure: None,
+        };
+        let mut take = |result: Result<Answers, (DnsFailure, Option<Duration>)>| match result {
+            Ok(answers) => {
+                for record in answers.records {
+                    let ip = match record.data {
+                        RData::A(a) => IpAddr::V4(a.0),
+                        RData::AAAA(a) => IpAddr::V6(a.0),
+                        _ => continue,
+                    };
+                    host.min_ttl = Some(host.min_ttl.map_or(record.ttl, |t| t.min(record.ttl)));
+                    if !host.addresses.contains(&ip) {
+                        host.addresses.push(ip);
+                    }
+                }
+                None
+            }
+            Err((failure, _)) => Some(failure),
+        };
+        let v4_failure = take(v4);
+        let v6_failure = take(v6);
+        host.v4_failure = v4_failure;
+        host.v6_failure = v6_failure;
+        host
     }
 }
 

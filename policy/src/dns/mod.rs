@@ -15,7 +15,7 @@ use std::time::Duration;
 #[cfg(feature = "net")]
 mod client;
 #[cfg(feature = "net")]
-pub(crate) use client::{Answers, DnsClient};
+pub(crate) use client::{DnsClient, HostAddresses};
 
 /// Which servers to ask and how patiently.
 #[derive(Debug, Clone, PartialEq, Eq)]

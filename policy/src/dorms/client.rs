@@ -16,7 +16,7 @@
 //! * [`DormsClient::fetch_traced`] reports every step (SRV answer, host-meta
 //!   and metadata URLs with their outcome) for troubleshooting tools.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ use super::metadata::{
 use super::outcome::{DormsError, DormsStep, FlowBitrate};
 use super::srv::{SrvTarget, cache_lifetime, order_srv};
 use crate::admission::BitrateOrigin;
-use crate::cache::TtlCache;
+use crate::cache::SharedTtlCache;
 use crate::dns::{DnsClient, DnsConfig};
 use crate::driad::dorms_srv_name;
 use ingest_types::SourceGroup;
@@ -101,8 +101,8 @@ pub struct DormsClient {
     dns: DnsClient,
     http: reqwest::Client,
     config: DormsConfig,
-    cache: Mutex<TtlCache<SourceGroup, CacheEntry>>,
-    roots: Mutex<TtlCache<String, String>>,
+    cache: SharedTtlCache<SourceGroup, CacheEntry>,
+    roots: SharedTtlCache<String, String>,
     rng: Mutex<StdRng>,
 }
 
@@ -127,27 +127,13 @@ impl reqwest::dns::Resolve for HttpResolver {
             if !host.ends_with('.') {
                 host.push('.');
             }
-            let (v4, v6) = tokio::join!(
-                dns.query(&host, RecordType::A),
-                dns.query(&host, RecordType::AAAA)
-            );
-            let mut addrs: Vec<SocketAddr> = Vec::new();
-            let mut failure = None;
-            for result in [v4, v6] {
-                match result {
-                    Ok(answers) => {
-                        for record in answers.records {
-                            let ip = match record.data {
-                                RData::A(a) => IpAddr::V4(a.0),
-                                RData::AAAA(a) => IpAddr::V6(a.0),
-                                _ => continue,
-                            };
-                            addrs.push(SocketAddr::new(ip, 0));
-                        }
-                    }
-                    Err((f, _)) => failure = Some(f),
-                }
-            }
+            let found = dns.query_addresses(&host).await;
+            let addrs: Vec<SocketAddr> = found
+                .addresses
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            let failure = found.v6_failure.or(found.v4_failure);
             if addrs.is_empty() {
                 let detail = failure.map_or_else(|| "no addresses".to_owned(), |f| f.to_string());
                 return Err(format!("cannot resolve {host}: {detail}").into());
@@ -194,8 +180,8 @@ impl DormsClient {
             dns,
             http,
             config,
-            cache: Mutex::new(TtlCache::new()),
-            roots: Mutex::new(TtlCache::new()),
+            cache: SharedTtlCache::default(),
+            roots: SharedTtlCache::default(),
             rng: Mutex::new(rng),
         })
     }
@@ -217,7 +203,7 @@ impl DormsClient {
         let span = tracing::debug_span!("dorms", source = %sg.source, group = %sg.group);
         let fetched = self.fetch_steps(sg, &mut Vec::new()).instrument(span).await;
         let now = Instant::now();
-        let Ok(mut cache) = self.cache.lock() else {
+        let Some(mut cache) = self.cache.lock() else {
             return fetched.map(|(m, url, _)| (m, url));
         };
         match fetched {
@@ -278,17 +264,12 @@ impl DormsClient {
     }
 
     fn cached_entry(&self, sg: SourceGroup, now: Instant) -> Option<CacheEntry> {
-        self.cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&sg, now).cloned())
+        self.cache.get(&sg, now)
     }
 
     /// Forgets the cached result for `sg`.
     pub fn invalidate(&self, sg: SourceGroup) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&sg);
-        }
+        self.cache.remove(&sg);
     }
 
     /// Uncached fetch: metadata and its cache lifetime.
@@ -417,12 +398,7 @@ impl DormsClient {
     ) -> Result<String, DormsError> {
         let now = Instant::now();
         let xml_url = format!("{base}/.well-known/host-meta");
-        if let Some(root) = self
-            .roots
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&base.to_owned(), now).cloned())
-        {
+        if let Some(root) = self.roots.get(&base.to_owned(), now) {
             steps.push(DormsStep::HostMeta {
                 url: xml_url,
                 result: Ok(root.clone()),
@@ -496,7 +472,7 @@ impl DormsClient {
             self.config.default_max_age,
             self.config.max_max_age,
         );
-        if let Ok(mut roots) = self.roots.lock() {
+        if let Some(mut roots) = self.roots.lock() {
             roots.insert(base.to_owned(), root.clone(), lifetime, Instant::now());
         }
         Ok(root)

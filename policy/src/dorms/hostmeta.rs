@@ -114,6 +114,14 @@ fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-' | b'.') || b >= 0x80
 }
 
+/// The index of the first byte from `i` on that is not `wanted`.
+fn skip(bytes: &[u8], mut i: usize, wanted: impl Fn(u8) -> bool) -> usize {
+    while bytes.get(i).copied().is_some_and(&wanted) {
+        i += 1;
+    }
+    i
+}
+
 /// Parses `<name attr="v" attr='v' ... [/]>` starting at `start` (`<`).
 fn parse_start_tag(bytes: &[u8], start: usize) -> Result<StartTag<'_>, HostMetaError> {
     let malformed = |offset: usize| HostMetaError::Malformed { offset };
@@ -123,20 +131,15 @@ fn parse_start_tag(bytes: &[u8], start: usize) -> Result<StartTag<'_>, HostMetaE
             .and_then(|s| std::str::from_utf8(s).ok())
             .ok_or(malformed(from))
     };
-    let mut i = start + 1;
-    let name_start = i;
-    while bytes.get(i).copied().is_some_and(is_name_byte) {
-        i += 1;
-    }
+    let name_start = start + 1;
+    let mut i = skip(bytes, name_start, is_name_byte);
     if i == name_start {
         return Err(malformed(start));
     }
     let name = text(name_start, i)?;
     let mut attributes = Vec::new();
     loop {
-        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
+        i = skip(bytes, i, |b| b.is_ascii_whitespace());
         match bytes.get(i) {
             None => return Err(malformed(start)),
             Some(b'>') => {
@@ -156,23 +159,16 @@ fn parse_start_tag(bytes: &[u8], start: usize) -> Result<StartTag<'_>, HostMetaE
             Some(_) => {}
         }
         let attr_start = i;
-        while bytes.get(i).copied().is_some_and(is_name_byte) {
-            i += 1;
-        }
+        i = skip(bytes, i, is_name_byte);
         if i == attr_start {
             return Err(malformed(i));
         }
         let attr_name = text(attr_start, i)?;
-        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
+        i = skip(bytes, i, |b| b.is_ascii_whitespace());
         if bytes.get(i) != Some(&b'=') {
             return Err(malformed(i));
         }
-        i += 1;
-        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
+        i = skip(bytes, i + 1, |b| b.is_ascii_whitespace());
         let quote = match bytes.get(i) {
             Some(q @ (b'"' | b'\'')) => *q,
             _ => return Err(malformed(i)),

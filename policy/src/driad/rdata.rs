@@ -113,44 +113,20 @@ impl AmtRelayRecord {
             return Err(RdataError::TooShort { len: rdata.len() });
         };
         let relay_type = flags_type & TYPE_MASK;
-        let expect_len = |expected: usize| {
-            if relay_bytes.len() == expected {
-                Ok(())
-            } else {
-                Err(RdataError::RelayLength {
-                    relay_type,
-                    expected,
-                    found: relay_bytes.len(),
-                })
-            }
+        let wrong_length = |expected: usize| RdataError::RelayLength {
+            relay_type,
+            expected,
+            found: relay_bytes.len(),
         };
         let relay = match relay_type {
-            0 => {
-                expect_len(0)?;
-                Relay::None
-            }
-            1 => {
-                let octets: [u8; 4] =
-                    relay_bytes
-                        .try_into()
-                        .map_err(|_| RdataError::RelayLength {
-                            relay_type,
-                            expected: 4,
-                            found: relay_bytes.len(),
-                        })?;
-                Relay::Ipv4(Ipv4Addr::from(octets))
-            }
-            2 => {
-                let octets: [u8; 16] =
-                    relay_bytes
-                        .try_into()
-                        .map_err(|_| RdataError::RelayLength {
-                            relay_type,
-                            expected: 16,
-                            found: relay_bytes.len(),
-                        })?;
-                Relay::Ipv6(Ipv6Addr::from(octets))
-            }
+            0 if relay_bytes.is_empty() => Relay::None,
+            0 => return Err(wrong_length(0)),
+            1 => Relay::Ipv4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(relay_bytes).map_err(|_| wrong_length(4))?,
+            )),
+            2 => Relay::Ipv6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(relay_bytes).map_err(|_| wrong_length(16))?,
+            )),
             3 => Relay::Name(RelayName::from_wire(relay_bytes)?),
             _ => Relay::Unknown {
                 relay_type,

@@ -9,19 +9,17 @@
 //! bounds the query rate per source.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::rr::{RData, RecordType};
 use tracing::Instrument;
 
 use super::answer::{DriadAnswer, DriadOutcome, RejectedRecord, UnresolvedName};
-use super::name::RelayName;
 use super::rdata::{AMTRELAY_RR_TYPE, AmtRelayRecord};
 use super::reverse::reverse_name;
 use super::select::{RelayAddress, RelayCandidate, candidates_from_records, push_dedup};
-use crate::cache::{TtlBounds, TtlCache};
-use crate::dns::{DnsClient, DnsConfig, DnsConfigError, DnsFailure};
+use crate::cache::{SharedTtlCache, TtlBounds};
+use crate::dns::{DnsClient, DnsConfig, DnsConfigError, DnsFailure, HostAddresses};
 
 /// Resolver configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +56,7 @@ impl DriadConfig {
 pub struct DriadResolver {
     dns: DnsClient,
     config: DriadConfig,
-    cache: Mutex<TtlCache<IpAddr, DriadOutcome>>,
+    cache: SharedTtlCache<IpAddr, DriadOutcome>,
 }
 
 impl DriadResolver {
@@ -66,7 +64,7 @@ impl DriadResolver {
         Ok(Self {
             dns: DnsClient::new(&config.dns)?,
             config,
-            cache: Mutex::new(TtlCache::new()),
+            cache: SharedTtlCache::default(),
         })
     }
 
@@ -82,7 +80,7 @@ impl DriadResolver {
             DriadOutcome::Answer(a) => a.ttl,
             DriadOutcome::Failed { retry_after, .. } => *retry_after,
         };
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Some(mut cache) = self.cache.lock() {
             cache.prune(now);
             cache.insert(source, outcome.clone(), ttl, Instant::now());
         }
@@ -91,18 +89,13 @@ impl DriadResolver {
 
     /// The cached outcome for `source` if still fresh at `now`.
     pub fn cached(&self, source: IpAddr, now: Instant) -> Option<DriadOutcome> {
-        self.cache
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(&source, now).cloned())
+        self.cache.get(&source, now)
     }
 
     /// Forgets the cached outcome so the next lookup queries DNS (RFC 8777
     /// restart events, operator refresh).
     pub fn invalidate(&self, source: IpAddr) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&source);
-        }
+        self.cache.remove(&source);
     }
 
     /// Uncached lookup.
@@ -122,14 +115,7 @@ impl DriadResolver {
         {
             Ok(answers) => answers,
             Err((failure, negative_ttl)) => {
-                let retry_after = self.failure_ttl(&failure, negative_ttl);
-                tracing::info!(%failure, ?retry_after, "AMTRELAY lookup failed");
-                return DriadOutcome::Failed {
-                    source,
-                    query_name,
-                    failure,
-                    retry_after,
-                };
+                return self.failed(source, query_name, failure, negative_ttl);
             }
         };
         let mut records = Vec::new();
@@ -156,14 +142,8 @@ impl DriadResolver {
             }
         }
         if records.is_empty() && rejected.is_empty() {
-            let failure = DnsFailure::NoData;
-            let retry_after = self.failure_ttl(&failure, None);
-            return DriadOutcome::Failed {
-                source,
-                query_name,
-                failure,
-                retry_after,
-            };
+            // No AMTRELAY record among the answers: as good as NODATA.
+            return self.failed(source, query_name, DnsFailure::NoData, None);
         }
 
         let mut candidates = Vec::new();
@@ -173,7 +153,12 @@ impl DriadResolver {
                 push_dedup(&mut candidates, candidate);
                 continue;
             };
-            let (addresses, ttl, v4_err, v6_err) = self.resolve_name(name).await;
+            let HostAddresses {
+                addresses,
+                min_ttl: ttl,
+                v4_failure,
+                v6_failure,
+            } = self.dns.query_addresses(&name.to_string()).await;
             if let Some(ttl) = ttl {
                 min_ttl = Some(min_ttl.map_or(ttl, |t| t.min(ttl)));
             }
@@ -182,8 +167,8 @@ impl DriadResolver {
                 unresolved.push(UnresolvedName {
                     name: name.clone(),
                     precedence: candidate.precedence,
-                    ipv4: v4_err.unwrap_or(DnsFailure::NoData),
-                    ipv6: v6_err.unwrap_or(DnsFailure::NoData),
+                    ipv4: v4_failure.unwrap_or(DnsFailure::NoData),
+                    ipv6: v6_failure.unwrap_or(DnsFailure::NoData),
                 });
                 continue;
             }
@@ -220,45 +205,23 @@ impl DriadResolver {
         })
     }
 
-    /// A and AAAA of a relay name, queried concurrently. Returns addresses
-    /// (A first), the smallest TTL seen, and each query's failure.
-    async fn resolve_name(
+    /// The outcome of a lookup that found no AMTRELAY records, retried
+    /// after the failure's TTL.
+    fn failed(
         &self,
-        name: &RelayName,
-    ) -> (
-        Vec<IpAddr>,
-        Option<u32>,
-        Option<DnsFailure>,
-        Option<DnsFailure>,
-    ) {
-        let text = name.to_string();
-        let (v4, v6) = tokio::join!(
-            self.dns.query(&text, RecordType::A),
-            self.dns.query(&text, RecordType::AAAA)
-        );
-        let mut addresses = Vec::new();
-        let mut min_ttl: Option<u32> = None;
-        let mut take =
-            |result: Result<crate::dns::Answers, (DnsFailure, Option<Duration>)>| match result {
-                Ok(answers) => {
-                    for record in answers.records {
-                        let ip = match record.data {
-                            RData::A(a) => IpAddr::V4(a.0),
-                            RData::AAAA(a) => IpAddr::V6(a.0),
-                            _ => continue,
-                        };
-                        min_ttl = Some(min_ttl.map_or(record.ttl, |t| t.min(record.ttl)));
-                        if !addresses.contains(&ip) {
-                            addresses.push(ip);
-                        }
-                    }
-                    None
-                }
-                Err((failure, _)) => Some(failure),
-            };
-        let v4_err = take(v4);
-        let v6_err = take(v6);
-        (addresses, min_ttl, v4_err, v6_err)
+        source: IpAddr,
+        query_name: String,
+        failure: DnsFailure,
+        negative_ttl: Option<Duration>,
+    ) -> DriadOutcome {
+        let retry_after = self.failure_ttl(&failure, negative_ttl);
+        tracing::info!(%failure, ?retry_after, "AMTRELAY lookup failed");
+        DriadOutcome::Failed {
+            source,
+            query_name,
+            failure,
+            retry_after,
+        }
     }
 
     fn failure_ttl(&self, failure: &DnsFailure, negative_ttl: Option<Duration>) -> Duration {

@@ -35,21 +35,27 @@ mod tests {
 
     #[test]
     fn research_examples() {
-        assert_eq!(
-            reverse_name("23.212.185.4".parse().unwrap()),
-            "4.185.212.23.in-addr.arpa."
-        );
-        assert_eq!(
-            reverse_name("2001:db8::1".parse().unwrap()),
-            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."
-        );
-        assert_eq!(
-            dorms_srv_name("23.212.185.4".parse().unwrap()),
-            "_dorms._tcp.4.185.212.23.in-addr.arpa."
-        );
-        assert_eq!(
-            reverse_name("2600:14e0::3".parse().unwrap()),
-            "3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.e.4.1.0.0.6.2.ip6.arpa."
-        );
+        type Name = fn(IpAddr) -> String;
+        let cases: [(Name, &str, &str); 4] = [
+            (reverse_name, "23.212.185.4", "4.185.212.23.in-addr.arpa."),
+            (
+                reverse_name,
+                "2001:db8::1",
+                "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.",
+            ),
+            (
+                dorms_srv_name,
+                "23.212.185.4",
+                "_dorms._tcp.4.185.212.23.in-addr.arpa.",
+            ),
+            (
+                reverse_name,
+                "2600:14e0::3",
+                "3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.e.4.1.0.0.6.2.ip6.arpa.",
+            ),
+        ];
+        for (name, addr, expected) in cases {
+            assert_eq!(name(addr.parse().unwrap()), expected, "{addr}");
+        }
     }
 }

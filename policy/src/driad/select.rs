@@ -513,22 +513,23 @@ mod tests {
         assert_eq!(sel.usable().count(), 3);
     }
 
+    /// Holds `relay` down from `t0` for `secs` seconds; returns the expiry.
+    fn hold(
+        holds: &mut HoldDownTracker,
+        relay: &str,
+        reason: HoldDownReason,
+        t0: Instant,
+        secs: u64,
+    ) -> Instant {
+        holds.hold_down_for(ip(relay), reason, t0, Duration::from_secs(secs))
+    }
+
     #[test]
     fn all_held_down_reports_earliest_retry() {
         let t0 = Instant::now();
         let mut holds = HoldDownTracker::default();
-        holds.hold_down_for(
-            ip("10.0.0.1"),
-            HoldDownReason::Limit,
-            t0,
-            Duration::from_secs(600),
-        );
-        holds.hold_down_for(
-            ip("10.0.0.2"),
-            HoldDownReason::NoQuery,
-            t0,
-            Duration::from_secs(200),
-        );
+        hold(&mut holds, "10.0.0.1", HoldDownReason::Limit, t0, 600);
+        hold(&mut holds, "10.0.0.2", HoldDownReason::NoQuery, t0, 200);
         let cands = vec![cand(10, ip("10.0.0.1")), cand(20, ip("10.0.0.2"))];
         let sel = select_relays(&cands, &holds, t0, &mut StdRng::seed_from_u64(0));
         assert_eq!(
@@ -547,18 +548,8 @@ mod tests {
     fn longer_hold_down_is_kept() {
         let t0 = Instant::now();
         let mut holds = HoldDownTracker::default();
-        holds.hold_down_for(
-            ip("10.0.0.1"),
-            HoldDownReason::Limit,
-            t0,
-            Duration::from_secs(600),
-        );
-        let until = holds.hold_down_for(
-            ip("10.0.0.1"),
-            HoldDownReason::NoQuery,
-            t0,
-            Duration::from_secs(100),
-        );
+        hold(&mut holds, "10.0.0.1", HoldDownReason::Limit, t0, 600);
+        let until = hold(&mut holds, "10.0.0.1", HoldDownReason::NoQuery, t0, 100);
         assert_eq!(until, t0 + Duration::from_secs(600));
         assert_eq!(
             holds.get(&ip("10.0.0.1"), t0).unwrap().reason,

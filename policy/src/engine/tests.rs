@@ -1,60 +1,14 @@
 //! Policy engine tests: the sans-IO engine with an injected clock.
 
 use crate::dns::DnsFailure;
-use crate::dorms::DormsError;
-use crate::driad::{AmtRelayRecord, candidates_from_records, reverse_name};
+use crate::driad::reverse_name;
+use crate::fixtures::{
+    DORMS_URL, M, answer, desired, dorms_down, dorms_ok, engine_config, ip, no_static, relay,
+    relays_of, sg,
+};
 use crate::text::{limit_text, rate_text};
 
 use super::*;
-
-const M: u64 = 1_000_000;
-const DORMS_URL: &str = "https://dorms.lab.test/restconf/data/x";
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
-
-fn sg(source: &str, group: &str) -> SourceGroup {
-    SourceGroup {
-        source: ip(source),
-        group: ip(group),
-    }
-}
-
-fn relay(text: &str) -> SocketAddr {
-    SocketAddr::new(ip(text), AMT_PORT)
-}
-
-/// A wanted set: each (S,G) with `n` downstream interfaces.
-fn desired(flows: &[(SourceGroup, usize)]) -> Arc<WantedSet> {
-    Arc::new(
-        flows
-            .iter()
-            .map(|(sg, n)| {
-                (
-                    *sg,
-                    WantedFlow {
-                        interfaces: (1..=*n).map(|i| format!("eth{i}")).collect(),
-                        held: false,
-                    },
-                )
-            })
-            .collect(),
-    )
-}
-
-fn answer(source: &str, records: &[&str]) -> DriadOutcome {
-    let records: Vec<AmtRelayRecord> = records.iter().map(|r| r.parse().unwrap()).collect();
-    DriadOutcome::Answer(DriadAnswer {
-        source: ip(source),
-        query_name: reverse_name(ip(source)),
-        candidates: candidates_from_records(&records),
-        records,
-        rejected: Vec::new(),
-        unresolved: Vec::new(),
-        ttl: Duration::from_secs(300),
-    })
-}
 
 fn failed(source: &str, failure: DnsFailure) -> DriadOutcome {
     DriadOutcome::Failed {
@@ -65,57 +19,14 @@ fn failed(source: &str, failure: DnsFailure) -> DriadOutcome {
     }
 }
 
-fn dorms_ok(bits: u64) -> FlowBitrate {
-    FlowBitrate {
-        bitrate: Some(bits),
-        origin: BitrateOrigin::Dorms,
-        metadata: None,
-        url: Some(DORMS_URL.into()),
-        error: None,
-    }
-}
-
-fn dorms_down() -> FlowBitrate {
-    FlowBitrate {
-        bitrate: None,
-        origin: BitrateOrigin::Unknown,
-        metadata: None,
-        url: None,
-        error: Some(DormsError::Timeout {
-            url: "https://dorms.lab.test/.well-known/host-meta".into(),
-        }),
-    }
-}
-
-fn no_static() -> StaticRelayMap {
-    Box::new(|_| None)
-}
-
 /// The daemon's defaults with `limit` (DORMS on when there is a limit).
 fn config(limit: Option<&str>) -> EngineConfig {
-    let limit = limit.map(|text| crate::admission::parse_bandwidth(text).unwrap());
-    EngineConfig {
-        limit,
-        default_bitrate: None,
-        dorms: limit.is_some(),
-        driad: true,
-        holddown_min: Duration::from_secs(180),
-        holddown_max: Duration::from_secs(600),
-        recheck: Duration::from_secs(5),
-        seed: 7,
-    }
+    engine_config(limit.map(|text| crate::admission::parse_bandwidth(text).unwrap()))
 }
 
 /// An engine started at `t0`.
 fn engine(cfg: EngineConfig, static_map: StaticRelayMap, t0: Instant) -> Engine {
     Engine::new(cfg, static_map, t0, SystemTime::now())
-}
-
-fn relays_of(set: &PolicySet, flow: SourceGroup) -> Vec<SocketAddr> {
-    match &set[&flow].relays {
-        RelayVerdict::Relays(r) => r.iter().map(|c| c.relay).collect(),
-        other => panic!("{flow}: expected relays, got {other:?}"),
-    }
 }
 
 fn no_relay_reason(set: &PolicySet, flow: SourceGroup) -> String {

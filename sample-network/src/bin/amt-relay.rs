@@ -169,10 +169,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("amt-relay: {e:#}");
-        std::process::exit(1);
-    }
+    sample_network::cli::run_tool("amt-relay", run);
 }
 
 fn run() -> anyhow::Result<()> {

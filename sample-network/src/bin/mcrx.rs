@@ -10,6 +10,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use ingest_types::SourceGroup;
+use sample_network::cli::ChannelArgs;
 use sample_network::iface::Interface;
 use sample_network::{
     LatencyHistogram, LatencySummary, Probe, SequenceSummary, SequenceTracker, mcast, signal,
@@ -39,21 +40,8 @@ use sample_network::{
 #[derive(Debug, Parser)]
 #[command(name = "mcrx", version, verbatim_doc_comment)]
 struct Args {
-    /// Channel to join as SOURCE,GROUP (IPv4 or IPv6); repeat for several.
-    #[arg(short, long = "channel", value_name = "S,G", required = true)]
-    channels: Vec<SourceGroup>,
-
-    /// Join this many consecutive groups for each --channel (G, G+1, ...).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    groups: u32,
-
-    /// Interface to join on, by name or address; default: the kernel's choice.
-    #[arg(short, long, value_name = "NAME|ADDR")]
-    iface: Option<String>,
-
-    /// UDP destination port.
-    #[arg(short, long, default_value_t = 5001)]
-    port: u16,
+    #[command(flatten)]
+    channels: ChannelArgs,
 
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
@@ -169,21 +157,20 @@ fn main() -> Result<()> {
         );
     }
     signal::install_stop_handler().context("installing signal handlers")?;
-    let iface = match &args.iface {
-        Some(spec) => Some(Interface::find(spec)?),
-        None => None,
-    };
-    let mut channels = Vec::new();
-    for channel in &args.channels {
-        channels.extend(sample_network::consecutive_groups(*channel, args.groups)?);
-    }
+    let iface = args.channels.interface()?;
+    let mut channels = args.channels.expanded()?;
     channels.sort();
     channels.dedup();
 
     let mut states = Vec::with_capacity(channels.len());
     for channel in channels {
-        let socket = mcast::open_receiver(&channel, iface.as_ref(), args.port, args.recv_buffer)
-            .with_context(|| format!("joining {channel}"))?;
+        let socket = mcast::open_receiver(
+            &channel,
+            iface.as_ref(),
+            args.channels.port,
+            args.recv_buffer,
+        )
+        .with_context(|| format!("joining {channel}"))?;
         states.push(ChannelState {
             channel,
             socket: socket.into(),
@@ -204,7 +191,7 @@ fn main() -> Result<()> {
         iface
             .as_ref()
             .map_or("(kernel's choice)", |i| i.name.as_str()),
-        args.port
+        args.channels.port
     );
 
     let start = Instant::now();
@@ -409,7 +396,7 @@ fn summarize<'a>(
         event: "summary",
         stop_reason,
         interface: iface.map(|i| i.name.as_str()),
-        port: args.port,
+        port: args.channels.port,
         elapsed_s: elapsed.as_secs_f64(),
         channels_joined: channels.len(),
         channels_receiving: channels.iter().filter(|c| c.packets > 0).count(),

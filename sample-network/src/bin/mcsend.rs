@@ -9,7 +9,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use ingest_types::SourceGroup;
-use sample_network::iface::Interface;
+use sample_network::cli::ChannelArgs;
 use sample_network::{PAYLOAD_HEADER_LEN, Probe, mcast, signal};
 
 /// Below this packet interval, send in batches once per tick instead of
@@ -36,21 +36,8 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(10);
 #[derive(Debug, Parser)]
 #[command(name = "mcsend", version, verbatim_doc_comment)]
 struct Args {
-    /// Channel to send to as SOURCE,GROUP (IPv4 or IPv6); repeat for several.
-    #[arg(short, long = "channel", value_name = "S,G", required = true)]
-    channels: Vec<SourceGroup>,
-
-    /// Send to this many consecutive groups for each --channel (G, G+1, ...).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    groups: u32,
-
-    /// Outgoing interface (IP_MULTICAST_IF / IPV6_MULTICAST_IF), by name or address.
-    #[arg(short, long, value_name = "NAME|ADDR")]
-    iface: Option<String>,
-
-    /// UDP destination port.
-    #[arg(short, long, default_value_t = 5001)]
-    port: u16,
+    #[command(flatten)]
+    channels: ChannelArgs,
 
     /// Packets per second per channel.
     #[arg(short, long, value_name = "PPS", default_value_t = 100.0)]
@@ -116,24 +103,19 @@ fn main() -> Result<()> {
         bail!("--rate must be a positive number");
     }
     signal::install_stop_handler().context("installing signal handlers")?;
-    let iface = match &args.iface {
-        Some(spec) => Some(Interface::find(spec)?),
-        None => None,
-    };
+    let iface = args.channels.interface()?;
     let mut senders = Vec::new();
-    for spec in &args.channels {
-        for channel in sample_network::consecutive_groups(*spec, args.groups)? {
-            let socket = mcast::open_sender(&channel, iface.as_ref(), args.port, args.ttl)
-                .with_context(|| format!("opening a sender for {channel}"))?;
-            senders.push(Sender {
-                channel,
-                socket: socket.into(),
-                next_sequence: 0,
-                packets: 0,
-                bytes: 0,
-                errors: 0,
-            });
-        }
+    for channel in args.channels.expanded()? {
+        let socket = mcast::open_sender(&channel, iface.as_ref(), args.channels.port, args.ttl)
+            .with_context(|| format!("opening a sender for {channel}"))?;
+        senders.push(Sender {
+            channel,
+            socket: socket.into(),
+            next_sequence: 0,
+            packets: 0,
+            bytes: 0,
+            errors: 0,
+        });
     }
 
     let start = Instant::now();

@@ -179,11 +179,45 @@ pub fn require_lab_prerequisites() {
     );
 }
 
+/// `LAB_DATAPLANE` (kernel, userspace or auto; unset: the daemon's
+/// default) for every daemon a test starts without choosing one itself:
+/// `scripts/test-all` runs the lab suites once per data plane.
+fn dataplane_args(extra: &[&str]) -> Vec<String> {
+    match std::env::var("LAB_DATAPLANE") {
+        Ok(mode) if !mode.is_empty() && !extra.contains(&"--dataplane") => {
+            vec!["--dataplane".into(), mode]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `LAB_TIME_SCALE` (default 1): how much slower than a real machine this
+/// lab runs. `scripts/test-all` sets it when the lab runs in an emulated
+/// VM (scripts/labvm), where every process start costs 15-25x and CPU work
+/// 6-10x; latency limits and waits are multiplied by it and the tests say
+/// so when they print their figures.
+pub fn time_scale() -> f64 {
+    std::env::var("LAB_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// A latency limit of the product (e.g. "join seen within 1 s"), stretched
+/// by [`time_scale`] for slow lab hosts.
+pub fn limit(target: Duration) -> Duration {
+    target.mul_f64(time_scale())
+}
+
+/// Calls `f` every `step` until it returns something, for at most
+/// `timeout` (times [`time_scale`]).
 pub fn wait_until<T>(
     timeout: Duration,
     step: Duration,
     mut f: impl FnMut() -> Option<T>,
 ) -> Option<T> {
+    let timeout = limit(timeout);
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -250,6 +284,14 @@ impl Lab {
     /// the same lab test at once without sharing namespaces.
     pub fn up(prefix: &str) -> Lab {
         require_lab_prerequisites();
+        if time_scale() > 1.0 {
+            println!(
+                "LAB_TIME_SCALE={}: a slow (emulated) lab host; latency limits and waits are \
+                 stretched {}x and the figures below are this host's",
+                time_scale(),
+                time_scale()
+            );
+        }
         let prefix = format!(
             "{}{prefix}",
             std::env::var("LAB_TEST_PREFIX").unwrap_or_default()
@@ -411,6 +453,7 @@ impl Lab {
             .arg("--log-level")
             .arg(&self.daemon_log_level)
             .args(extra)
+            .args(dataplane_args(extra))
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -670,8 +713,72 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// What explains a failed test: the tail of every log of the lab run
+    /// (frr-ingestd, FRR's daemons, relays, named, nginx), `lab status`,
+    /// and the daemon's flows and tunnels while it still runs. Printed by
+    /// [`Drop`] when the test panicked, before the lab goes down.
+    fn print_failure_context(&self) {
+        const TAIL_LINES: usize = 60;
+        eprintln!(
+            "\n===== lab {} at the failure: state and log tails =====",
+            self.prefix
+        );
+        if self.api_socket().exists() {
+            for what in ["status", "flows", "tunnels"] {
+                let out = self.ingestctl(&["show", what]);
+                eprintln!(
+                    "--- ingestctl show {what}:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let status = self.lab_cmd(&["status"]);
+        eprintln!(
+            "--- lab status:\n{}",
+            String::from_utf8_lossy(&status.stdout)
+        );
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|node| node.path().is_dir())
+            .flat_map(|node| {
+                std::fs::read_dir(node.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.is_empty() {
+                continue;
+            }
+            eprintln!(
+                "--- {} (last {} of {} lines):",
+                log.display(),
+                TAIL_LINES.min(lines.len()),
+                lines.len()
+            );
+            for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("===== end of lab {} =====", self.prefix);
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_failure_context();
+        }
         for i in 0..self.daemons.len() {
             if matches!(self.daemons[i].try_wait(), Ok(None)) {
                 self.kill_daemon(i, libc::SIGTERM);
@@ -729,4 +836,104 @@ impl Drop for Mcrx {
             let _ = c.wait();
         }
     }
+}
+
+impl Lab {
+    /// Writes a daemon config file into the border's run directory and
+    /// returns its path.
+    pub fn write_config(&self, name: &str, toml: &str) -> String {
+        let path = self.node_dir("border").join(name);
+        std::fs::write(&path, toml).expect("write daemon config");
+        path.display().to_string()
+    }
+}
+
+/// A daemon config whose relays come from the static map alone (DRIAD
+/// off): one `[[amt.static_relays]]` per (prefix, relay), and `linger_s`
+/// when given.
+pub fn static_relays_config(linger_s: Option<u64>, relays: &[(&str, &str)]) -> String {
+    let mut toml = String::new();
+    if let Some(linger_s) = linger_s {
+        toml.push_str(&format!("[amt]\nlinger_s = {linger_s}\n\n"));
+    }
+    for (prefix, relay) in relays {
+        toml.push_str(&format!(
+            "[[amt.static_relays]]\nprefix = \"{prefix}\"\nrelay = \"{relay}\"\n\n"
+        ));
+    }
+    toml.push_str("[policy]\ndriad = false\n");
+    toml
+}
+
+/// The entry of (S,G) in an mcrx/mcsend summary; panics naming the
+/// summary when it has none.
+pub fn channel_summary<'a>(summary: &'a Value, s: &str, g: &str) -> &'a Value {
+    summary["channels"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["source"] == s && c["group"] == g))
+        .unwrap_or_else(|| panic!("no channel {s},{g} in {summary}"))
+}
+
+/// What a receiver got of one channel, from its summary.
+pub struct Delivery {
+    /// First packet after the join, in ms (`f64::MAX` when none came).
+    pub first_ms: f64,
+    /// Distinct sequence numbers received.
+    pub unique: u64,
+    /// Sequence numbers from the lowest to the highest received.
+    pub span: u64,
+    /// `unique / span`: the share of the received range delivered.
+    pub ratio: f64,
+}
+
+impl Delivery {
+    pub fn of(summary: &Value, s: &str, g: &str) -> Delivery {
+        let ch = channel_summary(summary, s, g);
+        let seq = &ch["sequence"];
+        let unique = seq["unique"].as_u64().unwrap_or(0);
+        let span = seq["highest"].as_u64().unwrap_or(0) + 1 - seq["lowest"].as_u64().unwrap_or(0);
+        Delivery {
+            first_ms: ch["first_packet_ms"].as_f64().unwrap_or(f64::MAX),
+            unique,
+            span,
+            ratio: unique as f64 / span.max(1) as f64,
+        }
+    }
+
+    /// The bar of a 31 s receiver of 1000 pkt/s end to end: the first
+    /// packet within 1 s of the join, 29 000 packets, 99.9 % of the range.
+    pub fn assert_end_to_end(&self, what: &str, summary: &Value, lab: &Lab) {
+        assert!(
+            self.first_ms < limit(Duration::from_secs(1)).as_secs_f64() * 1000.0,
+            "{what}: first packet {} ms after the join (want < 1 s); daemon log:\n{}",
+            self.first_ms,
+            lab.daemon_log()
+        );
+        assert!(
+            self.unique >= 29_000,
+            "{what}: only {} packets in 31 s at 1000 pkt/s: {summary}",
+            self.unique
+        );
+        assert!(
+            self.ratio >= 0.999,
+            "{what}: delivered {:.3} % < 99.9 %",
+            self.ratio * 100.0
+        );
+    }
+}
+
+/// Prints what `counts` (an mcrx summary, or one channel of it) says under
+/// `what`, and asserts it holds at least `min` packets; returns the count.
+pub fn assert_received(lab: &Lab, what: &str, counts: &Value, min: u64) -> u64 {
+    let packets = counts["packets"].as_u64().unwrap_or(0);
+    println!(
+        "{what}: {packets} packets, first after {} ms",
+        counts["first_packet_ms"]
+    );
+    assert!(
+        packets >= min,
+        "{what}: {packets} packets, want at least {min}; daemon log:\n{}",
+        lab.daemon_log()
+    );
+    packets
 }

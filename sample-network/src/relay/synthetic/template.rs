@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use amt_gateway::wire::amt::MULTICAST_DATA_HEADER;
 use amt_gateway::wire::checksum;
-use amt_gateway::wire::ipv4::{Ipv4Repr, PROTO_UDP};
-use amt_gateway::wire::ipv6::{Ipv6Repr, NEXT_UDP};
+use amt_gateway::wire::ip::IpRepr;
+use amt_gateway::wire::ipv4::PROTO_UDP;
 use ingest_types::SourceGroup;
 use socket2::SockAddr;
 
@@ -50,41 +50,11 @@ impl DataTemplate {
         let udp_len = UDP_HEADER_LEN + payload_len;
         let too_long = TemplateError::PayloadTooLong(payload_len);
         let udp_len16 = u16::try_from(udp_len).map_err(|_| too_long.clone())?;
-        let (ip_header, pseudo_sum) = match (channel.source, channel.group) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                let repr = Ipv4Repr {
-                    src,
-                    dst,
-                    protocol: PROTO_UDP,
-                    ttl: INNER_TTL,
-                    tos: 0,
-                    router_alert: false,
-                    payload_len: udp_len,
-                };
-                let mut header = vec![0u8; repr.header_len()];
-                repr.emit(&mut header).map_err(|_| too_long.clone())?;
-                let mut sum = checksum::accumulate(0, &src.octets());
-                sum = checksum::accumulate(sum, &dst.octets());
-                sum = checksum::accumulate(sum, &[0, PROTO_UDP]);
-                sum = checksum::accumulate(sum, &udp_len16.to_be_bytes());
-                (header, sum)
-            }
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                let repr = Ipv6Repr {
-                    src,
-                    dst,
-                    next_header: NEXT_UDP,
-                    hop_limit: INNER_TTL,
-                    router_alert: false,
-                    payload_len: udp_len,
-                };
-                let mut header = vec![0u8; repr.header_len()];
-                repr.emit(&mut header).map_err(|_| too_long.clone())?;
-                let sum = checksum::ipv6_pseudo_header_sum(&src, &dst, udp_len as u32, NEXT_UDP);
-                (header, sum)
-            }
-            (s, g) => return Err(TemplateError::MixedFamilies(s, g)),
-        };
+        let ip = IpRepr::new(channel.source, channel.group, PROTO_UDP, INNER_TTL, udp_len)
+            .ok_or(TemplateError::MixedFamilies(channel.source, channel.group))?;
+        let mut ip_header = vec![0u8; ip.header_len()];
+        ip.emit(&mut ip_header).map_err(|_| too_long.clone())?;
+        let pseudo_sum = ip.pseudo_header_sum().map_err(|_| too_long)?;
         let mut udp_header = [0u8; UDP_HEADER_LEN];
         udp_header[0..2].copy_from_slice(&port.to_be_bytes());
         udp_header[2..4].copy_from_slice(&port.to_be_bytes());
@@ -236,6 +206,7 @@ mod tests {
     use crate::Probe;
     use amt_gateway::wire::ip;
     use amt_gateway::wire::ipv4::Ipv4Header;
+    use amt_gateway::wire::ipv6::NEXT_UDP;
 
     fn udp_checksum_ok(datagram: &[u8], channel: SourceGroup) -> bool {
         let inner = &datagram[MULTICAST_DATA_HEADER.len()..];
