@@ -478,10 +478,7 @@ impl Lab {
     /// The daemon's log files, one per start, in start order.
     pub fn daemon_log_paths(&self) -> Vec<PathBuf> {
         (0..self.daemons.len())
-            .map(|i| {
-                self.node_dir("border")
-                    .join(format!("frr-ingestd.{i}.log"))
-            })
+            .map(|i| self.node_dir("border").join(format!("frr-ingestd.{i}.log")))
             .collect()
     }
 
