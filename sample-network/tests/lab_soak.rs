@@ -584,11 +584,7 @@ fn unexplained_damage(
                 && n >= 2
                 && b - a >= min_ms
             {
-                let after_fault = faults
-                    .iter()
-                    .filter(|f| f.start_ms <= a)
-                    .next_back()
-                    .map(|f| f.id);
+                let after_fault = faults.iter().rfind(|f| f.start_ms <= a).map(|f| f.id);
                 out.push(Damage {
                     channel: ch,
                     from_ms: a,
@@ -1879,7 +1875,7 @@ fn fault_soak() {
         None => {
             baseline_why
                 .push_str("; none had every channel forwarding: the last such sample before it");
-            soak.samples.iter().filter(usable).next_back().cloned()
+            soak.samples.iter().rfind(usable).cloned()
         }
     };
     baseline_why.push_str(", with every channel forwarding)");
