@@ -40,7 +40,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::orchestrator::{Action, JoinChange, Orchestrator};
+use crate::orchestrator::{Action, JoinChange, Orchestrator, RouteError};
 use crate::southbound::tun::IngestTun;
 use crate::watcher::WatchStatus;
 
@@ -540,7 +540,7 @@ impl Pipeline {
                     }
                 }
                 Action::AddRoute { source } => {
-                    let result = self.southbound.add_route(source).map_err(|e| e.to_string());
+                    let result = self.southbound.add_route(source).map_err(RouteError::from);
                     let more = self.shared.write().on_route_added(source, result, clock());
                     queue.extend(more);
                 }
@@ -548,7 +548,7 @@ impl Pipeline {
                     let result = self
                         .southbound
                         .remove_route(source)
-                        .map_err(|e| e.to_string());
+                        .map_err(RouteError::from);
                     self.shared
                         .write()
                         .on_route_removed(source, result, clock());

@@ -10,34 +10,24 @@
 #![no_main]
 
 use amt_gateway::wire::encap::{self, EncapQuery};
-use fuzz_support::fix_datagram_checksums;
+use fuzz_support::check_encap_round_trip;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, datagram)) = data.split_first() else {
-        return;
-    };
-    let mut datagram = datagram.to_vec();
-    if mode & 1 != 0 {
-        fix_datagram_checksums(&mut datagram);
-    }
-    let Ok(parsed) = EncapQuery::parse(&datagram) else {
-        return;
-    };
-    let _ = (
-        parsed.qrv(),
-        parsed.qqi(),
-        parsed.max_resp_time(),
-        parsed.is_general(),
-    );
-    let rebuilt = match &parsed {
-        EncapQuery::Igmp { src, query } => encap::igmpv3_query_datagram(*src, query, mode & 2 != 0),
-        EncapQuery::Mld { src, query } => encap::mldv2_query_datagram(*src, query),
-    };
-    // A query too large for a rebuilt datagram (IPv6 payload length) may
-    // fail to encode; that is an error value, not a panic.
-    if let Ok(bytes) = rebuilt {
-        let again = EncapQuery::parse(&bytes).expect("a rebuilt query parses");
-        assert_eq!(again, parsed, "parse -> rebuild -> parse changed the query");
-    }
+    check_encap_round_trip("query", data, EncapQuery::parse, |parsed, mode| {
+        let _ = (
+            parsed.qrv(),
+            parsed.qqi(),
+            parsed.max_resp_time(),
+            parsed.is_general(),
+        );
+        // A query too large for a rebuilt datagram (IPv6 payload length)
+        // may fail to encode.
+        match parsed {
+            EncapQuery::Igmp { src, query } => {
+                encap::igmpv3_query_datagram(*src, query, mode & 2 != 0)
+            }
+            EncapQuery::Mld { src, query } => encap::mldv2_query_datagram(*src, query),
+        }
+    });
 });

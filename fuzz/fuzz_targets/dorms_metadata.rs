@@ -30,9 +30,9 @@ fuzz_target!(|data: &[u8]| {
         source: s.parse().unwrap(),
         group: g.parse().unwrap(),
     };
-    if let Ok(meta) = parse_metadata(text, sg) {
-        if meta.rate_field == RateField::MaxSpeedKbps {
-            assert_eq!(meta.max_bitrate % 1000, 0, "{meta:?}");
-        }
+    if let Ok(meta) = parse_metadata(text, sg)
+        && meta.rate_field == RateField::MaxSpeedKbps
+    {
+        assert_eq!(meta.max_bitrate % 1000, 0, "{meta:?}");
     }
 });

@@ -31,7 +31,7 @@ use amt_gateway::wire::amt::{Message, QueryKind};
 use amt_gateway::wire::encap::EncapReport;
 use amt_gateway::wire::ip;
 use amt_gateway::{Received, Tunnel, TunnelConfig};
-use fuzz_support::{Frames, fix_datagram_checksums};
+use fuzz_support::{Frames, advance_clock, fix_datagram_checksums};
 use ingest_types::SourceGroup;
 use libfuzzer_sys::fuzz_target;
 
@@ -172,17 +172,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             1 => {
-                let ticks = body
-                    .get(..2)
-                    .map_or(100, |b| u16::from_le_bytes([b[0], b[1]]));
-                now += Duration::from_millis(10 * u64::from(ticks));
-                // Run every timer that is due, as the driver does.
-                for _ in 0..8 {
-                    match tunnel.poll_timeout() {
-                        Some(at) if at <= now => tunnel.handle_timeout(now),
-                        _ => break,
-                    }
-                }
+                advance_clock(&mut tunnel, &mut now, body, 100, Duration::from_millis(10));
             }
             2 => {
                 let sg = channel_from(body);

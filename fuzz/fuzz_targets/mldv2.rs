@@ -11,7 +11,7 @@
 #![no_main]
 
 use amt_gateway::wire::mld::{QueryRepr, ReportRepr};
-use fuzz_support::{fix_icmpv6_checksum, take_ipv6};
+use fuzz_support::{check_emit_round_trip, fix_icmpv6_checksum, repaired, take_ipv6};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,32 +20,21 @@ fuzz_target!(|data: &[u8]| {
     };
     let (src, rest) = take_ipv6(rest);
     let (dst, message) = take_ipv6(rest);
-    let mut message = message.to_vec();
-    if mode & 1 != 0 {
-        fix_icmpv6_checksum(&mut message, &src, &dst);
-    }
+    let message = repaired(mode, message, |m| fix_icmpv6_checksum(m, &src, &dst));
     if mode & 2 != 0 {
         let Ok(report) = ReportRepr::parse(&message, &src, &dst) else {
             return;
         };
-        let mut out = vec![0u8; report.buffer_len()];
-        let Ok(len) = report.emit(&mut out, &src, &dst) else {
-            return;
-        };
-        assert_eq!(len, out.len());
-        assert_eq!(ReportRepr::parse(&out, &src, &dst).as_ref(), Ok(&report));
-        assert!(report.emit(&mut out[..len - 1], &src, &dst).is_err());
+        let emit = |out: &mut [u8]| report.emit(out, &src, &dst);
+        let parse = |out: &[u8]| ReportRepr::parse(out, &src, &dst);
+        check_emit_round_trip(&report, report.buffer_len(), emit, parse);
     } else {
         let Ok(query) = QueryRepr::parse(&message, &src, &dst) else {
             return;
         };
         let _ = (query.qqi(), query.max_resp_time(), query.is_general());
-        let mut out = vec![0u8; query.buffer_len()];
-        let Ok(len) = query.emit(&mut out, &src, &dst) else {
-            return;
-        };
-        assert_eq!(len, out.len());
-        assert_eq!(QueryRepr::parse(&out, &src, &dst).as_ref(), Ok(&query));
-        assert!(query.emit(&mut out[..len - 1], &src, &dst).is_err());
+        let emit = |out: &mut [u8]| query.emit(out, &src, &dst);
+        let parse = |out: &[u8]| QueryRepr::parse(out, &src, &dst);
+        check_emit_round_trip(&query, query.buffer_len(), emit, parse);
     }
 });

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use amt_gateway::relay::{ChannelEvent, Relay, RelayConfig};
 use amt_gateway::wire::amt::{Message, ResponseMac, encode_gateway_ip};
-use fuzz_support::{Frames, fix_datagram_checksums};
+use fuzz_support::{Frames, advance_clock, fix_datagram_checksums};
 use ingest_types::SourceGroup;
 use libfuzzer_sys::fuzz_target;
 
@@ -92,18 +92,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = relay.handle_datagram(now, from, local_ip, &payload);
             }
             1 => {
-                let ticks = body
-                    .get(..2)
-                    .map_or(10, |b| u16::from_le_bytes([b[0], b[1]]));
-                now += Duration::from_millis(100 * u64::from(ticks));
-                for _ in 0..8 {
-                    match relay.poll_timeout() {
-                        Some(at) if at <= now => {
-                            relay.handle_timeout(now);
-                        }
-                        _ => break,
-                    }
-                }
+                advance_clock(&mut relay, &mut now, body, 10, Duration::from_millis(100));
             }
             2 => {
                 let channels: Vec<SourceGroup> = relay.channels().into_iter().collect();

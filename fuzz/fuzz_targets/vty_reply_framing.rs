@@ -19,10 +19,7 @@ use libfuzzer_sys::fuzz_target;
 /// followed by a status byte.
 fn reference(mut stream: &[u8]) -> (Vec<(Vec<u8>, VtyStatus)>, usize) {
     let mut out = Vec::new();
-    loop {
-        let Some(i) = stream.windows(3).position(|w| w == [0, 0, 0]) else {
-            break;
-        };
+    while let Some(i) = stream.windows(3).position(|w| w == [0, 0, 0]) {
         let Some(&status) = stream.get(i + 3) else {
             break;
         };

@@ -34,6 +34,13 @@ SEEDS = os.path.join(ROOT, "fuzz", "seeds")
 PCAP = sys.argv[1] if len(sys.argv) > 1 else os.path.join(SEEDS, "captures", "amt-lo.pcap")
 FRR = os.path.join(SEEDS, "captures", "frr")
 
+# The Internet checksum (RFC 1071) of the kernel data plane test's packet
+# crafter: one copy for both scripts (no __pycache__ left in the test's
+# directory).
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(ROOT, "amt-gateway", "tests", "bpfdp"))
+from inject import csum as checksum  # noqa: E402
+
 written = {}
 
 
@@ -51,15 +58,6 @@ def seed(target, data, name=""):
 
 def frame(control, body):
     return bytes([control]) + struct.pack("<H", len(body)) + body
-
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return (~s) & 0xFFFF
 
 
 # ---- AMT from the capture -------------------------------------------------

@@ -59,6 +59,10 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 export LAB_TOPOLOGY_BIN=$TARGET/release/lab-topology
 CLAB=("$REPO/deploy/clab-docker" --topo "$TOPO" --lab-dir "$LAB_DIR" --prefix "$PREFIX")
 PARTIAL=0
+# LAB_TIME_SCALE (whole number, default 1): waits and latency limits
+# stretched on a slow (emulated) host, as in the lab tests.
+SCALE=${LAB_TIME_SCALE:-1}
+[[ $SCALE =~ ^[1-9][0-9]*$ ]] || { echo "container-test: LAB_TIME_SCALE='$SCALE' is not a whole number >= 1" >&2; exit 2; }
 T0=$(date +%s.%N)
 
 log() { printf '[%6.1f s] %s\n' "$(awk -v s="$T0" -v e="$(date +%s.%N)" 'BEGIN{print e-s}')" "$*"; }
@@ -188,11 +192,11 @@ start_daemons() {
 		--address "$WORK/containerd.sock" >"$WORK/containerd.log" 2>&1 &
 	CONTAINERD_PID=$!
 	echo "$CONTAINERD_PID" >"$WORK/containerd.pid.test"
-	for ((i = 0; i < 100; i++)); do
+	for ((i = 0; i < 100 * SCALE; i++)); do
 		[[ -S $WORK/containerd.sock ]] && break
 		sleep 0.1
 	done
-	[[ -S $WORK/containerd.sock ]] || fail "containerd did not start (see $WORK/containerd.log)"
+	[[ -S $WORK/containerd.sock ]] || fail "containerd did not start: $(tail -n 5 "$WORK/containerd.log")"
 	# No iptables, no bridge, no ip_forward: the lab's containers have
 	# --network none or share another's namespace; links are veth pairs.
 	dockerd --containerd "$WORK/containerd.sock" --data-root "$WORK/docker" \
@@ -202,12 +206,12 @@ start_daemons() {
 		>"$WORK/dockerd.log" 2>&1 &
 	DOCKERD_PID=$!
 	echo "$DOCKERD_PID" >"$WORK/dockerd.pid.test"
-	for ((i = 0; i < 300; i++)); do
+	for ((i = 0; i < 300 * SCALE; i++)); do
 		docker version >/dev/null 2>&1 && return 0
 		kill -0 "$DOCKERD_PID" 2>/dev/null || break
 		sleep 0.1
 	done
-	fail "dockerd did not start (see $WORK/dockerd.log)"
+	fail "dockerd did not start: $(tail -n 5 "$WORK/dockerd.log")"
 }
 
 # stop_pid PID: SIGTERM, wait up to 20 s, then SIGKILL.
@@ -285,10 +289,12 @@ ingest_pid() { docker inspect -f '{{.State.Pid}}' "$(c ingest)"; }
 in_ingest_ns() { nsenter -t "$(ingest_pid)" -n "$@"; }
 
 # wait_until SECONDS CMD...: poll CMD every 0.1 s.
+# wait_until SECONDS CMD...: CMD until it succeeds, at most SECONDS (times
+# LAB_TIME_SCALE).
 wait_until() {
 	local limit=$1 deadline
 	shift
-	deadline=$(awk -v n="$(date +%s.%N)" -v l="$limit" 'BEGIN{printf "%.3f", n+l}')
+	deadline=$(awk -v n="$(date +%s.%N)" -v l="$limit" -v k="$SCALE" 'BEGIN{printf "%.3f", n+l*k}')
 	while :; do
 		"$@" >/dev/null 2>&1 && return 0
 		awk -v n="$(date +%s.%N)" -v d="$deadline" 'BEGIN{exit !(n>d)}' && return 1
@@ -442,15 +448,28 @@ check_containers() {
 	local sc
 	sc=$(docker inspect "$(c frr-ingestd)")
 	jq -e '.[0].HostConfig.Privileged == false' <<<"$sc" >/dev/null || fail "the sidecar runs privileged"
-	jq -e '.[0].HostConfig.CapAdd | map(ltrimstr("CAP_")) | sort == ["BPF", "NET_ADMIN"]' <<<"$sc" >/dev/null ||
-		fail "the sidecar's added capabilities are $(jq -c '.[0].HostConfig.CapAdd' <<<"$sc"), not [NET_ADMIN, BPF]"
+	# [NET_ADMIN, BPF] as the topology asks; a docker that knows no CAP_BPF
+	# (Debian 12's 20.10) gets [NET_ADMIN] from clab-docker, said loudly, and
+	# the sidecar must then say it runs the userspace data plane.
+	local caps
+	caps=$(jq -c '.[0].HostConfig.CapAdd | map(ltrimstr("CAP_")) | sort' <<<"$sc")
+	case $caps in
+	'["BPF","NET_ADMIN"]') ;;
+	'["NET_ADMIN"]')
+		log "NOTE: docker $(docker version -f '{{.Server.Version}}') knows no CAP_BPF: the sidecar has NET_ADMIN only"
+		wait_until 30 eval 'sidecar_api show status --json | jq -e ".dataplane == \"userspace\""' ||
+			fail "without CAP_BPF the sidecar does not report the userspace data plane: $(sidecar_api show status --json | jq -c '{dataplane, dataplane_reason}')"
+		pass "without CAP_BPF the sidecar runs the userspace data plane: $(sidecar_api show status --json | jq -c '{dataplane, dataplane_reason}')"
+		;;
+	*) fail "the sidecar's added capabilities are $caps, not [NET_ADMIN, BPF]" ;;
+	esac
 	jq -e '.[0].HostConfig.Devices | any(.PathOnHost == "/dev/net/tun")' <<<"$sc" >/dev/null || fail "the sidecar has no /dev/net/tun"
 	jq -e --arg id "$(docker inspect -f '{{.Id}}' "$(c ingest)")" '.[0].HostConfig.NetworkMode == "container:" + $id' <<<"$sc" >/dev/null ||
 		fail "the sidecar is not in the ingest container's network namespace: $(jq -r '.[0].HostConfig.NetworkMode' <<<"$sc")"
 	# The effective capability set of the daemon inside the container.
 	local capeff
 	capeff=$(dx frr-ingestd sh -c 'grep CapEff /proc/1/status' | awk '{print $2}')
-	pass "sidecar: not privileged, CapAdd [NET_ADMIN, BPF], /dev/net/tun, network-mode container:ingest (CapEff $capeff)"
+	pass "sidecar: not privileged, CapAdd $caps, /dev/net/tun, network-mode container:ingest (CapEff $capeff)"
 }
 
 check_frr_and_sidecar() {
@@ -534,7 +553,7 @@ partial_checks() {
 	wait_until 5 mcrx_summary relay2 || fail "mcrx in relay2 wrote no summary"
 	summary=$(mcrx_summary relay2)
 	first=$(jq '.first_packet_ms // -1 | floor' <<<"$summary")
-	((first >= 0 && first <= 2000)) || fail "relay2's LAN: first packet ${first} ms after the join: $summary"
+	((first >= 0 && first <= 2000 * SCALE)) || fail "relay2's LAN: first packet ${first} ms after the join (limit $((2000 * SCALE)) ms): $summary"
 	pass "receiver tooling: mcrx in relay2's container gets the test sender's ($s, 232.1.1.2) natively, first packet $first ms, $(jq -c '{packets, missing}' <<<"$summary")"
 	# Leaving: the joinfile empties, the flow goes.
 	: >"$joinfile"
@@ -601,8 +620,8 @@ full_checks() {
 	wait_until 5 mcrx_summary rcv2 || fail "mcrx in rcv2 wrote no summary"
 	summary=$(mcrx_summary rcv2)
 	first=$(jq '.first_packet_ms // -1 | floor' <<<"$summary")
-	((first >= 0 && first <= 2000)) || fail "first packet ${first} ms after the join (limit 2000 ms): $summary"
-	pass "rcv2: first packet $first ms after the join (<= 2000 ms); $(jq -c '{packets, missing, duplicates}' <<<"$summary")"
+	((first >= 0 && first <= 2000 * SCALE)) || fail "first packet ${first} ms after the join (limit $((2000 * SCALE)) ms): $summary"
+	pass "rcv2: first packet $first ms after the join (<= $((2000 * SCALE)) ms); $(jq -c '{packets, missing, duplicates}' <<<"$summary")"
 	hardened_sidecar frr-ingest/frr-ingestd:dev /usr/local/bin/lab-frr-ingestd
 	wait_until 30 vty_connected || fail "the hardened sidecar does not reach pimd's vty socket (group frrvty)"
 	p1=$(demo_receiver_packets)

@@ -196,6 +196,31 @@ dig_short() {
 expect() {
 	if [[ $2 == "$3" ]]; then pass "$1: $2"; else fail "$1: got '$2', want '$3'"; fi
 }
+# poll_expect LABEL WANT MS CMD...: CMD's output until it is WANT, for
+# at most MS milliseconds (times LAB_TIME_SCALE), then expect it.
+poll_expect() {
+	local label=$1 want=$2 limit=$3 out t0
+	shift 3
+	t0=$(now_ms)
+	while :; do
+		out=$("$@" 2>&1) || true
+		[[ $out == "$want" ]] && break
+		(($(now_ms) - t0 > limit * SCALE)) && break
+		sleep 0.2
+	done
+	expect "$label" "$out" "$want"
+}
+# relay_subscriptions NODE [v6]: "gateway/source,group" of every channel in
+# NODE's amt-relay status file.
+relay_subscriptions() {
+	python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+def gw(a):
+    return a.rsplit(":", 1)[0].strip("[]")
+print(" ".join(sorted(gw(g["gateway"]) + "/" + c["source"] + "," + c["group"]
+                      for g in d["gateways"] for c in g["channels"])))' "$LAB_RUN/$1/amt-relay.status.json"
+}
 
 # curl_dorms ARGS...: curl from border to https://dorms.lab with the lab CA.
 curl_dorms() {
@@ -294,17 +319,10 @@ check_internet() {
 		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw1.json" 2>&1 &
 	lab exec border "$AMTGW" --relay "$RELAY2" --source 203.0.113.4 --group 232.1.1.1 \
 		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw2.json" 2>&1 &
-	sleep 2.5
-	for node in relay relay2; do
-		addr=198.51.100.4
-		[[ $node == relay2 ]] && addr=203.0.113.4
-		out=$(python3 -c '
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(" ".join(sorted(g["gateway"].split(":")[0] + "/" + c["source"] + "," + c["group"]
-                      for g in d["gateways"] for c in g["channels"])))' "$LAB_RUN/$node/amt-relay.status.json" 2>&1)
-		expect "$node status: gateway subscribed" "$out" "$BORDER/$addr,232.1.1.1"
-	done
+	# Both at once: each amtgw is subscribed only while it runs.
+	both_relays() { echo "relay: $(relay_subscriptions relay); relay2: $(relay_subscriptions relay2)"; }
+	poll_expect "relay and relay2 status: gateway subscribed" \
+		"relay: $BORDER/198.51.100.4,232.1.1.1; relay2: $BORDER/203.0.113.4,232.1.1.1" 3500 both_relays
 	wait
 	for n in 1 2; do
 		out=$(python3 -c '
@@ -341,13 +359,15 @@ print(s[-1]["packets"] if s else "no summary")' "$LAB_RUN/border/selftest-amtgw$
 
 	# Population: one receiver behind each downstream router.
 	for n in "" 2 3; do
-		lab exec "rcv$n" "$MCRX" --iface rcv0 --channel 198.51.100.8,232.10.1.6 --duration 5 \
+		lab exec "rcv$n" "$MCRX" --iface rcv0 --channel 198.51.100.8,232.10.1.6 --duration $((5 * SCALE)) \
 			>/dev/null 2>&1 &
 	done
-	sleep 2
-	for n in "" 2 3; do
-		expect "(198.51.100.8,232.10.1.6) on ing-dn$n" "$(join_state "ing-dn$n" 198.51.100.8 232.10.1.6)" JOIN
-	done
+	three_joins() {
+		local n
+		for n in "" 2 3; do echo -n "ing-dn$n: $(join_state "ing-dn$n" 198.51.100.8 232.10.1.6) "; done
+	}
+	poll_expect "(198.51.100.8,232.10.1.6) on the three downstream interfaces" \
+		"ing-dn: JOIN ing-dn2: JOIN ing-dn3: JOIN " 3000 three_joins
 	wait
 	check_ipv6
 }
@@ -403,13 +423,7 @@ check_ipv6() {
 	lab exec source "$MCSEND" --iface src0 --channel "$SOURCE6,$GROUP6" --rate 100 --duration 6 >/dev/null 2>&1 &
 	lab exec border "$AMTGW" --relay "[$RELAY6]:2268" --source "$SOURCE6" --group "$GROUP6" \
 		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw6.json" 2>&1 &
-	sleep 2.5
-	out=$(python3 -c '
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(" ".join(sorted(g["gateway"].rsplit(":", 1)[0].strip("[]") + "/" + c["source"] + "," + c["group"]
-                      for g in d["gateways"] for c in g["channels"])))' "$LAB_RUN/relay/amt-relay.status.json" 2>&1)
-	expect "relay status: IPv6 gateway subscribed" "$out" "$BORDER6/$SOURCE6,$GROUP6"
+	poll_expect "relay status: IPv6 gateway subscribed" "$BORDER6/$SOURCE6,$GROUP6" 3500 relay_subscriptions relay
 	wait
 	out=$(python3 -c '
 import json, sys
@@ -460,12 +474,18 @@ rev_name() {
 
 # Files an up/down may create outside the run directory by mistake.
 stray_files() {
-	find /etc /var /root /tmp /run /usr/local -xdev -newer "$1" \
+	# Big trees no lab program writes to are skipped (in the VM they are read
+	# over 9p: walking them took minutes).
+	find /etc /var /root /tmp /run /usr/local -xdev \
+		\( -path /var/cache/frr-ingest -o -path /var/lib/docker -o -path /var/lib/containerd \
+		-o -path /var/cache/apt -o -path /var/lib/apt -o -path /root/.cargo -o -path /root/.rustup \
+		-o -path '*/target' -o -path '*/target-*' \) -prune -o \
+		-newer "$1" \
 		\( -name '*.pem' -o -name '*.key' -o -name '*.crt' -o -name '*.csr' -o -name '*.srl' \
 		-o -name '.rnd' -o -name 'managed-keys*' -o -name 'named*' -o -name 'nginx*' \
 		-o -name '*.jnl' -o -name '*.mkeys' \) \
 		-not -path '/run/frr-ingest-lab/*' -not -path '*/target*/*' -not -path '/tmp/ingest-policy-*' \
-		-not -path "$1" 2>/dev/null || true
+		-not -path "$1" -print 2>/dev/null || true
 }
 
 # State of the system's own BIND and nginx directories (must not change).

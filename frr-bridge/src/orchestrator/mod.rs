@@ -378,6 +378,26 @@ impl PartialEq for JoinChange {
 }
 impl Eq for JoinChange {}
 
+/// Why the shell could not add or remove a source route, as the core sees
+/// it: the kernel's errno when there was one (17, EEXIST: another route is
+/// in the way) and the text that goes into the flow's reason and the log.
+/// Plain data, so the core's tests make one without a netlink socket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct RouteError {
+    pub errno: Option<i32>,
+    pub text: String,
+}
+
+impl From<std::io::Error> for RouteError {
+    fn from(error: std::io::Error) -> Self {
+        RouteError {
+            errno: error.raw_os_error(),
+            text: error.to_string(),
+        }
+    }
+}
+
 /// Counters the orchestrator keeps (the shell keeps the I/O ones).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrchestratorCounters {
@@ -775,7 +795,7 @@ impl Orchestrator {
     pub fn on_route_added(
         &mut self,
         source: IpAddr,
-        result: Result<(), String>,
+        result: Result<(), RouteError>,
         now: Instant,
     ) -> Vec<Action> {
         let mut out = Vec::new();
@@ -831,7 +851,12 @@ impl Orchestrator {
     }
 
     /// The shell removed (or failed to remove) the route of `source`.
-    pub fn on_route_removed(&mut self, source: IpAddr, result: Result<(), String>, now: Instant) {
+    pub fn on_route_removed(
+        &mut self,
+        source: IpAddr,
+        result: Result<(), RouteError>,
+        now: Instant,
+    ) {
         match result {
             Ok(()) => budgeted!(
                 self,

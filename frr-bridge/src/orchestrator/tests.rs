@@ -364,12 +364,18 @@ fn tunnel_open_and_route_failures_are_retried() {
         &up(relay("192.0.2.10")),
         Instant::now(),
     );
-    o.on_route_added(
-        ip("198.51.100.4"),
-        Err("File exists".into()),
-        Instant::now(),
-    );
+    // EEXIST, as netlink reports a route already in the way.
+    let eexist = RouteError::from(std::io::Error::from_raw_os_error(17));
+    assert_eq!(eexist.errno, Some(17));
+    o.on_route_added(ip("198.51.100.4"), Err(eexist), Instant::now());
     assert_eq!(phase(&o, a), FlowPhase::Error);
+    assert!(
+        o.flows()[&a]
+            .reason
+            .starts_with("cannot add route for 198.51.100.4: File exists"),
+        "{}",
+        o.flows()[&a].reason
+    );
     assert_eq!(o.counters().route_errors, 1);
     assert_eq!(o.routed_sources(), 0);
     let retry = o.on_timeout(t0 + Duration::from_secs(2));
@@ -378,6 +384,23 @@ fn tunnel_open_and_route_failures_are_retried() {
     }));
     o.on_route_added(ip("198.51.100.4"), Ok(()), Instant::now());
     assert_eq!(phase(&o, a), FlowPhase::Subscribed);
+}
+
+#[test]
+fn a_route_that_cannot_be_removed_is_counted() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    forwarding(&mut o, &decision(a, &["192.0.2.10"]), t0);
+    let actions = o.on_decisions(decisions(&[]), t0);
+    assert!(work(&actions).contains(&Action::RemoveRoute {
+        source: ip("198.51.100.4")
+    }));
+    // ESRCH: the route was already gone.
+    let esrch = RouteError::from(std::io::Error::from_raw_os_error(3));
+    o.on_route_removed(ip("198.51.100.4"), Err(esrch), t0);
+    assert_eq!(o.counters().route_errors, 1);
+    assert_eq!(o.routed_sources(), 0);
 }
 
 #[test]
