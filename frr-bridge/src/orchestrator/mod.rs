@@ -1215,6 +1215,7 @@ impl Orchestrator {
             now,
             "relay race started",
             info!(
+                sg = %flow.sg,
                 candidates = candidates.len(),
                 "racing the relays (first to answer gets the flow)"
             )

@@ -336,7 +336,7 @@ impl DormsClient {
             match self.fetch_from(target, sg, steps).await {
                 Ok(found) => return Ok(found),
                 Err(error) => {
-                    tracing::info!(target = %target.target, port = target.port, %error, "DORMS server failed");
+                    tracing::info!(%sg, target = %target.target, port = target.port, %error, "DORMS server failed");
                     last_error = Some(error);
                 }
             }

@@ -215,7 +215,7 @@ impl DriadResolver {
         negative_ttl: Option<Duration>,
     ) -> DriadOutcome {
         let retry_after = self.failure_ttl(&failure, negative_ttl);
-        tracing::info!(%failure, ?retry_after, "AMTRELAY lookup failed");
+        tracing::info!(%source, %query_name, %failure, ?retry_after, "AMTRELAY lookup failed");
         DriadOutcome::Failed {
             source,
             query_name,

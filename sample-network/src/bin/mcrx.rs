@@ -29,7 +29,11 @@ use sample_network::{
 /// It stops at --duration, --count, --until-idle or SIGINT/SIGTERM, whichever
 /// comes first, leaves the channels and prints one JSON summary line on stdout
 /// ("event":"summary"). With --progress, a JSON line ("event":"progress") is
-/// printed every second before it.
+/// printed every --progress-interval seconds before it, with the wall-clock
+/// time ("unix_ms") and, with --progress-channels, every channel's running
+/// totals ("channels": [{"channel":"S,G","packets":N,"missing":M}], missing
+/// as in the summary) so a script can tell when each channel stopped and
+/// came back (sample-network/tests/lab_soak.rs does).
 ///
 /// Example: mcrx --iface rcv0 --channel 198.51.100.4,232.1.1.1 --duration 10
 /// Example: mcrx -c 198.51.100.4,232.1.1.1 --groups 100 --until-idle 3
@@ -51,9 +55,18 @@ struct Args {
     #[arg(long, value_name = "SECS")]
     until_idle: Option<f64>,
 
-    /// Print a JSON progress line every second.
+    /// Print a JSON progress line every --progress-interval seconds.
     #[arg(long)]
     progress: bool,
+
+    /// Seconds between progress lines (with --progress).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    progress_interval: f64,
+
+    /// Add each channel's running packet and missing counts to the progress
+    /// lines (implies --progress).
+    #[arg(long)]
+    progress_channels: bool,
 
     /// Socket receive buffer per channel in bytes (SO_RCVBUFFORCE as root).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
@@ -112,14 +125,37 @@ struct Summary<'a> {
 struct Progress {
     event: &'static str,
     elapsed_s: f64,
+    /// Wall-clock time of this line, ms since the Unix epoch (to line it up
+    /// with events other programs record).
+    unix_ms: u64,
     packets: u64,
     bytes: u64,
+    /// Packets per second over the last interval.
     pps: f64,
     channels_receiving: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<ChannelProgress>>,
+}
+
+/// One channel's running totals in a progress line.
+#[derive(Serialize)]
+struct ChannelProgress {
+    channel: String,
+    packets: u64,
+    /// Sequence numbers between the lowest and highest received that never
+    /// arrived (so far).
+    missing: u64,
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.progress |= args.progress_channels;
+    if !(args.progress_interval.is_finite() && args.progress_interval >= 0.01) {
+        bail!(
+            "--progress-interval {}: give at least 0.01 seconds",
+            args.progress_interval
+        );
+    }
     signal::install_stop_handler().context("installing signal handlers")?;
     let iface = args.channels.interface()?;
     let mut channels = args.channels.expanded()?;
@@ -195,8 +231,10 @@ fn receive(args: &Args, states: &mut [ChannelState], start: Instant) -> Result<S
     let mut buf = vec![0u8; 65536];
     let mut total_packets = 0u64;
     let mut last_any: Option<Instant> = None;
-    let mut next_progress = start + Duration::from_secs(1);
+    let progress_interval = Duration::from_secs_f64(args.progress_interval);
+    let mut next_progress = start + progress_interval;
     let mut progress_packets = 0u64;
+    let mut progress_at = start;
 
     loop {
         let now = Instant::now();
@@ -216,16 +254,33 @@ fn receive(args: &Args, states: &mut [ChannelState], start: Instant) -> Result<S
         }
         if args.progress && now >= next_progress {
             let elapsed = now.duration_since(start).as_secs_f64();
+            let interval = now.duration_since(progress_at).as_secs_f64().max(1e-3);
             let line = Progress {
                 event: "progress",
                 elapsed_s: elapsed,
+                unix_ms: unix_ns_now() / 1_000_000,
                 packets: total_packets,
                 bytes: states.iter().map(|s| s.bytes).sum(),
-                pps: (total_packets - progress_packets) as f64,
+                pps: (total_packets - progress_packets) as f64 / interval,
                 channels_receiving: states.iter().filter(|s| s.packets > 0).count(),
+                channels: args.progress_channels.then(|| {
+                    states
+                        .iter()
+                        .map(|s| ChannelProgress {
+                            channel: format!("{},{}", s.channel.source, s.channel.group),
+                            packets: s.packets,
+                            missing: s.sequence.summary().missing,
+                        })
+                        .collect()
+                }),
             };
             progress_packets = total_packets;
-            next_progress += Duration::from_secs(1);
+            progress_at = now;
+            next_progress += progress_interval;
+            // After a stall, do not print a burst of lines to catch up.
+            if next_progress < now {
+                next_progress = now + progress_interval;
+            }
             let mut out = io::stdout().lock();
             serde_json::to_writer(&mut out, &line)?;
             writeln!(out)?;

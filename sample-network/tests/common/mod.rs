@@ -297,6 +297,8 @@ pub struct Lab {
     /// Command (and arguments) the daemon is started through inside the
     /// border namespace, e.g. `setpriv ...` to drop root; empty: none.
     pub daemon_wrapper: Vec<String>,
+    /// The daemon's --log-level (default "info,frr_bridge=debug").
+    pub daemon_log_level: String,
 }
 
 impl Lab {
@@ -337,6 +339,7 @@ impl Lab {
             frr: Frr::from_env(),
             daemons: Vec::new(),
             daemon_wrapper: Vec::new(),
+            daemon_log_level: "info,frr_bridge=debug".to_string(),
         };
         // A previous crashed run may have left it: start clean.
         let _ = lab.lab_cmd(&["down"]);
@@ -357,11 +360,14 @@ impl Lab {
         lab
     }
 
+    /// Runs `sample-network/lab ARGS` for this lab, with the relays and
+    /// tools of the same build as the test (LAB_BIN_DIR).
     pub fn lab_cmd(&self, args: &[&str]) -> Output {
         run(Command::new(repo_dir().join("sample-network/lab"))
             .args(args)
             .env("LAB_PREFIX", &self.prefix)
-            .env("LAB_RUN", &self.run_dir))
+            .env("LAB_RUN", &self.run_dir)
+            .env("LAB_BIN_DIR", bin_dir()))
     }
 
     pub fn ns(&self, node: &str) -> String {
@@ -479,7 +485,8 @@ impl Lab {
             .arg(&vty)
             .args(["--frr-netns", &netns, "--api-socket"])
             .arg(self.api_socket())
-            .args(["--log-level", "info,frr_bridge=debug"])
+            .arg("--log-level")
+            .arg(&self.daemon_log_level)
             .args(extra)
             .args(dataplane_args(extra))
             .stdout(Stdio::from(log.try_clone().expect("log")))
@@ -501,6 +508,18 @@ impl Lab {
         );
         assert!(sock.exists());
         self.daemons.len() - 1
+    }
+
+    /// The daemon's log files, one per start, in start order.
+    pub fn daemon_log_paths(&self) -> Vec<PathBuf> {
+        (0..self.daemons.len())
+            .map(|i| self.node_dir("border").join(format!("frr-ingestd.{i}.log")))
+            .collect()
+    }
+
+    /// How many times the daemon was started.
+    pub fn daemon_starts(&self) -> usize {
+        self.daemons.len()
     }
 
     pub fn daemon_log(&self) -> String {
