@@ -445,7 +445,27 @@ pub struct Orchestrator {
     counters: OrchestratorCounters,
     /// Keeps per-flow lines to a few per second and cause.
     log: LogBudget,
+    /// Relays whose tunnel could not be opened: when their flows are tried
+    /// again. Without it, flows in error were retried at every timeout (a
+    /// race elsewhere makes that every 250 ms): an unreachable relay was
+    /// reopened several times a second.
+    open_backoff: BTreeMap<SocketAddr, OpenBackoff>,
 }
+
+/// Retry schedule of the flows of a relay whose tunnel cannot be opened.
+#[derive(Debug, Clone, Copy)]
+struct OpenBackoff {
+    /// The last wait (doubles per failure, from [`OPEN_RETRY_MIN`] to
+    /// [`OPEN_RETRY_MAX`]).
+    delay: Duration,
+    /// When the relay's flows are next tried; None once done.
+    retry_at: Option<Instant>,
+}
+
+/// First wait before a relay whose tunnel could not be opened is tried
+/// again, and the longest.
+pub const OPEN_RETRY_MIN: Duration = Duration::from_secs(1);
+pub const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Orchestrator {
     pub fn new(cfg: OrchestratorConfig) -> Self {
@@ -457,6 +477,7 @@ impl Orchestrator {
             decisions: Arc::new(PolicySet::new()),
             counters: OrchestratorCounters::default(),
             log: LogBudget::daemon_default(),
+            open_backoff: BTreeMap::new(),
         }
     }
 
@@ -591,6 +612,7 @@ impl Orchestrator {
                 return out;
             }
             TunnelEvent::Up { relay: r, family } => {
+                self.open_backoff.remove(&relay);
                 budgeted!(
                     self,
                     now,
@@ -723,7 +745,23 @@ impl Orchestrator {
         let Some(tunnel) = self.tunnels.remove(&relay) else {
             return out;
         };
-        budgeted!(self, now, "cannot open a tunnel", warn!(%relay, "{error}"));
+        let delay = self
+            .open_backoff
+            .get(&relay)
+            .map_or(OPEN_RETRY_MIN, |b| (b.delay * 2).min(OPEN_RETRY_MAX));
+        self.open_backoff.insert(
+            relay,
+            OpenBackoff {
+                delay,
+                retry_at: Some(now + delay),
+            },
+        );
+        budgeted!(
+            self,
+            now,
+            "cannot open a tunnel",
+            warn!(%relay, retry_in = ?delay, "{error}")
+        );
         let reason = format!("cannot open a tunnel to relay {relay}: {error}");
         // The policy holds the relay down where a flow has another
         // candidate (an IPv6 relay from a host without IPv6 routes is
@@ -922,12 +960,31 @@ impl Orchestrator {
                 self.flows.insert(sg, flow);
             }
         }
+        let backoff = &self.open_backoff;
         let failed: Vec<SourceGroup> = self
             .flows
             .values()
             .filter(|f| f.phase == FlowPhase::Error)
+            .filter(|f| {
+                f.relay
+                    .and_then(|r| backoff.get(&r))
+                    .and_then(|b| b.retry_at)
+                    .is_none_or(|at| at <= now)
+            })
             .map(|f| f.sg)
             .collect();
+        if !self.open_backoff.is_empty() {
+            for b in self.open_backoff.values_mut() {
+                if b.retry_at.is_some_and(|at| at <= now) {
+                    b.retry_at = None;
+                }
+            }
+            // Forget relays no flow uses any more (a relay used again
+            // keeps its doubled wait until its tunnel comes up).
+            let used: BTreeSet<SocketAddr> = self.flows.values().filter_map(|f| f.relay).collect();
+            self.open_backoff
+                .retain(|relay, b| b.retry_at.is_some() || used.contains(relay));
+        }
         for sg in failed {
             if let Some(mut flow) = self.flows.remove(&sg) {
                 self.serve(&mut flow, now, &mut out);
@@ -941,8 +998,9 @@ impl Orchestrator {
     }
 
     /// When [`Orchestrator::on_timeout`] has work next: a race's next
-    /// attempt, a linger's end (flows in error are retried on the shell's
-    /// regular tick).
+    /// attempt, a linger's end, the retry of a relay that could not be
+    /// opened (other flows in error are retried on the shell's regular
+    /// tick).
     pub fn next_timeout(&self) -> Option<Instant> {
         let delay = self.cfg.attempt_delay;
         let races = self
@@ -950,7 +1008,8 @@ impl Orchestrator {
             .values()
             .filter_map(|f| f.race.as_ref().and_then(|r| r.next_start(delay)));
         let lingers = self.tunnels.values().filter_map(|t| t.linger_until);
-        races.chain(lingers).min()
+        let retries = self.open_backoff.values().filter_map(|b| b.retry_at);
+        races.chain(lingers).chain(retries).min()
     }
 
     /// Stop: every route removed and every tunnel closed. The state is

@@ -903,3 +903,39 @@ fn fifty_candidates_are_tried_one_every_delay() {
     );
     assert_eq!(o.counters().race_winners[RACE_POSITIONS - 1], 1);
 }
+
+/// A relay whose tunnel cannot be opened (an IPv6 relay without an IPv6
+/// route) is tried again after 1, 2, 4 ... s, not at every timeout: the
+/// soak saw one reopened several times a second while other flows raced.
+#[test]
+fn a_relay_that_cannot_be_opened_is_retried_with_backoff() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("198.51.100.4", "232.1.1.1");
+    let r = relay("192.0.2.10");
+    o.on_decisions(decisions(&[decision(a, &["192.0.2.10"])]), t0);
+    let opens = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::OpenTunnel { .. }))
+            .count()
+    };
+    let mut failed_at = t0;
+    for (round, wait) in [1u64, 2, 4, 8].into_iter().enumerate() {
+        o.on_tunnel_open_failed(r, "Network is unreachable", failed_at);
+        assert_eq!(phase(&o, a), FlowPhase::Error);
+        let retry = failed_at + Duration::from_secs(wait);
+        assert_eq!(o.next_timeout(), Some(retry), "round {round}");
+        // Timeouts before the wait is over (races elsewhere) retry nothing.
+        for ms in [250, 500, wait * 1000 - 1] {
+            let early = o.on_timeout(failed_at + Duration::from_millis(ms));
+            assert_eq!(opens(&early), 0, "round {round}, {ms} ms: {early:?}");
+        }
+        assert_eq!(opens(&o.on_timeout(retry)), 1, "round {round}");
+        failed_at = retry;
+    }
+    // Up at last: the next failure waits the shortest time again.
+    o.on_tunnel_event(r, &up(r), failed_at);
+    o.on_tunnel_open_failed(r, "Network is unreachable", failed_at);
+    assert_eq!(o.next_timeout(), Some(failed_at + Duration::from_secs(1)));
+}
