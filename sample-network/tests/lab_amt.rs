@@ -402,6 +402,32 @@ fn two_relays_three_sources_six_channels() {
         .collect();
     let _sender = lab.mcsend(&channels, 200, &["--duration", "20"]);
     let rx = lab.mcrx(&channels, &["--duration", "10"]);
+    // The tunnels while the receiver is still there (after it leaves, its
+    // channels go: reading them after rx.wait() raced the leave).
+    let want = vec![
+        ("192.0.2.10:2268".to_string(), 4),
+        ("192.0.2.11:2268".to_string(), 2),
+    ];
+    let mut last = Value::Null;
+    let relays = wait_until(Duration::from_secs(8), Duration::from_millis(200), || {
+        last = lab.tunnels();
+        let relays: Vec<(String, usize)> = last
+            .as_array()?
+            .iter()
+            .map(|t| {
+                (
+                    t["relay"].as_str().unwrap_or("").to_string(),
+                    t["channels"].as_array().map(Vec::len).unwrap_or(0),
+                )
+            })
+            .collect();
+        (relays == want).then_some(relays)
+    });
+    println!("tunnels: {relays:?}");
+    assert!(
+        relays.is_some(),
+        "want one tunnel per relay, {want:?}: {last}"
+    );
     let summary = rx.wait();
     for (s, g) in &channels {
         assert_received(
@@ -411,23 +437,6 @@ fn two_relays_three_sources_six_channels() {
             1600,
         );
     }
-    let tunnels = lab.tunnels();
-    let list = tunnels.as_array().expect("tunnel list");
-    let relays: Vec<(&str, usize)> = list
-        .iter()
-        .map(|t| {
-            (
-                t["relay"].as_str().unwrap_or(""),
-                t["channels"].as_array().map(Vec::len).unwrap_or(0),
-            )
-        })
-        .collect();
-    println!("tunnels: {relays:?}");
-    assert_eq!(
-        relays,
-        vec![("192.0.2.10:2268", 4), ("192.0.2.11:2268", 2)],
-        "want one tunnel per relay: {tunnels}"
-    );
 }
 
 /// A namespace joined to `ingest` by a veth, removed on drop (before the
