@@ -210,16 +210,24 @@ poll_expect() {
 	done
 	expect "$label" "$out" "$want"
 }
-# relay_subscriptions NODE [v6]: "gateway/source,group" of every channel in
-# NODE's amt-relay status file.
+# relay_subscriptions NODE...: "NODE: gateway/source,group ...; NODE2: ..."
+# of every channel in each NODE's amt-relay status file (one python: each
+# start costs seconds on an emulated host).
 relay_subscriptions() {
 	python3 -c '
 import json, sys
-d = json.load(open(sys.argv[1]))
 def gw(a):
     return a.rsplit(":", 1)[0].strip("[]")
-print(" ".join(sorted(gw(g["gateway"]) + "/" + c["source"] + "," + c["group"]
-                      for g in d["gateways"] for c in g["channels"])))' "$LAB_RUN/$1/amt-relay.status.json"
+out = []
+for node, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        d = json.load(open(path))
+        subs = " ".join(sorted(gw(g["gateway"]) + "/" + c["source"] + "," + c["group"]
+                               for g in d["gateways"] for c in g["channels"]))
+    except (OSError, ValueError, KeyError) as e:
+        subs = "?" + type(e).__name__
+    out.append(node + ": " + subs)
+print("; ".join(out))' $(for n in "$@"; do echo "$n" "$LAB_RUN/$n/amt-relay.status.json"; done)
 }
 
 # curl_dorms ARGS...: curl from border to https://dorms.lab with the lab CA.
@@ -313,16 +321,17 @@ check_internet() {
 	fi
 
 	# AMT through each relay (amtgw, not the daemon) while the source sends.
+	# Each amtgw is subscribed only while it runs: durations stretched by
+	# LAB_TIME_SCALE so that a slow host still sees the subscriptions.
 	lab exec source "$MCSEND" --iface src0 --channel 198.51.100.4,232.1.1.1 \
-		--channel 203.0.113.4,232.1.1.1 --rate 100 --duration 6 >/dev/null 2>&1 &
+		--channel 203.0.113.4,232.1.1.1 --rate 100 --duration $((6 * SCALE)) >/dev/null 2>&1 &
 	lab exec border "$AMTGW" --relay "$RELAY" --discovery --source 198.51.100.4 --group 232.1.1.1 \
-		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw1.json" 2>&1 &
+		--duration $((4 * SCALE)) --json >"$LAB_RUN/border/selftest-amtgw1.json" 2>&1 &
 	lab exec border "$AMTGW" --relay "$RELAY2" --source 203.0.113.4 --group 232.1.1.1 \
-		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw2.json" 2>&1 &
-	# Both at once: each amtgw is subscribed only while it runs.
-	both_relays() { echo "relay: $(relay_subscriptions relay); relay2: $(relay_subscriptions relay2)"; }
+		--duration $((4 * SCALE)) --json >"$LAB_RUN/border/selftest-amtgw2.json" 2>&1 &
 	poll_expect "relay and relay2 status: gateway subscribed" \
-		"relay: $BORDER/198.51.100.4,232.1.1.1; relay2: $BORDER/203.0.113.4,232.1.1.1" 3500 both_relays
+		"relay: $BORDER/198.51.100.4,232.1.1.1; relay2: $BORDER/203.0.113.4,232.1.1.1" 3500 \
+		relay_subscriptions relay relay2
 	wait
 	for n in 1 2; do
 		out=$(python3 -c '
@@ -420,10 +429,10 @@ check_ipv6() {
 	done
 
 	# AMT over IPv6 to the relay's IPv6 address, carrying the IPv6 channel.
-	lab exec source "$MCSEND" --iface src0 --channel "$SOURCE6,$GROUP6" --rate 100 --duration 6 >/dev/null 2>&1 &
+	lab exec source "$MCSEND" --iface src0 --channel "$SOURCE6,$GROUP6" --rate 100 --duration $((6 * SCALE)) >/dev/null 2>&1 &
 	lab exec border "$AMTGW" --relay "[$RELAY6]:2268" --source "$SOURCE6" --group "$GROUP6" \
-		--duration 4 --json >"$LAB_RUN/border/selftest-amtgw6.json" 2>&1 &
-	poll_expect "relay status: IPv6 gateway subscribed" "$BORDER6/$SOURCE6,$GROUP6" 3500 relay_subscriptions relay
+		--duration $((4 * SCALE)) --json >"$LAB_RUN/border/selftest-amtgw6.json" 2>&1 &
+	poll_expect "relay status: IPv6 gateway subscribed" "relay: $BORDER6/$SOURCE6,$GROUP6" 3500 relay_subscriptions relay
 	wait
 	out=$(python3 -c '
 import json, sys
