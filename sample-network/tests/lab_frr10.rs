@@ -391,8 +391,12 @@ fn ipv6_join_whose_relay_is_unreachable_says_why() {
         ),
     );
     lab.start_daemon(&["--config", &config]);
-    let sender = lab.mcsend(&[(S4, G4), (S6, G6)], 100, &["--duration", "30"]);
-    let rx = lab.mcrx(&[(S4, G4), (S6, G6)], &["--duration", "10"]);
+    // The receiver stays joined while the flow is looked at: on an emulated
+    // host (LAB_TIME_SCALE) the join takes longer to get through.
+    let listen = limit(Duration::from_secs(10)).as_secs().to_string();
+    let send = limit(Duration::from_secs(30)).as_secs().to_string();
+    let sender = lab.mcsend(&[(S4, G4), (S6, G6)], 100, &["--duration", &send]);
+    let rx = lab.mcrx(&[(S4, G4), (S6, G6)], &["--duration", &listen]);
     let key6 = format!("{S6},{G6}");
     let flow6 = wait_until(Duration::from_secs(8), Duration::from_millis(100), || {
         lab.flows().get(&key6).cloned().filter(|f| {
