@@ -400,7 +400,7 @@ fn ipv6_join_whose_relay_is_unreachable_says_why() {
     let key6 = format!("{S6},{G6}");
     let flow6 = wait_until(Duration::from_secs(8), Duration::from_millis(100), || {
         lab.flows().get(&key6).cloned().filter(|f| {
-            f["reason"]
+            f["admission_reason"]
                 .as_str()
                 .is_some_and(|r| r.contains("no IPv6 route to [2001:db8:ffff::1]:2268"))
         })
@@ -408,7 +408,7 @@ fn ipv6_join_whose_relay_is_unreachable_says_why() {
     .unwrap_or_else(|| panic!("{:#?}\nlog:\n{}", lab.flows(), lab.daemon_log()));
     println!(
         "IPv6 join, unreachable relay: {} -- {}",
-        flow6["state"], flow6["reason"]
+        flow6["state"], flow6["admission_reason"]
     );
     let summary = rx.wait();
     assert!(
