@@ -230,10 +230,26 @@ fn dead_preferred_relay_fails_over_within_30s() {
     let _tx = lab.mcsend(&[(s7, G)], PPS, &["--duration", "60"]);
     let rx = lab.mcrx(&[(s7, G)], &[]);
 
-    // First the preferred relay is tried.
-    let (first, _) = wait_flow(&lab, s7, G, Duration::from_secs(10), "on 192.0.2.12", |f| {
+    // First the preferred relay is tried: seen carrying the flow, or already
+    // held down for losing the race (racing moves on after 250 ms, faster
+    // than an emulated host's ingestctl can look).
+    let tried_preferred = |f: &Value| {
         f["relay"] == "192.0.2.12:2268"
-    });
+            || f["candidates"].as_array().into_iter().flatten().any(|c| {
+                c["relay"] == "192.0.2.12"
+                    && c["outcome"]
+                        .as_str()
+                        .is_some_and(|o| o.starts_with("held down"))
+            })
+    };
+    let (first, _) = wait_flow(
+        &lab,
+        s7,
+        G,
+        Duration::from_secs(10),
+        "tried on 192.0.2.12",
+        tried_preferred,
+    );
     println!(
         "first choice {} ({}) at {:.2} s: {}",
         first["relay"],
