@@ -997,6 +997,16 @@ impl Orchestrator {
         out
     }
 
+    /// How long `relay` still waits before its tunnel is opened again,
+    /// when an open failed and no tunnel to it exists.
+    fn open_blocked(&self, relay: SocketAddr, now: Instant) -> Option<Duration> {
+        if self.tunnels.contains_key(&relay) {
+            return None;
+        }
+        let at = self.open_backoff.get(&relay)?.retry_at?;
+        (at > now).then(|| at - now)
+    }
+
     /// When [`Orchestrator::on_timeout`] has work next: a race's next
     /// attempt, a linger's end, the retry of a relay that could not be
     /// opened (other flows in error are retried on the shell's regular
@@ -1253,8 +1263,29 @@ impl Orchestrator {
         let up = candidates
             .iter()
             .find(|c| self.tunnels.get(&c.relay).is_some_and(|t| t.is_up(family)));
-        if let Some(choice) = up.or((candidates.len() == 1).then(|| &candidates[0])) {
+        if let Some(choice) = up {
             self.attach(flow, *choice, now, out);
+            return;
+        }
+        // A relay whose tunnel could not be opened waits out its backoff
+        // for every flow, not only for those that were on it (a flow
+        // starting or racing meanwhile would reopen it at once).
+        let (candidates, blocked): (Vec<RelayChoice>, Vec<RelayChoice>) = candidates
+            .iter()
+            .partition(|c| self.open_blocked(c.relay, now).is_none());
+        if candidates.is_empty() {
+            let waits = blocked
+                .iter()
+                .filter_map(|c| Some((c.relay, self.open_blocked(c.relay, now)?)));
+            if let Some((relay, wait)) = waits.min_by_key(|(_, wait)| *wait) {
+                flow.relay = Some(relay);
+                flow.phase = FlowPhase::Error;
+                flow.reason = blocked_reason(relay, wait);
+            }
+            return;
+        }
+        if candidates.len() == 1 {
+            self.attach(flow, candidates[0], now, out);
             return;
         }
         self.counters.races += 1;
@@ -1321,8 +1352,22 @@ impl Orchestrator {
         let Some(race) = &mut flow.race else {
             return;
         };
-        let due = race.next_start(delay).is_none_or(|t| t <= now) || now_or_due;
-        let next = race.attempts.iter().position(|a| a.started.is_none());
+        let mut due = race.next_start(delay).is_none_or(|t| t <= now) || now_or_due;
+        let next = loop {
+            let next = race.attempts.iter().position(|a| a.started.is_none());
+            // A candidate in its open backoff fails at once; the next one
+            // starts now.
+            let Some(index) = next.filter(|_| due) else {
+                break next;
+            };
+            let Some(wait) = self.open_blocked(race.attempts[index].choice.relay, now) else {
+                break next;
+            };
+            let attempt = &mut race.attempts[index];
+            attempt.started = Some(now);
+            attempt.failure = Some(blocked_reason(attempt.choice.relay, wait));
+            due = true;
+        };
         if let (true, Some(index)) = (due, next) {
             race.attempts[index].started = Some(now);
             let choice = race.attempts[index].choice;
@@ -1540,6 +1585,15 @@ impl Orchestrator {
             hold_down: with_fallback.is_some(),
         }));
     }
+}
+
+/// Why a flow is not tried on `relay` now: its tunnel could not be opened
+/// and is tried again after `wait`.
+fn blocked_reason(relay: SocketAddr, wait: Duration) -> String {
+    format!(
+        "the tunnel to relay {relay} could not be opened; next try in {:.1} s",
+        wait.as_secs_f64()
+    )
 }
 
 /// Record that `flow`'s race attempt at `relay` failed, and why.
