@@ -59,6 +59,37 @@ fn decisions(flows: &[FlowPolicy]) -> Arc<PolicySet> {
     Arc::new(flows.iter().map(|f| (f.sg, f.clone())).collect())
 }
 
+/// Shorthands for the actions the tests expect.
+fn open_tunnel(r: &str, skip_discovery: bool) -> Action {
+    Action::OpenTunnel {
+        relay: relay(r),
+        skip_discovery,
+    }
+}
+fn subscribe(r: &str, sg: SourceGroup) -> Action {
+    Action::Subscribe {
+        relay: relay(r),
+        sg,
+    }
+}
+fn unsubscribe(r: &str, sg: SourceGroup) -> Action {
+    Action::Unsubscribe {
+        relay: relay(r),
+        sg,
+    }
+}
+fn add_route(source: &str) -> Action {
+    Action::AddRoute { source: ip(source) }
+}
+fn remove_route(source: &str) -> Action {
+    Action::RemoveRoute { source: ip(source) }
+}
+
+/// The tunnel to `tunnel` comes up, its relay answering from `via`.
+fn tunnel_up(o: &mut Orchestrator, tunnel: &str, via: &str, now: Instant) -> Vec<Action> {
+    o.on_tunnel_event(relay(tunnel), &up(relay(via)), now)
+}
+
 /// The actions without the API announcements (asserted separately).
 fn work(actions: &[Action]) -> Vec<Action> {
     actions
@@ -99,16 +130,7 @@ fn route_added_only_after_the_tunnel_is_up() {
     let actions = o.on_decisions(decisions(&[decision(a, &["192.0.2.10"])]), t0);
     assert_eq!(
         work(&actions),
-        vec![
-            Action::OpenTunnel {
-                relay: relay("192.0.2.10"),
-                skip_discovery: true
-            },
-            Action::Subscribe {
-                relay: relay("192.0.2.10"),
-                sg: a
-            },
-        ],
+        vec![open_tunnel("192.0.2.10", true), subscribe("192.0.2.10", a),],
         "no route before the relay answers"
     );
     assert!(actions.contains(&Action::announce(JoinChange::Added(o.flows()[&a].clone()))));
@@ -132,17 +154,8 @@ fn route_added_only_after_the_tunnel_is_up() {
         "requesting (relay 192.0.2.11:2268)"
     );
 
-    let actions = o.on_tunnel_event(
-        relay("192.0.2.10"),
-        &up(relay("192.0.2.11")),
-        Instant::now(),
-    );
-    assert_eq!(
-        work(&actions),
-        vec![Action::AddRoute {
-            source: ip("198.51.100.4")
-        }]
-    );
+    let actions = tunnel_up(&mut o, "192.0.2.10", "192.0.2.11", Instant::now());
+    assert_eq!(work(&actions), vec![add_route("198.51.100.4")]);
     assert_eq!(
         phase(&o, a),
         FlowPhase::WaitingTunnel,
@@ -175,13 +188,7 @@ fn route_added_only_after_the_tunnel_is_up() {
         decisions(&[decision(a, &["192.0.2.10"]), decision(b, &["192.0.2.10"])]),
         t0,
     );
-    assert_eq!(
-        work(&actions),
-        vec![Action::Subscribe {
-            relay: relay("192.0.2.10"),
-            sg: b
-        }]
-    );
+    assert_eq!(work(&actions), vec![subscribe("192.0.2.10", b)]);
     assert_eq!(
         phase(&o, b),
         FlowPhase::Subscribed,
@@ -224,21 +231,10 @@ fn failover_to_another_relay() {
     assert_eq!(
         work(&actions),
         vec![
-            Action::RemoveRoute {
-                source: ip("198.51.100.7")
-            },
-            Action::Unsubscribe {
-                relay: relay("192.0.2.12"),
-                sg: a
-            },
-            Action::OpenTunnel {
-                relay: relay("192.0.2.11"),
-                skip_discovery: true
-            },
-            Action::Subscribe {
-                relay: relay("192.0.2.11"),
-                sg: a
-            },
+            remove_route("198.51.100.7"),
+            unsubscribe("192.0.2.12", a),
+            open_tunnel("192.0.2.11", true),
+            subscribe("192.0.2.11", a),
         ]
     );
     assert_eq!(o.counters().flows_moved, 1);
@@ -248,17 +244,8 @@ fn failover_to_another_relay() {
         Some(t1 + LINGER),
         "the old tunnel lingers"
     );
-    let actions = o.on_tunnel_event(
-        relay("192.0.2.11"),
-        &up(relay("192.0.2.11")),
-        Instant::now(),
-    );
-    assert_eq!(
-        work(&actions),
-        vec![Action::AddRoute {
-            source: ip("198.51.100.7")
-        }]
-    );
+    let actions = tunnel_up(&mut o, "192.0.2.11", "192.0.2.11", Instant::now());
+    assert_eq!(work(&actions), vec![add_route("198.51.100.7")]);
     o.on_route_added(ip("198.51.100.7"), Ok(()), Instant::now());
     assert_eq!(phase(&o, a), FlowPhase::Subscribed);
     o.on_tunnel_event(relay("192.0.2.11"), &TunnelEvent::DataFlowing { sg: a }, t1);
@@ -277,15 +264,7 @@ fn linger_close_after_the_last_leave() {
     let actions = o.on_decisions(decisions(&[]), t1);
     assert_eq!(
         work(&actions),
-        vec![
-            Action::RemoveRoute {
-                source: ip("198.51.100.4")
-            },
-            Action::Unsubscribe {
-                relay: relay("192.0.2.10"),
-                sg: a
-            },
-        ]
+        vec![remove_route("198.51.100.4"), unsubscribe("192.0.2.10", a),]
     );
     assert!(
         matches!(actions.last(), Some(Action::Announce(change)) if matches!(**change, JoinChange::Removed(_)))
@@ -318,15 +297,7 @@ fn a_join_within_the_linger_reuses_the_tunnel() {
     let actions = o.on_decisions(decisions(&[flow]), t1);
     assert_eq!(
         work(&actions),
-        vec![
-            Action::Subscribe {
-                relay: relay("192.0.2.10"),
-                sg: a
-            },
-            Action::AddRoute {
-                source: ip("198.51.100.4")
-            },
-        ],
+        vec![subscribe("192.0.2.10", a), add_route("198.51.100.4"),],
         "no new tunnel: the lingering one is up"
     );
     assert_eq!(o.tunnels()[&relay("192.0.2.10")].linger_until, None);
@@ -348,22 +319,9 @@ fn tunnel_open_and_route_failures_are_retried() {
     );
     assert_eq!(
         work(&o.on_timeout(t0 + Duration::from_secs(1))),
-        vec![
-            Action::OpenTunnel {
-                relay: relay("192.0.2.10"),
-                skip_discovery: true
-            },
-            Action::Subscribe {
-                relay: relay("192.0.2.10"),
-                sg: a
-            },
-        ]
+        vec![open_tunnel("192.0.2.10", true), subscribe("192.0.2.10", a),]
     );
-    o.on_tunnel_event(
-        relay("192.0.2.10"),
-        &up(relay("192.0.2.10")),
-        Instant::now(),
-    );
+    tunnel_up(&mut o, "192.0.2.10", "192.0.2.10", Instant::now());
     // EEXIST, as netlink reports a route already in the way.
     let eexist = RouteError::from(std::io::Error::from_raw_os_error(17));
     assert_eq!(eexist.errno, Some(17));
@@ -379,9 +337,7 @@ fn tunnel_open_and_route_failures_are_retried() {
     assert_eq!(o.counters().route_errors, 1);
     assert_eq!(o.routed_sources(), 0);
     let retry = o.on_timeout(t0 + Duration::from_secs(2));
-    assert!(work(&retry).contains(&Action::AddRoute {
-        source: ip("198.51.100.4")
-    }));
+    assert!(work(&retry).contains(&add_route("198.51.100.4")));
     o.on_route_added(ip("198.51.100.4"), Ok(()), Instant::now());
     assert_eq!(phase(&o, a), FlowPhase::Subscribed);
 }
@@ -393,9 +349,7 @@ fn a_route_that_cannot_be_removed_is_counted() {
     let a = sg("198.51.100.4", "232.1.1.1");
     forwarding(&mut o, &decision(a, &["192.0.2.10"]), t0);
     let actions = o.on_decisions(decisions(&[]), t0);
-    assert!(work(&actions).contains(&Action::RemoveRoute {
-        source: ip("198.51.100.4")
-    }));
+    assert!(work(&actions).contains(&remove_route("198.51.100.4")));
     // ESRCH: the route was already gone.
     let esrch = RouteError::from(std::io::Error::from_raw_os_error(3));
     o.on_route_removed(ip("198.51.100.4"), Err(esrch), t0);
@@ -412,16 +366,7 @@ fn a_tunnel_task_that_ends_is_reopened_with_its_channels() {
     let actions = o.on_tunnel_task_ended(relay("192.0.2.10"), t0);
     assert_eq!(
         work(&actions),
-        vec![
-            Action::OpenTunnel {
-                relay: relay("192.0.2.10"),
-                skip_discovery: true
-            },
-            Action::Subscribe {
-                relay: relay("192.0.2.10"),
-                sg: a
-            },
-        ]
+        vec![open_tunnel("192.0.2.10", true), subscribe("192.0.2.10", a),]
     );
     assert!(!o.tunnels()[&relay("192.0.2.10")].up());
 }
@@ -466,10 +411,7 @@ fn last_relay_failing_asks_dns_again() {
         t0,
     );
     let actions = o.on_decisions(Arc::new(engine.evaluate(t0)), t0);
-    assert!(actions.contains(&Action::Subscribe {
-        relay: relay("192.0.2.12"),
-        sg: a
-    }));
+    assert!(actions.contains(&subscribe("192.0.2.12", a)));
 
     // The only relay never answers: reported without hold-down (nothing
     // else to move to), so its tunnel keeps retrying...
@@ -510,10 +452,7 @@ fn last_relay_failing_asks_dns_again() {
     );
     let t2 = t0 + Duration::from_secs(31);
     let actions = o.on_decisions(Arc::new(engine.evaluate(t2)), t2);
-    assert!(work(&actions).contains(&Action::Subscribe {
-        relay: relay("192.0.2.11"),
-        sg: a
-    }));
+    assert!(work(&actions).contains(&subscribe("192.0.2.11", a)));
 }
 
 #[test]
@@ -538,11 +477,7 @@ fn pimd_restart_grace_keeps_flows_forwarding() {
     };
     tracker.on_answer(Family::V4, joins.clone(), t0);
     step(&mut tracker, &mut o, t0);
-    o.on_tunnel_event(
-        relay("192.0.2.10"),
-        &up(relay("192.0.2.10")),
-        Instant::now(),
-    );
+    tunnel_up(&mut o, "192.0.2.10", "192.0.2.10", Instant::now());
     o.on_route_added(a.source, Ok(()), Instant::now());
     o.on_route_added(b.source, Ok(()), Instant::now());
     for flow in [a, b] {
@@ -582,10 +517,7 @@ fn pimd_restart_grace_keeps_flows_forwarding() {
         work(&actions),
         vec![
             Action::RemoveRoute { source: b.source },
-            Action::Unsubscribe {
-                relay: relay("192.0.2.10"),
-                sg: b
-            },
+            unsubscribe("192.0.2.10", b),
         ]
     );
     assert_eq!(o.flows().keys().copied().collect::<Vec<_>>(), vec![a]);
@@ -603,12 +535,7 @@ fn serve_all_routes_without_tunnels_and_shutdown_cleans_up() {
     let mut flow = decision(a, &[]);
     flow.relays = RelayVerdict::NoRelay("serve_all_sources: no tunnel".into());
     let actions = o.on_decisions(decisions(&[flow]), t0);
-    assert_eq!(
-        work(&actions),
-        vec![Action::AddRoute {
-            source: ip("198.51.100.4")
-        }]
-    );
+    assert_eq!(work(&actions), vec![add_route("198.51.100.4")]);
     o.on_route_added(ip("198.51.100.4"), Ok(()), Instant::now());
     assert_eq!(phase(&o, a), FlowPhase::Forwarding);
     assert_eq!(
@@ -616,12 +543,7 @@ fn serve_all_routes_without_tunnels_and_shutdown_cleans_up() {
         "serve_all_sources: routed without a tunnel"
     );
     assert_eq!(o.flows()[&a].policy, None);
-    assert_eq!(
-        o.shutdown(),
-        vec![Action::RemoveRoute {
-            source: ip("198.51.100.4")
-        }]
-    );
+    assert_eq!(o.shutdown(), vec![remove_route("198.51.100.4")]);
     assert_eq!(o.routed_sources(), 0);
 }
 
@@ -668,7 +590,7 @@ fn dead_first_relay_loses_the_race_to_the_second() {
 
     // The second answers first: it gets the flow, the first is reported.
     let t1 = t0 + ms(270);
-    let actions = o.on_tunnel_event(relay("192.0.2.11"), &up(relay("192.0.2.11")), t1);
+    let actions = tunnel_up(&mut o, "192.0.2.11", "192.0.2.11", t1);
     assert_eq!(
         work(&actions),
         vec![
@@ -678,13 +600,8 @@ fn dead_first_relay_loses_the_race_to_the_second() {
                 reason: "lost the relay race: no Query 270 ms after the Request".into(),
                 hold_down: true,
             }),
-            Action::Subscribe {
-                relay: relay("192.0.2.11"),
-                sg: a
-            },
-            Action::AddRoute {
-                source: ip("198.51.100.7")
-            },
+            subscribe("192.0.2.11", a),
+            add_route("198.51.100.7"),
         ]
     );
     let flow = &o.flows()[&a];
@@ -705,7 +622,7 @@ fn dead_first_relay_loses_the_race_to_the_second() {
     );
     assert!(o.tunnels()[&relay("192.0.2.12")].channels.is_empty());
     // A late answer from the loser changes nothing for the flow.
-    let late = o.on_tunnel_event(relay("192.0.2.12"), &up(relay("192.0.2.12")), t1 + ms(100));
+    let late = tunnel_up(&mut o, "192.0.2.12", "192.0.2.12", t1 + ms(100));
     assert!(work(&late).is_empty());
     assert_eq!(o.flows()[&a].relay, Some(relay("192.0.2.11")));
 
@@ -722,20 +639,14 @@ fn two_live_relays_exactly_one_carries_the_flow() {
     let a = sg("198.51.100.4", "232.1.1.1");
     o.on_decisions(decisions(&[decision(a, &["192.0.2.10", "192.0.2.11"])]), t0);
     o.on_timeout(t0 + DELAY);
-    let first = o.on_tunnel_event(relay("192.0.2.10"), &up(relay("192.0.2.10")), t0 + ms(260));
-    let second = o.on_tunnel_event(relay("192.0.2.11"), &up(relay("192.0.2.11")), t0 + ms(261));
+    let first = tunnel_up(&mut o, "192.0.2.10", "192.0.2.10", t0 + ms(260));
+    let second = tunnel_up(&mut o, "192.0.2.11", "192.0.2.11", t0 + ms(261));
     let subscribes: Vec<Action> = work(&first)
         .into_iter()
         .chain(work(&second))
         .filter(|a| matches!(a, Action::Subscribe { .. }))
         .collect();
-    assert_eq!(
-        subscribes,
-        vec![Action::Subscribe {
-            relay: relay("192.0.2.10"),
-            sg: a
-        }]
-    );
+    assert_eq!(subscribes, vec![subscribe("192.0.2.10", a)]);
     assert_eq!(o.counters().race_winners[0], 1);
     // The second had been asked only 10 ms before: abandoned, not blamed.
     assert!(
@@ -766,15 +677,7 @@ fn a_tunnel_already_up_is_reused_without_a_race() {
     );
     assert_eq!(
         work(&actions),
-        vec![
-            Action::Subscribe {
-                relay: relay("192.0.2.11"),
-                sg: c
-            },
-            Action::AddRoute {
-                source: ip("198.51.100.6")
-            },
-        ]
+        vec![subscribe("192.0.2.11", c), add_route("198.51.100.6"),]
     );
     assert_eq!(o.counters().races, 0);
     assert!(!o.tunnels().contains_key(&relay("192.0.2.12")));
@@ -938,4 +841,59 @@ fn a_relay_that_cannot_be_opened_is_retried_with_backoff() {
     o.on_tunnel_event(r, &up(r), failed_at);
     o.on_tunnel_open_failed(r, "Network is unreachable", failed_at);
     assert_eq!(o.next_timeout(), Some(failed_at + Duration::from_secs(1)));
+}
+
+/// The backoff of a relay that could not be opened holds for every flow: a
+/// flow decided meanwhile waits for the retry (its only relay) or races
+/// without it, and the retry opens the tunnel once for all of them (the
+/// soak saw two flows reopen the same unreachable relay within a second).
+#[test]
+fn a_relay_in_open_backoff_is_not_reopened_by_other_flows() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let a = sg("2001:db8:5100::4", "ff3e::8000:1");
+    let b = sg("2001:db8:5100::4", "ff3e::8000:2");
+    let c = sg("2001:db8:5100::5", "ff3e::8000:1");
+    let dead = relay("2001:db8:77::11");
+    let alive = relay("192.0.2.10");
+    let opens = |actions: &[Action], relay: SocketAddr| {
+        actions
+            .iter()
+            .filter(|x| matches!(x, Action::OpenTunnel { relay: r, .. } if *r == relay))
+            .count()
+    };
+    o.on_decisions(decisions(&[decision(a, &["2001:db8:77::11"])]), t0);
+    o.on_tunnel_open_failed(dead, "Network is unreachable", t0);
+    assert_eq!(phase(&o, a), FlowPhase::Error);
+
+    // 300 ms later two more flows: b's only relay is the dead one, c races
+    // the dead one and a live one.
+    let t1 = t0 + Duration::from_millis(300);
+    let actions = o.on_decisions(
+        decisions(&[
+            decision(a, &["2001:db8:77::11"]),
+            decision(b, &["2001:db8:77::11"]),
+            decision(c, &["2001:db8:77::11", "192.0.2.10"]),
+        ]),
+        t1,
+    );
+    assert_eq!(opens(&actions, dead), 0, "{actions:?}");
+    assert_eq!(opens(&actions, alive), 1, "{actions:?}");
+    assert_eq!(phase(&o, b), FlowPhase::Error);
+    assert!(
+        o.flows()[&b].reason.contains("next try in 0.7 s"),
+        "{}",
+        o.flows()[&b].reason
+    );
+    assert_eq!(o.flows()[&c].relay, Some(alive));
+    // Timeouts (c's race) before the retry open nothing.
+    assert_eq!(
+        opens(&o.on_timeout(t0 + Duration::from_millis(600)), dead),
+        0
+    );
+    // The retry: one open for a and b together.
+    let retry = o.on_timeout(t0 + Duration::from_secs(1));
+    assert_eq!(opens(&retry, dead), 1, "{retry:?}");
+    assert_eq!(phase(&o, a), FlowPhase::WaitingTunnel);
+    assert_eq!(phase(&o, b), FlowPhase::WaitingTunnel);
 }
