@@ -44,10 +44,10 @@ fn static_config(lab: &Lab, v6_over_v4: bool) -> String {
     lab.write_config("ipv6-test.toml", &toml)
 }
 
-/// Join seen, first packet, 30 s at 1000 pkt/s and the relay's state after
+/// Join seen, first packet, 30 s at 1000 pkt/s (natively) and the relay's state after
 /// the leave, for one channel: the figures issue 8 asks per family.
 fn end_to_end(lab: &Lab, relay_node: &str, s: &str, g: &str, family: &str) {
-    let sender = lab.mcsend(&[(s, g)], 1000, &["--duration", "45"]);
+    let sender = lab.mcsend(&[(s, g)], end_to_end_rate(), &["--duration", "45"]);
     std::thread::sleep(Duration::from_secs(1));
     let joined = Instant::now();
     let rx = lab.mcrx(&[(s, g)], &["--duration", "31"]);
@@ -65,11 +65,12 @@ fn end_to_end(lab: &Lab, relay_node: &str, s: &str, g: &str, family: &str) {
     let d = Delivery::of(&summary, s, g);
     println!(
         "{family}: join seen by the sidecar {:.0} ms after the receiver joined; first packet \
-         {:.0} ms after the join; {} of {} packets delivered ({:.3} %)",
+         {:.0} ms after the join; {} of {} packets delivered at {} pkt/s ({:.3} %)",
         seen.as_secs_f64() * 1000.0,
         d.first_ms,
         d.unique,
         d.span,
+        end_to_end_rate(),
         d.ratio * 100.0
     );
     assert!(

@@ -233,6 +233,16 @@ pub fn limit(target: Duration) -> Duration {
     target.mul_f64(time_scale())
 }
 
+/// The packet rate of the 31 s end-to-end checks: 1000 pkt/s on a real
+/// machine, divided by [`time_scale`] on an emulated one. Under software
+/// emulation the relay, the gateway and three kernels' forwarding share one
+/// slow vCPU (and the host's cores with a second VM): at 1000 pkt/s a stall
+/// of a few hundred ms overflows a queue on the way (CI lost 0.24 % so).
+/// The 99.9 % bar stays; the rate is what the host can carry.
+pub fn end_to_end_rate() -> u32 {
+    (1000.0 / time_scale()).round().max(100.0) as u32
+}
+
 /// Calls `f` every `step` until it returns something, for at most
 /// `timeout` (times [`time_scale`]).
 pub fn wait_until<T>(
@@ -932,9 +942,11 @@ impl Delivery {
         }
     }
 
-    /// The bar of a 31 s receiver of 1000 pkt/s end to end: the first
-    /// packet within 1 s of the join, 29 000 packets, 99.9 % of the range.
+    /// The bar of a 31 s receiver of [`end_to_end_rate`] end to end: the
+    /// first packet within 1 s of the join, 29 s of packets, 99.9 % of the
+    /// range.
     pub fn assert_end_to_end(&self, what: &str, summary: &Value, lab: &Lab) {
+        let rate = u64::from(end_to_end_rate());
         assert!(
             self.first_ms < limit(Duration::from_secs(1)).as_secs_f64() * 1000.0,
             "{what}: first packet {} ms after the join (want < 1 s); daemon log:\n{}",
@@ -942,8 +954,8 @@ impl Delivery {
             lab.daemon_log()
         );
         assert!(
-            self.unique >= 29_000,
-            "{what}: only {} packets in 31 s at 1000 pkt/s: {summary}",
+            self.unique >= 29 * rate,
+            "{what}: only {} packets in 31 s at {rate} pkt/s: {summary}",
             self.unique
         );
         assert!(
