@@ -20,6 +20,9 @@
 //! - `SOAK_PPS` (default 5): packets per second per channel.
 //! - `SOAK_GROUPS` (default 5): groups per IPv4 source; `SOAK_GROUPS6`
 //!   (default 2) per IPv6 source.
+//! - `SOAK_FAULTS` (default: every kind): only these fault kinds, by the
+//!   names the report uses, comma-separated (e.g.
+//!   `daemon_kill_restart,pim6d_restart` to replay one interaction).
 //! - `SOAK_OUT` (default `<target>/soak`): where `report.json`, the
 //!   receiver's progress lines and the daemon's logs are written, in a
 //!   directory named after the seed.
@@ -248,48 +251,40 @@ enum Kind {
     InternetLossDelay,
 }
 
+/// Every kind with the name the report and `SOAK_FAULTS` use, in the
+/// order the schedule shuffles them (a seed replays only in this order).
+const KINDS: &[(Kind, &str)] = &[
+    (Kind::RelayKill, "relay_kill_restart"),
+    (Kind::RelaySilent, "relay_silent"),
+    (Kind::RelayLinkLoss, "relay_link_loss"),
+    (Kind::DnsStopped, "dns_stopped"),
+    (Kind::DnsServfail, "dns_servfail"),
+    (Kind::DnsSlow, "dns_slow"),
+    (Kind::Dorms500, "dorms_500"),
+    (Kind::DormsGarbage, "dorms_garbage_json"),
+    (Kind::DormsSlowBody, "dorms_slow_body"),
+    (Kind::DormsStopped, "dorms_stopped"),
+    (Kind::PimdRestart, "pimd_restart"),
+    (Kind::DaemonKill, "daemon_kill_restart"),
+    (Kind::InternetLossDelay, "internet_loss_delay"),
+    (Kind::Pim6dRestart, "pim6d_restart"),
+];
+
 impl Kind {
+    /// The kinds a lab can have: pim6d restarts need FRR 10.
     fn all(frr10: bool) -> Vec<Kind> {
-        use Kind::*;
-        let mut v = vec![
-            RelayKill,
-            RelaySilent,
-            RelayLinkLoss,
-            DnsStopped,
-            DnsServfail,
-            DnsSlow,
-            Dorms500,
-            DormsGarbage,
-            DormsSlowBody,
-            DormsStopped,
-            PimdRestart,
-            DaemonKill,
-            InternetLossDelay,
-        ];
-        if frr10 {
-            v.push(Pim6dRestart);
-        }
-        v
+        KINDS
+            .iter()
+            .map(|(kind, _)| *kind)
+            .filter(|kind| frr10 || *kind != Kind::Pim6dRestart)
+            .collect()
     }
 
     fn name(self) -> &'static str {
-        use Kind::*;
-        match self {
-            RelayKill => "relay_kill_restart",
-            RelaySilent => "relay_silent",
-            RelayLinkLoss => "relay_link_loss",
-            DnsStopped => "dns_stopped",
-            DnsServfail => "dns_servfail",
-            DnsSlow => "dns_slow",
-            Dorms500 => "dorms_500",
-            DormsGarbage => "dorms_garbage_json",
-            DormsSlowBody => "dorms_slow_body",
-            DormsStopped => "dorms_stopped",
-            PimdRestart => "pimd_restart",
-            Pim6dRestart => "pim6d_restart",
-            DaemonKill => "daemon_kill_restart",
-            InternetLossDelay => "internet_loss_delay",
-        }
+        KINDS
+            .iter()
+            .find(|(kind, _)| *kind == self)
+            .map_or("?", |(_, name)| name)
     }
 }
 
@@ -307,11 +302,33 @@ struct Plan {
 /// The schedule for `seed`: rounds of every kind in a shuffled order, each
 /// with a random gap before it, hold time and parameters. Longer than any
 /// run needs; the runner stops taking from it when the duration is used up.
-fn schedule(seed: u64, frr10: bool) -> Vec<Plan> {
+/// The fault kinds `SOAK_FAULTS` names (empty: every kind).
+fn faults_from_env(frr10: bool) -> Vec<Kind> {
+    let wanted = std::env::var("SOAK_FAULTS").unwrap_or_default();
+    let names: Vec<&str> = wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let all = Kind::all(frr10);
+    names
+        .iter()
+        .map(|name| {
+            *all.iter().find(|k| k.name() == *name).unwrap_or_else(|| {
+                let known: Vec<&str> = all.iter().map(|k| k.name()).collect();
+                panic!("SOAK_FAULTS: no fault kind {name:?} here (known: {known:?})")
+            })
+        })
+        .collect()
+}
+
+/// The seeded fault schedule, of the kinds in `only` (empty: every kind).
+fn schedule(seed: u64, frr10: bool, only: &[Kind]) -> Vec<Plan> {
     let mut rng = Rng(seed);
     let mut plans = Vec::new();
     for _round in 0..40 {
         let mut kinds = Kind::all(frr10);
+        kinds.retain(|k| only.is_empty() || only.contains(k));
         rng.shuffle(&mut kinds);
         for kind in kinds {
             use Kind::*;
@@ -1604,7 +1621,7 @@ fn fault_soak() {
     );
 
     // The faults.
-    let plans = schedule(soak.params.seed, frr10);
+    let plans = schedule(soak.params.seed, frr10, &faults_from_env(frr10));
     let duration = Duration::from_secs(soak.params.duration_s);
     let long_run = soak.params.duration_s >= LONG_RUN_S;
     let mut faults: Vec<Fault> = Vec::new();
@@ -2213,22 +2230,22 @@ mod analysis {
 
     #[test]
     fn schedule_is_seeded() {
-        let a: Vec<_> = schedule(7, true)
+        let a: Vec<_> = schedule(7, true, &[])
             .iter()
             .map(|p| (p.kind, p.relay, p.hold_s.to_bits()))
             .collect();
-        let b: Vec<_> = schedule(7, true)
+        let b: Vec<_> = schedule(7, true, &[])
             .iter()
             .map(|p| (p.kind, p.relay, p.hold_s.to_bits()))
             .collect();
-        let c: Vec<_> = schedule(8, true)
+        let c: Vec<_> = schedule(8, true, &[])
             .iter()
             .map(|p| (p.kind, p.relay, p.hold_s.to_bits()))
             .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         // Every kind once per round.
-        let first: BTreeSet<Kind> = schedule(7, true)[..Kind::all(true).len()]
+        let first: BTreeSet<Kind> = schedule(7, true, &[])[..Kind::all(true).len()]
             .iter()
             .map(|p| p.kind)
             .collect();
