@@ -105,13 +105,8 @@ setup() {
     fi
 }
 
-wait_for() { # file, pattern, timeout-seconds
-    local i
-    for i in $(seq $(( $3 * 20 ))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
+wait_for() { # file, pattern, timeout-seconds: until the file holds the pattern
+    timeout "$3" bash -c 'until grep -q "$1" "$0" 2>/dev/null; do sleep 0.05; done' "$1" "$2"
 }
 ring_drops() { # packets the uplink veth dropped (its NAPI ring was full)
     local a b

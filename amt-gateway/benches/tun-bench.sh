@@ -97,13 +97,8 @@ machine_ticks() { # -> "busy total" jiffies over all cores
     awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
 tun_stat() { ip netns exec $GW_NS cat "/sys/class/net/$TUN/statistics/$1"; }
-wait_for() { # file, pattern, timeout-seconds
-    local i
-    for i in $(seq $(( $3 * 20 ))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
+wait_for() { # file, pattern, timeout-seconds: until the file holds the pattern
+    timeout "$3" bash -c 'until grep -q "$1" "$0" 2>/dev/null; do sleep 0.05; done' "$1" "$2"
 }
 
 printf '%-7s %-5s | %9s %9s | %9s %9s | %7s %8s | %6s %6s | %7s %9s | %s\n' \

@@ -98,13 +98,8 @@ check() { # description, condition-command...
     local what=$1; shift
     if "$@"; then echo "ok   - $what"; passed=$((passed + 1)); else echo "FAIL - $what"; fail=1; failed=$((failed + 1)); fi
 }
-wait_for() { # file, pattern, timeout-seconds
-    local i
-    for i in $(seq $(( $3 * 20 ))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
+wait_for() { # file, pattern, timeout-seconds: until the file holds the pattern
+    timeout "$3" bash -c 'until grep -q "$1" "$0" 2>/dev/null; do sleep 0.05; done' "$1" "$2"
 }
 jget() { # file-with-json-line, jq-ish python expression on `d`
     python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read() or '{}'); print($2)" "$1" 2>/dev/null

@@ -4,7 +4,29 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ingest_types::SourceGroup;
+use serde::Serialize;
 use thiserror::Error;
+
+/// How each channel's entry of mcsend's and mcrx's JSON summaries begins:
+/// the channel and its packet and byte counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelCounts {
+    pub source: String,
+    pub group: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl ChannelCounts {
+    pub fn new(channel: &SourceGroup, packets: u64, bytes: u64) -> Self {
+        Self {
+            source: channel.source.to_string(),
+            group: channel.group.to_string(),
+            packets,
+            bytes,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{count} consecutive groups from {group} leave the multicast range")]

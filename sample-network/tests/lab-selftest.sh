@@ -130,10 +130,10 @@ frr10_vtysh() {
 
 lab() { "$LAB" "$@"; }
 
-# join_state [IFACE [S G]]: "JOIN", "NOINFO" or "none" for (S, G) (default
-# SOURCE, GROUP) on the ingest's IFACE (default ing-dn).
-join_state() {
-	lab vtysh ingest show ip pim join json 2>/dev/null | python3 -c '
+# pim_join_state ip|ipv6 S G IFACE: "JOIN", "NOINFO" or "none" for (S, G)
+# on the ingest's IFACE, from pimd (ip) or pim6d (ipv6, FRR 10).
+pim_join_state() {
+	lab vtysh ingest show "$1" pim join json 2>/dev/null | python3 -c '
 import json, sys
 try:
     data = json.load(sys.stdin)
@@ -141,21 +141,12 @@ except ValueError:
     print("none"); sys.exit()
 entry = data.get(sys.argv[3], {}).get(sys.argv[2], {}).get(sys.argv[1])
 print(entry.get("channelJoinName", "none") if isinstance(entry, dict) else "none")
-' "${2:-$SOURCE}" "${3:-$GROUP}" "${1:-ing-dn}"
+' "$2" "$3" "$4"
 }
-
-# join_state6 S G [IFACE]: like join_state for IPv6 (pim6d, FRR 10).
-join_state6() {
-	lab vtysh ingest show ipv6 pim join json 2>/dev/null | python3 -c '
-import json, sys
-try:
-    data = json.load(sys.stdin)
-except ValueError:
-    print("none"); sys.exit()
-entry = data.get(sys.argv[3], {}).get(sys.argv[2], {}).get(sys.argv[1])
-print(entry.get("channelJoinName", "none") if isinstance(entry, dict) else "none")
-' "$1" "$2" "${3:-ing-dn}"
-}
+# join_state [IFACE [S G]]: IPv4 (default SOURCE, GROUP on ing-dn).
+join_state() { pim_join_state ip "${2:-$SOURCE}" "${3:-$GROUP}" "${1:-ing-dn}"; }
+# join_state6 S G [IFACE]: IPv6.
+join_state6() { pim_join_state ipv6 "$1" "$2" "${3:-ing-dn}"; }
 
 # pim6_neighbours NODE IFACE: the number of IPv6 PIM neighbours on IFACE.
 pim6_neighbours() {

@@ -134,44 +134,32 @@ struct Args {
     /// Generate Multicast Data for this channel once a gateway subscribes it.
     #[arg(long, value_name = "S,G")]
     synthetic: Option<SourceGroup>,
+    #[command(flatten)]
+    synthetic_data: SyntheticArgs,
+}
+
+/// How the data of `--synthetic` is made (given only with it).
+#[derive(clap::Args, Debug)]
+#[group(requires = "synthetic", multiple = true)]
+struct SyntheticArgs {
     /// Synthetic packets per second (per gateway).
-    #[arg(
-        long,
-        value_name = "PPS",
-        default_value_t = 10_000,
-        requires = "synthetic"
-    )]
-    synthetic_rate: u64,
+    #[arg(long = "synthetic-rate", value_name = "PPS", default_value_t = 10_000)]
+    rate: u64,
     /// Synthetic UDP payload size (at least 16: the probe header).
-    #[arg(
-        long,
-        value_name = "BYTES",
-        default_value_t = 1316,
-        requires = "synthetic"
-    )]
-    synthetic_size: usize,
+    #[arg(long = "synthetic-size", value_name = "BYTES", default_value_t = 1316)]
+    size: usize,
     /// UDP source and destination port of synthetic packets.
-    #[arg(
-        long,
-        value_name = "PORT",
-        default_value_t = 5000,
-        requires = "synthetic"
-    )]
-    synthetic_port: u16,
+    #[arg(long = "synthetic-port", value_name = "PORT", default_value_t = 5000)]
+    port: u16,
     /// Stop generating after this many packets.
-    #[arg(long, value_name = "N", requires = "synthetic")]
-    synthetic_count: Option<u64>,
+    #[arg(long = "synthetic-count", value_name = "N")]
+    count: Option<u64>,
     /// Stop generating after this many seconds (RATE x SECS packets).
-    #[arg(long, value_name = "SECS", requires = "synthetic")]
-    synthetic_duration: Option<f64>,
+    #[arg(long = "synthetic-duration", value_name = "SECS")]
+    duration: Option<f64>,
     /// Wait this long after the subscription before sending.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 1.0,
-        requires = "synthetic"
-    )]
-    synthetic_delay: f64,
+    #[arg(long = "synthetic-delay", value_name = "SECS", default_value_t = 1.0)]
+    delay: f64,
 }
 
 fn main() {
@@ -211,7 +199,7 @@ fn options(args: &Args) -> anyhow::Result<Options> {
         ..RelayConfig::default()
     };
     let synthetic = match args.synthetic {
-        Some(channel) => Some(synthetic_options(args, channel)?),
+        Some(channel) => Some(synthetic_options(&args.synthetic_data, channel)?),
         None => None,
     };
     Ok(Options {
@@ -254,31 +242,33 @@ fn parse_range(text: &str) -> Result<Vec<IpAddr>, String> {
     relay::parse_address_range(text).map_err(|e| e.to_string())
 }
 
-fn synthetic_options(args: &Args, channel: SourceGroup) -> anyhow::Result<SyntheticOptions> {
-    if args.synthetic_rate == 0 {
+fn synthetic_options(
+    args: &SyntheticArgs,
+    channel: SourceGroup,
+) -> anyhow::Result<SyntheticOptions> {
+    if args.rate == 0 {
         bail!("--synthetic-rate must be at least 1");
     }
-    if !(args.synthetic_delay.is_finite() && args.synthetic_delay >= 0.0) {
+    if !(args.delay.is_finite() && args.delay >= 0.0) {
         bail!("--synthetic-delay must be a non-negative number");
     }
-    let by_duration = match args.synthetic_duration {
-        Some(d) if d.is_finite() && d > 0.0 => Some((d * args.synthetic_rate as f64).ceil() as u64),
+    let by_duration = match args.duration {
+        Some(d) if d.is_finite() && d > 0.0 => Some((d * args.rate as f64).ceil() as u64),
         Some(_) => bail!("--synthetic-duration must be a positive number"),
         None => None,
     };
-    let limit = match (args.synthetic_count, by_duration) {
+    let limit = match (args.count, by_duration) {
         (Some(c), Some(d)) => Some(c.min(d)),
         (c, d) => c.or(d),
     };
-    let template = DataTemplate::new(channel, args.synthetic_port, args.synthetic_size)
-        .context("--synthetic-size")?;
+    let template = DataTemplate::new(channel, args.port, args.size).context("--synthetic-size")?;
     Ok(SyntheticOptions {
         channel,
-        rate: args.synthetic_rate,
-        payload_len: args.synthetic_size,
-        port: args.synthetic_port,
+        rate: args.rate,
+        payload_len: args.size,
+        port: args.port,
         limit,
-        delay: Duration::from_secs_f64(args.synthetic_delay),
+        delay: Duration::from_secs_f64(args.delay),
         template,
     })
 }

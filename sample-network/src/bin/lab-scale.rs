@@ -124,7 +124,7 @@ struct ScaleArgs {
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
     /// How the daemon finds relays: driad (AMTRELAY records) or static.
-    #[arg(long, default_value = "driad")]
+    #[arg(long, value_enum, default_value = "driad")]
     relay_map: RelayMapKind,
     /// Query interval the relay announces (gateways refresh this often).
     #[arg(long, default_value_t = 125)]
@@ -142,7 +142,7 @@ struct ScaleArgs {
 #[derive(Debug, Args)]
 struct DaemonArgs {
     /// Where the wanted set comes from: joinfile or pimd.
-    #[arg(long, default_value = "joinfile")]
+    #[arg(long, value_enum, default_value = "joinfile")]
     join_source: JoinMode,
     /// amt.linger_s of the daemon.
     #[arg(long, default_value_t = 2)]

@@ -10,6 +10,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use ingest_types::SourceGroup;
+use sample_network::channel::ChannelCounts;
 use sample_network::cli::ChannelArgs;
 use sample_network::iface::Interface;
 use sample_network::{
@@ -89,10 +90,8 @@ struct ChannelState {
 
 #[derive(Serialize)]
 struct ChannelReport {
-    source: String,
-    group: String,
-    packets: u64,
-    bytes: u64,
+    #[serde(flatten)]
+    counts: ChannelCounts,
     /// Milliseconds from the join to the first packet.
     first_packet_ms: Option<f64>,
     /// Milliseconds from the join to the last packet.
@@ -380,10 +379,7 @@ fn summarize<'a>(
     let channels: Vec<ChannelReport> = states
         .iter()
         .map(|s| ChannelReport {
-            source: s.channel.source.to_string(),
-            group: s.channel.group.to_string(),
-            packets: s.packets,
-            bytes: s.bytes,
+            counts: ChannelCounts::new(&s.channel, s.packets, s.bytes),
             first_packet_ms: ms_since(s.joined_at, s.first_packet),
             last_packet_ms: ms_since(s.joined_at, s.last_packet),
             undecodable: s.undecodable,
@@ -399,9 +395,9 @@ fn summarize<'a>(
         port: args.channels.port,
         elapsed_s: elapsed.as_secs_f64(),
         channels_joined: channels.len(),
-        channels_receiving: channels.iter().filter(|c| c.packets > 0).count(),
-        packets: channels.iter().map(|c| c.packets).sum(),
-        bytes: channels.iter().map(|c| c.bytes).sum(),
+        channels_receiving: channels.iter().filter(|c| c.counts.packets > 0).count(),
+        packets: channels.iter().map(|c| c.counts.packets).sum(),
+        bytes: channels.iter().map(|c| c.counts.bytes).sum(),
         missing: channels.iter().map(|c| c.sequence.missing).sum(),
         duplicates: channels.iter().map(|c| c.sequence.duplicates).sum(),
         reordered: channels.iter().map(|c| c.sequence.reordered).sum(),

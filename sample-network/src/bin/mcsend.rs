@@ -9,6 +9,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use ingest_types::SourceGroup;
+use sample_network::channel::ChannelCounts;
 use sample_network::cli::ChannelArgs;
 use sample_network::{PAYLOAD_HEADER_LEN, Probe, mcast, signal};
 
@@ -71,10 +72,8 @@ struct Sender {
 
 #[derive(Serialize)]
 struct ChannelReport {
-    source: String,
-    group: String,
-    packets: u64,
-    bytes: u64,
+    #[serde(flatten)]
+    counts: ChannelCounts,
     errors: u64,
     next_sequence: u64,
 }
@@ -138,10 +137,7 @@ fn main() -> Result<()> {
         channels: senders
             .iter()
             .map(|s| ChannelReport {
-                source: s.channel.source.to_string(),
-                group: s.channel.group.to_string(),
-                packets: s.packets,
-                bytes: s.bytes,
+                counts: ChannelCounts::new(&s.channel, s.packets, s.bytes),
                 errors: s.errors,
                 next_sequence: s.next_sequence,
             })

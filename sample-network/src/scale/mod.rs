@@ -70,14 +70,6 @@ const SENDER_PROC: &str = "mcsend-scale";
 const RECEIVER_PROC: &str = "mcrx-scale";
 const DAEMON_PROC: &str = "frr-ingestd";
 
-/// Issue 10's targets.
-pub const TARGET_ACCEPTED_S: f64 = 5.0;
-pub const TARGET_FORWARDING_S: f64 = 10.0;
-pub const TARGET_RELAYS_EMPTY_S: f64 = 5.0;
-pub const TARGET_RSS_MB: f64 = 100.0;
-pub const TARGET_IDLE_CPU_PCT: f64 = 0.5;
-pub const TARGET_LOG_LINES: u64 = 100;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleError {
     #[error(transparent)]
@@ -118,25 +110,14 @@ fn progress(text: &str) {
 }
 
 /// Where the daemon's wanted set comes from in a cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum JoinMode {
     /// A joinfile the cycle writes (no multicast routing needed).
     Joinfile,
-    /// pimd's joins from receivers on `rcv` (needs kernel multicast
+    /// pimd's joins from receivers on node rcv (needs kernel multicast
     /// routing: FRR's pimd cannot join without it).
     Pimd,
-}
-
-impl std::str::FromStr for JoinMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "joinfile" => Ok(Self::Joinfile),
-            "pimd" => Ok(Self::Pimd),
-            other => Err(format!("{other:?}: expected joinfile or pimd")),
-        }
-    }
 }
 
 /// The daemon's settings for a cycle.
@@ -1461,77 +1442,78 @@ impl CycleReport {
             && td.relays_hold_after == 0
             && td.routes_after == 0
             && td.tunnels_after == Some(0);
+        // Issue 10's targets: seconds to accepted, to forwarding and to
+        // empty relays; peak RSS (MB), idle CPU (% of a core), log lines.
+        let (accepted_s, forwarding_s, relays_empty_s) = (5.0, 10.0, 5.0);
+        let (rss_mb, idle_cpu_pct, log_lines) = (100.0, 0.5, 100);
         let within = |v: Option<f64>, limit: f64| v.is_some_and(|v| v <= limit);
-        let json_opt = |v: Option<f64>| v.map_or(Value::Null, |v| serde_json::json!(v));
-        let mut t = BTreeMap::new();
-        t.insert(
-            "accepted_s",
-            Target {
-                target: format!("every channel accepted by its relay <= {TARGET_ACCEPTED_S} s"),
-                measured: json_opt(self.accepted.seconds),
-                met: self.accepted.all && within(self.accepted.seconds, TARGET_ACCEPTED_S),
-            },
-        );
-        t.insert(
-            "forwarding_s",
-            Target {
-                target: format!("data flowing on every channel <= {TARGET_FORWARDING_S} s"),
-                measured: json_opt(self.forwarding.seconds),
-                met: within(self.forwarding.seconds, TARGET_FORWARDING_S),
-            },
-        );
         let drops = self.relay.listen_rx_drops + self.relay.native_rx_drops;
-        t.insert(
-            "relay_rx_drops",
-            Target {
-                target: "0 relay receive-buffer errors".into(),
-                measured: serde_json::json!(drops),
-                met: drops == 0,
-            },
-        );
-        t.insert(
-            "relays_empty_s",
-            Target {
-                target: format!("relays hold nothing <= {TARGET_RELAYS_EMPTY_S} s after emptying"),
-                measured: json_opt(self.teardown.relays_empty_s),
-                met: within(self.teardown.relays_empty_s, TARGET_RELAYS_EMPTY_S),
-            },
-        );
-        t.insert(
-            "rss_mb",
-            Target {
-                target: format!("daemon RSS (peak) <= {TARGET_RSS_MB} MB"),
-                measured: serde_json::json!(self.rss_mb.peak),
-                met: self.rss_mb.peak <= TARGET_RSS_MB,
-            },
-        );
-        t.insert(
-            "idle_cpu_pct",
-            Target {
-                target: format!("steady CPU without data <= {TARGET_IDLE_CPU_PCT} % of a core"),
-                measured: serde_json::json!(self.cpu_pct.no_data),
-                met: self.cpu_pct.no_data <= TARGET_IDLE_CPU_PCT,
-            },
-        );
-        t.insert(
-            "log_lines",
-            Target {
-                target: format!("<= {TARGET_LOG_LINES} log lines at info level or above"),
-                measured: serde_json::json!(self.log_lines.info_and_above),
-                met: self.log_lines.info_and_above <= TARGET_LOG_LINES,
-            },
-        );
-        t.insert(
-            "teardown",
-            Target {
-                target: "tunnels closed and routes gone after emptying".into(),
-                measured: serde_json::json!({
-                    "tunnels_closed_s": self.teardown.tunnels_closed_s,
-                    "routes_gone_s": self.teardown.routes_gone_s,
-                }),
-                met: self.teardown.all,
-            },
-        );
+        let teardown = serde_json::json!({
+            "tunnels_closed_s": self.teardown.tunnels_closed_s,
+            "routes_gone_s": self.teardown.routes_gone_s,
+        });
+        let t: BTreeMap<&'static str, Target> = [
+            (
+                "accepted_s",
+                format!("every channel accepted by its relay <= {accepted_s} s"),
+                serde_json::json!(self.accepted.seconds),
+                self.accepted.all && within(self.accepted.seconds, accepted_s),
+            ),
+            (
+                "forwarding_s",
+                format!("data flowing on every channel <= {forwarding_s} s"),
+                serde_json::json!(self.forwarding.seconds),
+                within(self.forwarding.seconds, forwarding_s),
+            ),
+            (
+                "relay_rx_drops",
+                "0 relay receive-buffer errors".into(),
+                serde_json::json!(drops),
+                drops == 0,
+            ),
+            (
+                "relays_empty_s",
+                format!("relays hold nothing <= {relays_empty_s} s after emptying"),
+                serde_json::json!(self.teardown.relays_empty_s),
+                within(self.teardown.relays_empty_s, relays_empty_s),
+            ),
+            (
+                "rss_mb",
+                format!("daemon RSS (peak) <= {rss_mb} MB"),
+                serde_json::json!(self.rss_mb.peak),
+                self.rss_mb.peak <= rss_mb,
+            ),
+            (
+                "idle_cpu_pct",
+                format!("steady CPU without data <= {idle_cpu_pct} % of a core"),
+                serde_json::json!(self.cpu_pct.no_data),
+                self.cpu_pct.no_data <= idle_cpu_pct,
+            ),
+            (
+                "log_lines",
+                format!("<= {log_lines} log lines at info level or above"),
+                serde_json::json!(self.log_lines.info_and_above),
+                self.log_lines.info_and_above <= log_lines,
+            ),
+            (
+                "teardown",
+                "tunnels closed and routes gone after emptying".into(),
+                teardown,
+                self.teardown.all,
+            ),
+        ]
+        .into_iter()
+        .map(|(name, target, measured, met)| {
+            (
+                name,
+                Target {
+                    target,
+                    measured,
+                    met,
+                },
+            )
+        })
+        .collect();
         self.all_targets_met = t.values().all(|t| t.met);
         self.targets = t;
     }

@@ -36,25 +36,14 @@ pub const MAX_CHANNELS: usize = 1_000_000;
 pub const SOURCE_REVERSE_ZONE: &str = "18.198.in-addr.arpa.";
 
 /// How the daemon finds each source's relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayMapKind {
     /// DRIAD: one AMTRELAY record (type 1, D=0) per source in
-    /// [`SOURCE_REVERSE_ZONE`], served by the lab's named.
+    /// 18.198.in-addr.arpa. (SOURCE_REVERSE_ZONE), served by the lab's named.
     Driad,
-    /// `[[amt.static_relays]]`: one /32 entry per source.
+    /// The daemon's static map (amt.static_relays): one /32 entry per source.
     Static,
-}
-
-impl std::str::FromStr for RelayMapKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "driad" => Ok(Self::Driad),
-            "static" => Ok(Self::Static),
-            other => Err(format!("{other:?}: expected driad or static")),
-        }
-    }
 }
 
 /// What the scale lab is made of.
