@@ -105,6 +105,24 @@ impl WantedTracker {
         self.families[index(family)].health = DaemonHealth::Failing;
     }
 
+    /// `family`'s daemon has no vty socket (with `frr.pim6 = "auto"`). A
+    /// daemon that answered before is restarting (its socket goes while it
+    /// is down): an outage, its set kept and held through the grace when
+    /// it is back. One never seen is not running: it wants nothing.
+    /// Returns whether it counts as absent.
+    pub fn on_socket_missing(&mut self, family: Family) -> bool {
+        match self.health(family) {
+            DaemonHealth::Answering | DaemonHealth::Failing => {
+                self.on_failure(family);
+                false
+            }
+            DaemonHealth::Unknown | DaemonHealth::Absent => {
+                self.on_absent(family);
+                true
+            }
+        }
+    }
+
     /// `family`'s daemon is not to be asked (not running, by
     /// configuration): it wants nothing.
     pub fn on_absent(&mut self, family: Family) {
@@ -211,5 +229,26 @@ mod tests {
         let w = t.wanted(t1 + Duration::from_secs(60));
         assert_eq!(w.keys().copied().collect::<Vec<_>>(), vec![b]);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    /// pim6d's vty socket goes away while pim6d restarts (FRR removes it
+    /// on exit): that is an outage with a grace, like a failed poll; a
+    /// pim6d never seen is simply not running.
+    #[test]
+    fn a_missing_pim6d_socket_is_a_restart_once_pim6d_answered() {
+        let t0 = Instant::now();
+        let mut t = WantedTracker::new(Duration::from_secs(60));
+        assert!(t.on_socket_missing(Family::V6), "never seen: absent");
+        assert_eq!(t.health(Family::V6), &DaemonHealth::Absent);
+        let v6 = sg("2001:db8::4", "ff3e::1");
+        t.on_answer(Family::V6, set(&[(v6, "ing-dn")]), t0);
+        assert!(!t.on_socket_missing(Family::V6), "answered before: restarting");
+        assert_eq!(t.health(Family::V6), &DaemonHealth::Failing);
+        assert_eq!(t.wanted(t0).len(), 1, "kept while pim6d is down");
+        // Back, knowing nothing yet: held through the grace.
+        let t1 = t0 + Duration::from_secs(2);
+        assert!(t.on_answer(Family::V6, JoinSet::new(), t1));
+        assert!(t.wanted(t1)[&v6].held);
+        assert!(t.wanted(t1 + Duration::from_secs(60)).is_empty());
     }
 }

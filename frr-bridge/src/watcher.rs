@@ -200,14 +200,23 @@ impl JoinWatcher {
             return;
         };
         if self.cfg.pim6_auto && !client.path().exists() {
-            if self.tracker.health(Family::V6) != &DaemonHealth::Absent {
-                info!(
-                    "pim6d's vty socket {} is absent: no IPv6 joins (frr.pim6 = \"auto\")",
-                    client.path().display()
+            let before = self.tracker.health(Family::V6).clone();
+            if self.tracker.on_socket_missing(Family::V6) {
+                if before != DaemonHealth::Absent {
+                    info!(
+                        "pim6d's vty socket {} is absent: no IPv6 joins (frr.pim6 = \"auto\")",
+                        client.path().display()
+                    );
+                }
+                self.status().pim6d_state = "absent (no vty socket)".into();
+            } else {
+                // A pim6d restart: its IPv6 joins are kept meanwhile.
+                self.log6.error(
+                    "pim6d",
+                    format!("vty socket {} gone (restarting?)", client.path().display()),
                 );
+                self.status().pim6d_state = "unreachable: vty socket gone (restarting?)".into();
             }
-            self.tracker.on_absent(Family::V6);
-            self.status().pim6d_state = "absent (no vty socket)".into();
             return;
         }
         match Self::query(client, "show ipv6 pim join json").await {
