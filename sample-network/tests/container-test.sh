@@ -313,6 +313,14 @@ diagnostics() {
 	in_ingest_ns ip route 2>&1
 	echo "--- ingest: PIM neighbours"
 	vtysh_json ingest 'show ip pim neighbor' 2>&1
+	local node
+	for node in ingest rtr; do
+		echo "--- $node: FRR's daemons, PIM interfaces, interfaces, container log"
+		dx "$node" sh -c 'ps -eo pid,etimes,args | grep -E "[w]atchfrr|/usr/lib/frr/[a-z]"' 2>&1
+		vtysh_json "$node" 'show ip pim interface' 2>&1
+		vtysh_json "$node" 'show interface brief' 2>&1
+		docker logs --tail 25 "$(c "$node")" 2>&1
+	done
 	echo "--- relay status"
 	dx relay cat /run/amt-relay.status.json 2>&1 | head -c 1500
 	echo
