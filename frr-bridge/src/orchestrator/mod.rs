@@ -167,6 +167,9 @@ pub struct RaceAttempt {
     pub started: Option<Instant>,
     /// Why it failed during the race (refused, went down, unreachable).
     pub failure: Option<String>,
+    /// Skipped: its relay was waiting out an open backoff (another flow's
+    /// failure) when its turn came, so it was never tried in this race.
+    pub skipped: bool,
 }
 
 impl Race {
@@ -1297,6 +1300,7 @@ impl Orchestrator {
                     choice: *choice,
                     started: None,
                     failure: None,
+                    skipped: false,
                 })
                 .collect(),
         });
@@ -1366,6 +1370,7 @@ impl Orchestrator {
             let attempt = &mut race.attempts[index];
             attempt.started = Some(now);
             attempt.failure = Some(blocked_reason(attempt.choice.relay, wait));
+            attempt.skipped = true;
             due = true;
         };
         if let (true, Some(index)) = (due, next) {
@@ -1386,8 +1391,29 @@ impl Orchestrator {
         let Some(race) = &flow.race else {
             return;
         };
+        // Every attempt failed and some were only skipped (their relay
+        // waits out an open backoff another flow caused): the flow is in
+        // error on such a relay and retried with it (the policy was never
+        // told of a failure of this flow it could move on from).
+        let all_failed = race.attempts.iter().all(|a| a.failure.is_some());
+        let earliest_blocked = race
+            .attempts
+            .iter()
+            .filter(|a| a.skipped)
+            .map(|a| {
+                let wait = self.open_blocked(a.choice.relay, now);
+                (a.choice.relay, wait.unwrap_or_default())
+            })
+            .min_by_key(|(_, wait)| *wait);
+        if let (true, Some((relay, wait))) = (all_failed, earliest_blocked) {
+            self.unserve(flow, now, out);
+            flow.relay = Some(relay);
+            flow.phase = FlowPhase::Error;
+            flow.reason = blocked_reason(relay, wait);
+            return;
+        }
         flow.phase = FlowPhase::Racing;
-        flow.reason = if race.attempts.iter().all(|a| a.failure.is_some()) {
+        flow.reason = if all_failed {
             let why: Vec<String> = race
                 .attempts
                 .iter()

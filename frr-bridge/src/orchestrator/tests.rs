@@ -897,3 +897,47 @@ fn a_relay_in_open_backoff_is_not_reopened_by_other_flows() {
     assert_eq!(phase(&o, a), FlowPhase::WaitingTunnel);
     assert_eq!(phase(&o, b), FlowPhase::WaitingTunnel);
 }
+
+/// A race whose last candidate is skipped (its relay waits out the open
+/// backoff another flow caused) does not wait for the policy: the flow is
+/// in error on that relay and retried with it.
+#[test]
+fn a_race_left_with_a_relay_in_backoff_retries_it() {
+    let t0 = Instant::now();
+    let mut o = orchestrator();
+    let c = sg("198.51.100.4", "232.1.1.1");
+    let x = sg("198.51.100.5", "232.1.1.1");
+    let (a, b) = ("192.0.2.10", "192.0.2.11");
+    o.on_decisions(decisions(&[decision(c, &[a, b])]), t0);
+    assert_eq!(phase(&o, c), FlowPhase::Racing);
+    // Another flow opens b, which fails: b waits 1 s.
+    o.on_decisions(
+        decisions(&[decision(c, &[a, b]), decision(x, &[b])]),
+        t0 + ms(10),
+    );
+    o.on_tunnel_open_failed(relay(b), "Network is unreachable", t0 + ms(20));
+    // c's first attempt fails too: b is skipped, not reopened.
+    let actions = o.on_tunnel_open_failed(relay(a), "Network is unreachable", t0 + ms(30));
+    assert!(
+        !actions
+            .iter()
+            .any(|x| matches!(x, Action::OpenTunnel { relay: r, .. } if *r == relay(b))),
+        "{actions:?}"
+    );
+    assert_eq!(phase(&o, c), FlowPhase::Error);
+    assert_eq!(o.flows()[&c].relay, Some(relay(b)));
+    assert!(
+        o.flows()[&c].reason.contains("next try in 1.0 s"),
+        "{}",
+        o.flows()[&c].reason
+    );
+    // b's retry takes c along: one open for both flows.
+    let retry = o.on_timeout(t0 + ms(1020));
+    let opens: Vec<_> = retry
+        .iter()
+        .filter(|x| matches!(x, Action::OpenTunnel { .. }))
+        .collect();
+    assert_eq!(opens, vec![&open_tunnel(b, true)], "{retry:?}");
+    assert_eq!(phase(&o, c), FlowPhase::WaitingTunnel);
+    assert_eq!(phase(&o, x), FlowPhase::WaitingTunnel);
+}
