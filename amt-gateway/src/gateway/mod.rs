@@ -583,6 +583,13 @@ impl Tunnel {
         self.subs.get(&sg)
     }
 
+    /// Whether a subscription made after `since` has not seen data yet.
+    pub fn awaits_first_data(&self, since: Instant) -> bool {
+        self.subs
+            .values()
+            .any(|s| s.last_data_at.is_none() && s.subscribed_at >= since)
+    }
+
     pub fn is_subscribed(&self, sg: SourceGroup) -> bool {
         self.subs.contains_key(&sg)
     }

@@ -1435,3 +1435,19 @@ fn offloaded_data_prevents_no_data_and_ignores_unknown_channels() {
         "offloaded data counts as data"
     );
 }
+
+/// The driver reads the kernel's counters often only while a recent
+/// subscription waits for its first data.
+#[test]
+fn awaits_first_data_until_data_or_for_recent_subscriptions_only() {
+    let (mut t, t0, now, _rn) = up_tunnel(cfg());
+    assert!(t.awaits_first_data(t0), "subscribed at t0, no data yet");
+    assert!(
+        !t.awaits_first_data(t0 + secs(1)),
+        "no subscription made since"
+    );
+    t.record_offloaded_data(sg(ip(S1), ip(G1)), 1, 128, now);
+    assert!(!t.awaits_first_data(t0), "its data came");
+    t.subscribe(sg(ip(S1), ip(G2)), now + secs(5)).unwrap();
+    assert!(t.awaits_first_data(t0 + secs(1)));
+}
