@@ -211,3 +211,51 @@ pub async fn run_mroute_monitor(fd: OwnedFd, shared: Shared, trigger: Arc<Notify
         }
     }
 }
+
+/// How often [`run_memory_trim`] looks at the number of open tunnels.
+const TRIM_CHECK: Duration = Duration::from_secs(2);
+
+/// Gives the heap memory closed tunnels and their flows freed back to the
+/// kernel. glibc keeps freed memory in its arenas: the scale benchmark's
+/// daemon held 70 MB after emptying 10,000 flows over 1,000 tunnels (15 MB
+/// at its start). Every [`TRIM_CHECK`], when fewer tunnels are open than at
+/// the last look, `malloc_trim` returns the free pages (a few ms at most;
+/// nothing when there is nothing to return).
+pub async fn run_memory_trim(shared: Shared, mut stop: watch::Receiver<bool>) {
+    let open_tunnels = || {
+        shared
+            .tunnels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    };
+    let mut last = open_tunnels();
+    let mut tick = tokio::time::interval(TRIM_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = open_tunnels();
+        if now < last {
+            trim_heap();
+            debug!(
+                tunnels_before = last,
+                tunnels = now,
+                "heap trimmed after tunnels closed"
+            );
+        }
+        last = now;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of glibc's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}

@@ -242,7 +242,10 @@ mod tests {
         assert_eq!(t.health(Family::V6), &DaemonHealth::Absent);
         let v6 = sg("2001:db8::4", "ff3e::1");
         t.on_answer(Family::V6, set(&[(v6, "ing-dn")]), t0);
-        assert!(!t.on_socket_missing(Family::V6), "answered before: restarting");
+        assert!(
+            !t.on_socket_missing(Family::V6),
+            "answered before: restarting"
+        );
         assert_eq!(t.health(Family::V6), &DaemonHealth::Failing);
         assert_eq!(t.wanted(t0).len(), 1, "kept while pim6d is down");
         // Back, knowing nothing yet: held through the grace.

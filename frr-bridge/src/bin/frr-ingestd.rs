@@ -16,7 +16,7 @@ use frr_bridge::joinsource::{JoinfileWriter, run_joinfile_source};
 use frr_bridge::orchestrator::{Orchestrator, OrchestratorConfig};
 use frr_bridge::pipeline::{AmtSettings, Counters, DaemonSouthbound, Deciding, Pipeline, Shared};
 use frr_bridge::southbound::tun::{IngestTun, TunConfig, TunIpv6};
-use frr_bridge::tasks::{run_mroute_monitor, run_pim};
+use frr_bridge::tasks::{run_memory_trim, run_mroute_monitor, run_pim};
 use frr_bridge::watcher::{JoinWatcher, WatchStatus, WatcherConfig};
 use ingest_policy::engine::{Engine, NetLookups, PolicySet, WantedSet};
 use tokio::sync::{Notify, broadcast, watch};
@@ -421,6 +421,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         trigger.clone(),
         stop_rx.clone(),
     ));
+    tokio::spawn(run_memory_trim(shared.clone(), stop_rx.clone()));
     match IngestTun::open_mroute_monitor(cfg.frr.netns.as_deref()) {
         Ok(fd) => {
             tokio::spawn(run_mroute_monitor(fd, shared.clone(), trigger.clone()));
