@@ -457,6 +457,19 @@ impl Lab {
             .parse()
             .expect("pid");
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("daemon cmdline");
+        // The FRR tmp dirs it holds open (/var/tmp/frr/<daemon>.<pid>).
+        let tmp_dirs: std::collections::BTreeSet<PathBuf> =
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| {
+                    let rest = target.strip_prefix("/var/tmp/frr/").ok()?;
+                    let top = rest.components().next()?;
+                    Some(Path::new("/var/tmp/frr").join(top))
+                })
+                .collect();
         let args: Vec<String> = cmdline
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
@@ -470,6 +483,12 @@ impl Lab {
             (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
         });
         assert!(dead.is_some(), "{node}/{daemon} did not stop");
+        // FRR 10.3 leaves its /var/tmp/frr/<daemon>.<pid> behind on exit,
+        // and 'lab down' finds only the dirs of daemons it started or that
+        // still run: the replaced daemon's dir is removed here.
+        for dir in &tmp_dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         self.exec_ok(node, &argv);
     }
