@@ -316,7 +316,8 @@ diagnostics() {
 	local node
 	for node in ingest rtr; do
 		echo "--- $node: FRR's daemons, PIM interfaces, interfaces, container log"
-		dx "$node" sh -c 'ps -eo pid,etimes,args | grep -E "[w]atchfrr|/usr/lib/frr/[a-z]"' 2>&1
+		# (the FRR image has no ps: the daemons' command lines from /proc)
+		dx "$node" sh -c 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\0" " " <"$p/cmdline" 2>/dev/null)"; done | grep -E "[w]atchfrr|/usr/lib/frr/[a-z]"' 2>&1
 		vtysh_json "$node" 'show ip pim interface' 2>&1
 		vtysh_json "$node" 'show interface brief' 2>&1
 		docker logs --tail 25 "$(c "$node")" 2>&1
