@@ -497,7 +497,7 @@ mod tests {
             flow("198.51.100.3", "232.1.1.3", 1, false),
         ]
         .into_iter()
-        .map(|f| (f.sg, f))
+        .map(|f| (f.sg, Arc::new(f)))
         .collect();
         assert!(write_admitted(&path, &set).unwrap());
         assert!(!write_admitted(&path, &set).unwrap(), "unchanged: no write");

@@ -604,7 +604,7 @@ fn serve_all_decisions(wanted: &WantedSet) -> PolicySet {
         .map(|(sg, flow)| {
             (
                 *sg,
-                FlowPolicy {
+                Arc::new(FlowPolicy {
                     sg: *sg,
                     interfaces: flow.interfaces.clone(),
                     held: flow.held,
@@ -617,7 +617,7 @@ fn serve_all_decisions(wanted: &WantedSet) -> PolicySet {
                     admission_reason: "serve_all_sources".into(),
                     relays: RelayVerdict::NoRelay("serve_all_sources: no tunnel".into()),
                     candidates: Vec::new(),
-                },
+                }),
             )
         })
         .collect()

@@ -130,7 +130,7 @@ pub struct FlowState {
     pub routed: bool,
     /// The policy engine's latest decision (None in serve_all_sources
     /// mode).
-    pub policy: Option<FlowPolicy>,
+    pub policy: Option<Arc<FlowPolicy>>,
     /// What the tunnel says of the flow's data.
     pub data: DataState,
     /// The relay race in progress, if any.
@@ -1542,8 +1542,11 @@ impl Orchestrator {
         let before = (flow.phase, flow.reason.clone(), flow.relay);
         let decision = self.decisions.get(&flow.sg).cloned();
         let policy_changed = flow.policy != decision;
-        if !Self::in_line(flow, decision.as_ref()) {
-            let candidates = decision.as_ref().map(Self::candidates).unwrap_or_default();
+        if !Self::in_line(flow, decision.as_deref()) {
+            let candidates = decision
+                .as_deref()
+                .map(Self::candidates)
+                .unwrap_or_default();
             if let Some(old) = flow.relay {
                 if candidates.is_empty() {
                     budgeted!(

@@ -56,7 +56,7 @@ fn decision(flow: SourceGroup, relays: &[&str]) -> FlowPolicy {
 }
 
 fn decisions(flows: &[FlowPolicy]) -> Arc<PolicySet> {
-    Arc::new(flows.iter().map(|f| (f.sg, f.clone())).collect())
+    Arc::new(flows.iter().map(|f| (f.sg, Arc::new(f.clone()))).collect())
 }
 
 /// Shorthands for the actions the tests expect.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ingest_types::SourceGroup;
 
@@ -152,8 +153,10 @@ impl FlowPolicy {
     }
 }
 
-/// The decisions for every wanted (S,G).
-pub type PolicySet = BTreeMap<SourceGroup, FlowPolicy>;
+/// The decisions for every wanted (S,G). Each decision is shared: the
+/// engine keeps the last set to see what changed, the orchestrator keeps
+/// each flow's, and an unchanged decision is the same allocation in both.
+pub type PolicySet = BTreeMap<SourceGroup, Arc<FlowPolicy>>;
 
 /// Reported by the orchestrator when a relay fails for a flow or tunnel (no
 /// advertisement, no query, L flag, no data).

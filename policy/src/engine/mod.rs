@@ -38,7 +38,7 @@ mod lookups;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -477,7 +477,9 @@ impl Engine {
             verdicts.insert(source, verdict);
         }
 
-        let mut set = PolicySet::new();
+        // Built as plain values (admission below still edits them), then
+        // shared: see the end.
+        let mut set: BTreeMap<SourceGroup, FlowPolicy> = BTreeMap::new();
         let mut demands = Vec::new();
         for (sg, flow) in wanted.iter() {
             let population = u32::try_from(flow.interfaces.len())
@@ -546,6 +548,17 @@ impl Engine {
             }
         }
         self.admitted = set.values().filter(|f| f.admitted).map(|f| f.sg).collect();
+        // A decision equal to the last one keeps its allocation: the engine,
+        // the orchestrator's flows and the API all hold the same one, so
+        // 10,000 flows cost one copy, and a re-evaluation that changes
+        // little allocates little.
+        let set: PolicySet = set
+            .into_iter()
+            .map(|(sg, flow)| match self.last.get(&sg) {
+                Some(old) if **old == flow => (sg, Arc::clone(old)),
+                _ => (sg, Arc::new(flow)),
+            })
+            .collect();
         self.log_changes(&set, now);
         self.last = set.clone();
         self.decision_deadline = self
