@@ -22,6 +22,7 @@ pub mod config;
 pub mod frr;
 pub mod inject;
 pub mod joinsource;
+pub mod memory;
 pub mod metrics;
 pub mod orchestrator;
 pub mod pipeline;

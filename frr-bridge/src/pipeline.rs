@@ -421,10 +421,7 @@ impl Pipeline {
             if shrunk >= 1000 {
                 // Thousands of flows just went: give their memory back to
                 // the system instead of keeping it in the allocator.
-                // SAFETY: malloc_trim only releases free heap pages.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                crate::memory::trim_heap();
             }
             if !failures {
                 return;

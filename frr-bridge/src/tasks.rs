@@ -238,7 +238,7 @@ pub async fn run_memory_trim(shared: Shared, mut stop: watch::Receiver<bool>) {
         }
         let now = open_tunnels();
         if now < last {
-            trim_heap();
+            crate::memory::trim_heap();
             debug!(
                 tunnels_before = last,
                 tunnels = now,
@@ -248,14 +248,3 @@ pub async fn run_memory_trim(shared: Shared, mut stop: watch::Receiver<bool>) {
         last = now;
     }
 }
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory of glibc's own heaps.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}

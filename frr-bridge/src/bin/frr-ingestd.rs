@@ -206,6 +206,8 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    // Before the runtime's threads exist (see frr_bridge::memory).
+    frr_bridge::memory::use_one_arena();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level));
     let filter = match filter {
