@@ -1443,9 +1443,10 @@ impl CycleReport {
             && td.routes_after == 0
             && td.tunnels_after == Some(0);
         // Issue 10's targets: seconds to accepted, to forwarding and to
-        // empty relays; peak RSS (MB), idle CPU (% of a core), log lines.
+        // empty relays; peak RSS (MB) and RSS after emptying (times the
+        // RSS at start), idle CPU (% of a core), log lines.
         let (accepted_s, forwarding_s, relays_empty_s) = (5.0, 10.0, 5.0);
-        let (rss_mb, idle_cpu_pct, log_lines) = (100.0, 0.5, 100);
+        let (rss_mb, rss_after_factor, idle_cpu_pct, log_lines) = (100.0, 2.0, 0.5, 100);
         let within = |v: Option<f64>, limit: f64| v.is_some_and(|v| v <= limit);
         let drops = self.relay.listen_rx_drops + self.relay.native_rx_drops;
         let teardown = serde_json::json!({
@@ -1482,6 +1483,15 @@ impl CycleReport {
                 format!("daemon RSS (peak) <= {rss_mb} MB"),
                 serde_json::json!(self.rss_mb.peak),
                 self.rss_mb.peak <= rss_mb,
+            ),
+            (
+                "rss_after_emptying",
+                format!("daemon RSS after emptying <= {rss_after_factor}x its RSS at start"),
+                serde_json::json!({
+                    "at_start_mb": self.rss_mb.at_start,
+                    "after_emptying_mb": self.rss_mb.after_emptying,
+                }),
+                self.rss_mb.after_emptying <= rss_after_factor * self.rss_mb.at_start,
             ),
             (
                 "idle_cpu_pct",
