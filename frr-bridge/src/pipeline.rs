@@ -448,6 +448,7 @@ impl Pipeline {
                 }
             }
         }
+        ingest_types::shrink_when_sparse(&mut self.running);
     }
 
     async fn on_tick(&mut self) {

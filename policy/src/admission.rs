@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use ingest_types::SourceGroup;
+use ingest_types::{SourceGroup, shrink_when_sparse};
 
 /// Admission hashes every flow each evaluation; foldhash is several times
 /// faster than SipHash on these small keys and still randomly seeded.
@@ -342,6 +342,7 @@ pub fn admit(
     state: &mut AdmissionState,
 ) -> Vec<AdmissionDecision> {
     state.holddowns.retain(|_, until| *until > now);
+    shrink_when_sparse(&mut state.holddowns);
     // Blocked flows get hold-downs; reserve so inserts do not rehash.
     state
         .holddowns

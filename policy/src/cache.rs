@@ -6,6 +6,8 @@ use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use ingest_types::shrink_when_sparse;
+
 /// Bounds applied to TTLs taken from the network, so a zero TTL does not
 /// cause a query storm and a huge TTL does not pin stale data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,7 @@ impl<K: Eq + Hash, V> TtlCache<K, V> {
     /// Drops entries expired at `now`.
     pub fn prune(&mut self, now: Instant) {
         self.entries.retain(|_, e| e.expires > now);
+        shrink_when_sparse(&mut self.entries);
     }
 
     pub fn len(&self) -> usize {

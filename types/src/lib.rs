@@ -6,11 +6,15 @@
 //! * [`AMT_PORT`]: the UDP port of AMT (RFC 7450).
 //! * [`LogBudget`]: how the cores keep per-flow log lines from flooding
 //!   at scale (a pure counter; the cores log).
+//! * [`shrink_when_sparse`]: per-flow maps give their table memory back
+//!   when the flows go.
 
 mod log_budget;
+mod shrink;
 mod source_group;
 
 pub use log_budget::LogBudget;
+pub use shrink::shrink_when_sparse;
 pub use source_group::{SourceGroup, SourceGroupError};
 
 /// The UDP port of AMT relays (RFC 7450 §7, IANA "amt"). DRIAD relays

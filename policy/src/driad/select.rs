@@ -18,6 +18,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ingest_types::shrink_when_sparse;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -247,6 +248,7 @@ impl HoldDownTracker {
     /// Forgets expired hold-downs.
     pub fn prune(&mut self, now: Instant) {
         self.held.retain(|_, h| h.until > now);
+        shrink_when_sparse(&mut self.held);
     }
 
     /// Active hold-downs at `now`.

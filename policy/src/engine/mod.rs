@@ -44,8 +44,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ingest_types::LogBudget;
 use ingest_types::{AMT_PORT, SourceGroup};
+use ingest_types::{LogBudget, shrink_when_sparse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info, info_span, warn};
@@ -216,6 +216,8 @@ impl Engine {
         for sg in wanted.keys() {
             self.rates.entry(*sg).or_default();
         }
+        shrink_when_sparse(&mut self.sources);
+        shrink_when_sparse(&mut self.rates);
         self.wanted = wanted;
         self.dirty = true;
         self.lookups_changed = true;
