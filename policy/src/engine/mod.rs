@@ -552,8 +552,8 @@ impl Engine {
         self.admitted = set.values().filter(|f| f.admitted).map(|f| f.sg).collect();
         // A decision equal to the last one keeps its allocation: the engine,
         // the orchestrator's flows and the API all hold the same one, so
-        // 10,000 flows cost one copy, and a re-evaluation that changes
-        // little allocates little.
+        // 10,000 flows cost one copy, and after a re-evaluation that
+        // changes little only the changed decisions are new memory.
         let set: PolicySet = set
             .into_iter()
             .map(|(sg, flow)| match self.last.get(&sg) {
