@@ -308,6 +308,125 @@ fn dead_preferred_relay_fails_over_within_30s() {
     );
 }
 
+/// Relay racing (RFC 8777 §3.2, issue 10), seen from the receiver: the
+/// first packet within 1 s of the join when the first relay is silent or
+/// dead, and one relay only when two answer.
+/// 1. 198.51.100.8 has two live relays of equal precedence (random order):
+///    exactly one carries the flow, the receiver sees no duplicates.
+/// 2. 203.0.113.7 prefers relay (192.0.2.10), made silent here (its
+///    answers to the gateway go to a blackhole route): the race starts
+///    relay2 after 250 ms and relay2 wins.
+/// 3. 198.51.100.7 prefers 192.0.2.12, where nothing answers (the dead
+///    relay): relay2 wins the same way.
+///
+/// Each part starts once the last one's tunnels closed, so every join races
+/// (a tunnel already up to a candidate would be reused without a race).
+#[test]
+fn racing_relays_first_packet_within_a_second() {
+    let _g = serial();
+    let lab = policy_lab("t4r", &[]);
+    let (s8, s7, v7) = ("198.51.100.8", "198.51.100.7", "203.0.113.7");
+    let send_s = limit(Duration::from_secs(90)).as_secs().to_string();
+    let _tx = lab.mcsend(&[(s8, G), (v7, G), (s7, G)], PPS, &["--duration", &send_s]);
+
+    // Either may win (and on a slow host the second may have started
+    // before the first answered): what counts is that one carries it.
+    race(&lab, s8, &[RELAY, RELAY2]);
+
+    let out = lab.exec(
+        "relay",
+        &["ip", "route", "add", "blackhole", "192.0.2.1/32"],
+    );
+    assert!(out.status.success(), "silencing relay: {}", text(&out));
+    let silent_first = race(&lab, v7, &[RELAY2]);
+    assert!(
+        silent_first.contains("(2 of 2)"),
+        "silent first relay: relay2 should win as the second: {silent_first}"
+    );
+
+    let dead_first = race(&lab, s7, &[RELAY2]);
+    assert!(
+        dead_first.contains("(2 of 2)"),
+        "dead first relay: relay2 should win as the second: {dead_first}"
+    );
+}
+
+/// Joins (s, G) on rcv, waits until it forwards through one of `winners`
+/// and asserts: the first packet within 1 s of the join, exactly one lab
+/// relay holding the channel, no duplicate at the receiver; then leaves and
+/// waits until the daemon has no tunnel left. Returns `show flows`' race
+/// column, e.g. "won by 192.0.2.11:2268 (2 of 2) in 251 ms".
+fn race(lab: &Lab, s: &str, winners: &[&str]) -> String {
+    let rx = lab.mcrx(&[(s, G)], &[]);
+    let (flow, _) = wait_flow(lab, s, G, Duration::from_secs(10), "forwarding", |f| {
+        f["state"] == "forwarding"
+    });
+    let relay = flow["relay"].as_str().unwrap_or("").to_string();
+    assert!(
+        winners.contains(&relay.as_str()),
+        "({s},{G}) forwarding via {relay}, want one of {winners:?}: {flow}"
+    );
+    // The relays' status files are rewritten every second.
+    let holders = |lab: &Lab| -> Vec<&'static str> {
+        ["relay", "relay2"]
+            .into_iter()
+            .filter(|r| {
+                lab.relay_channels(r)
+                    .iter()
+                    .any(|(cs, cg, _)| cs == s && cg == G)
+            })
+            .collect()
+    };
+    let held = wait_until(Duration::from_secs(5), Duration::from_millis(200), || {
+        let h = holders(lab);
+        (!h.is_empty()).then_some(h)
+    })
+    .unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        holders(lab),
+        held,
+        "({s},{G}): relays holding it changed: {held:?} then {:?}",
+        holders(lab)
+    );
+    assert_eq!(
+        held.len(),
+        1,
+        "({s},{G}) held by {held:?}, want exactly one relay"
+    );
+    let summary = rx.stop();
+    let ch = channel(&summary, s, G);
+    let first_ms = ch["first_packet_ms"].as_f64().unwrap_or(f64::MAX);
+    let duplicates = ch["sequence"]["duplicates"].as_u64().unwrap_or(u64::MAX);
+    let race = flow["race"].as_str().unwrap_or("").to_string();
+    println!(
+        "({s},{G}): {race}; relay holding it: {held:?}; first packet {first_ms:.0} ms after the join; \
+         {} packets, {duplicates} duplicates",
+        ch["packets"]
+    );
+    assert!(
+        first_ms <= limit(Duration::from_secs(1)).as_secs_f64() * 1000.0,
+        "({s},{G}): first packet {first_ms} ms after the join (want <= 1 s); flow {flow}"
+    );
+    assert_eq!(duplicates, 0, "({s},{G}): duplicates at the receiver: {ch}");
+    assert!(
+        race.starts_with("won by "),
+        "({s},{G}): no race result: {flow}"
+    );
+    let closed = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        lab.tunnels()
+            .as_array()
+            .is_some_and(|t| t.is_empty())
+            .then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "({s},{G}): tunnels still open after the leave: {}",
+        lab.tunnels()
+    );
+    race
+}
+
 /// A source whose only relay is dead, with an AMTRELAY TTL of an hour; its
 /// owner points the record at a live relay while the daemon runs. The
 /// relay's failure makes the daemon ask DNS again (30 s after the last
