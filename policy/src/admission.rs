@@ -342,7 +342,6 @@ pub fn admit(
     state: &mut AdmissionState,
 ) -> Vec<AdmissionDecision> {
     state.holddowns.retain(|_, until| *until > now);
-    shrink_when_sparse(&mut state.holddowns);
     // Blocked flows get hold-downs; reserve so inserts do not rehash.
     state
         .holddowns
@@ -447,6 +446,9 @@ pub fn admit(
             held_until,
         });
     }
+    // After the inserts (the reserve above grows it for them): a table
+    // sized for flows that have gone is given back.
+    shrink_when_sparse(&mut state.holddowns);
     decisions
 }
 
