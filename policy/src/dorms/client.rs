@@ -143,6 +143,10 @@ impl reqwest::dns::Resolve for HttpResolver {
     }
 }
 
+/// Idle HTTPS connections kept per DORMS server, and for how long.
+const DORMS_IDLE_CONNECTIONS: usize = 4;
+const DORMS_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl DormsClient {
     pub fn new(config: DormsConfig) -> Result<Self, DormsError> {
         let dns = DnsClient::new(&config.dns).map_err(|e| DormsError::Config(e.to_string()))?;
@@ -152,6 +156,13 @@ impl DormsClient {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
+            // A DORMS server is asked in bursts (new flows, refreshes) and
+            // then not for minutes. reqwest keeps every idle connection for
+            // 90 s by default: after a slow server made a burst open ten
+            // connections, the fault soak counted them as leaked sockets.
+            // A few, briefly, is what a burst can reuse.
+            .pool_max_idle_per_host(DORMS_IDLE_CONNECTIONS)
+            .pool_idle_timeout(DORMS_IDLE_TIMEOUT)
             .https_only(true)
             .no_proxy()
             .user_agent(concat!("frr-ingest/", env!("CARGO_PKG_VERSION")))
